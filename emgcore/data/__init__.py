@@ -1,0 +1,66 @@
+"""Data sources, all producing :class:`emgcore.recording.Recording`.
+
+:func:`open_dataset` takes what a user types after ``--data``: a simulator preset name or a path,
+and picks the loader from what is there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emgcore.data.byod import MANIFEST, load_byod, write_byod
+from emgcore.data.emg2pose import load_emg2pose, load_emg2pose_dataset, write_emg2pose
+from emgcore.data.ninapro import load_ninapro
+from emgcore.data.real import load_flexemg, load_myoarmband
+from emgcore.data.simulator import PRESETS, SimConfig, preset, simulate, simulate_recording
+from emgcore.errors import FormatError, MissingFileError
+from emgcore.recording import Recording
+
+__all__ = [
+    "PRESETS",
+    "SimConfig",
+    "load_byod",
+    "load_emg2pose",
+    "load_emg2pose_dataset",
+    "load_flexemg",
+    "load_myoarmband",
+    "load_ninapro",
+    "open_dataset",
+    "preset",
+    "simulate",
+    "simulate_recording",
+    "write_byod",
+    "write_emg2pose",
+]
+
+
+def open_dataset(spec: str | Path, **preset_overrides: object) -> list[Recording]:
+    """Recordings for ``spec``: a simulator preset (``db8-like``...) or a dataset path."""
+    if str(spec) in PRESETS:
+        return simulate(preset(str(spec), **preset_overrides))
+    path = Path(spec)
+    if not path.exists():
+        raise MissingFileError(
+            f"no such file or folder, and not a simulator preset ({', '.join(PRESETS)})",
+            source=path,
+        )
+    if path.is_file():
+        if path.suffix in (".hdf5", ".h5"):
+            return [load_emg2pose(path)]
+        if path.suffix == ".mat":
+            return [load_ninapro(path)]
+    elif (path / "metadata.csv").exists():
+        return load_emg2pose_dataset(path)
+    elif (path / MANIFEST).exists():
+        return load_byod(path)
+    elif (path / "PreTrainingDataset").exists() or (path / "EvaluationDataset").exists():
+        return load_myoarmband(path)
+    elif (path / "arraymap.mat").exists():
+        return load_flexemg(path)
+    elif mats := sorted(path.glob("S*_E*_A*.mat")):
+        return [load_ninapro(m) for m in mats]
+    raise FormatError(
+        "cannot tell the format: expected an emg2pose folder (metadata.csv), a BYOD folder "
+        "(sessions.csv), NinaPro S*_E*_A*.mat files, myoarmband or flexemg",
+        source=path,
+    )

@@ -1,0 +1,128 @@
+"""Bring your own data: an open format a lab converts its recordings into in a few lines.
+
+A dataset is a folder with ``sessions.csv`` and one HDF5 file per recording::
+
+    sessions.csv   file, subject, session, device, fs, n_channels, n_samples
+    <file>.h5      emg          (T, C) float32            required
+                   kinematics   (T, J) float32            optional
+                   valid        (T,)   bool                optional (target usable?)
+                   labels/<k>   (T,)   int                 optional, any number
+                   attrs["header"] = JSON: layout (kind, positions_mm, circumference_mm, grid),
+                                     joint_names, kinematics_unit, label_names, meta
+
+Write one with :func:`write_byod` from :class:`Recording` objects; read it back lazily (arrays
+are sliced on demand) with :func:`load_byod`. The manifest lets splits be planned without
+opening a file; loading checks that each file agrees with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from emgcore.data._io import file_fingerprint, h5_get, open_h5, read_rows, require_file
+from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
+from emgcore.recording import ChannelLayout, LazyArray, Recording
+
+MANIFEST = "sessions.csv"
+COLUMNS = ("file", "subject", "session", "device", "fs", "n_channels", "n_samples")
+FORMAT_VERSION = 1
+
+
+def write_byod(root: str | Path, recordings: Sequence[Recording]) -> Path:
+    """Write ``recordings`` as a BYOD dataset in ``root`` (created); returns the manifest path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, rec in enumerate(recordings):
+        name = f"{_safe(rec.subject)}_{_safe(rec.session)}_{i:04d}.h5"
+        with h5py.File(root / name, "w") as f:
+            f.create_dataset("emg", data=np.asarray(rec.emg, dtype=np.float32), chunks=True)
+            if rec.kinematics is not None:
+                f.create_dataset("kinematics", data=np.asarray(rec.kinematics, dtype=np.float32))
+            if rec.valid is not None:
+                f.create_dataset("valid", data=np.asarray(rec.valid, dtype=bool))
+            for k, v in rec.labels.items():
+                f.create_dataset(f"labels/{k}", data=v)
+            head = rec.header()
+            f.attrs["header"] = json.dumps({k: head[k] for k in (
+                "layout", "joint_names", "kinematics_unit", "label_names", "meta")}, default=str)
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["fs"] = float(rec.fs)  # fmt: skip
+        rows.append({"file": name, "subject": rec.subject, "session": rec.session,
+                     "device": rec.device, "fs": rec.fs, "n_channels": rec.n_channels,
+                     "n_samples": rec.n_samples})  # fmt: skip
+    manifest = root / MANIFEST
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(manifest, index=False)
+    return manifest
+
+
+def load_byod(root: str | Path) -> list[Recording]:
+    """Every recording listed in ``root/sessions.csv``, lazily."""
+    root = require_file(root, "BYOD dataset folder")
+    manifest = require_file(root / MANIFEST, "BYOD manifest")
+    df = pd.read_csv(manifest, dtype={"subject": str, "session": str, "device": str})
+    for col in COLUMNS:
+        if col not in df.columns:
+            raise MissingFieldError("column missing", source=manifest, field=col)
+    return [_load_one(root, row, manifest) for row in df.itertuples(index=False)]
+
+
+def _load_one(root: Path, row: object, manifest: Path) -> Recording:
+    path = require_file(root / row.file, "BYOD recording listed in sessions.csv")  # type: ignore[attr-defined]
+    with open_h5(path) as f:
+        emg = h5_get(f, "emg", path)
+        if emg.ndim != 2:
+            raise ShapeError(f"must be (T, C), got {emg.shape}", source=path, field="emg")
+        shape = emg.shape
+        if "header" not in f.attrs:
+            raise MissingFieldError("attribute missing", source=path, field="attrs.header")
+        try:
+            head = json.loads(f.attrs["header"])
+        except json.JSONDecodeError as e:
+            raise InvalidValueError(f"not JSON: {e}", source=path, field="attrs.header") from e
+        kin_shape = f["kinematics"].shape if "kinematics" in f else None
+        has_valid = "valid" in f
+        file_fs = float(f.attrs["fs"]) if "fs" in f.attrs else None
+        labels = {k: f[f"labels/{k}"][:] for k in f["labels"]} if "labels" in f else {}
+    for col, got in (("fs", file_fs), ("n_channels", shape[1]), ("n_samples", shape[0])):
+        if got is not None and float(getattr(row, col)) != got:
+            raise InvalidValueError(f"sessions.csv says {getattr(row, col)}, {path.name} has {got}",
+                                    source=manifest, field=col)  # fmt: skip
+    src = str(path)
+
+    def reader(name: str):  # noqa: ANN202
+        return lambda a, b: read_rows(path, name, None, a, b)
+
+    try:
+        layout = ChannelLayout.from_dict(head["layout"])
+    except KeyError as e:
+        raise MissingFieldError("layout entry missing", source=path, field=f"header.{e}") from e
+    return Recording(
+        emg=LazyArray(reader("emg"), shape, np.float32, source=src, field="emg"),
+        fs=float(row.fs),  # type: ignore[attr-defined]
+        layout=layout,
+        subject=str(row.subject),  # type: ignore[attr-defined]
+        session=str(row.session),  # type: ignore[attr-defined]
+        device=str(row.device),  # type: ignore[attr-defined]
+        source=src,
+        kinematics=None if kin_shape is None else LazyArray(
+            reader("kinematics"), kin_shape, np.float32, source=src, field="kinematics"),
+        joint_names=tuple(head.get("joint_names", ())),
+        kinematics_unit=head.get("kinematics_unit", ""),
+        labels=labels,
+        label_names={k: tuple(v) for k, v in head.get("label_names", {}).items()},
+        valid=LazyArray(reader("valid"), (shape[0],), bool, source=src, field="valid")
+        if has_valid else None,
+        meta=head.get("meta", {}),
+        fingerprint=file_fingerprint(path, "byod", FORMAT_VERSION, float(row.fs)),  # type: ignore[attr-defined]
+    )  # fmt: skip
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in str(s))

@@ -1,0 +1,156 @@
+"""NinaPro ``.mat`` files (MATLAB v5): DB8, DB2, DB7 and DB4.
+
+Files are ``S{s}_E{e}_A{a}.mat``; every variable is 2-D and labels are (N, 1). MATLAB v5 cannot
+be sliced on disk, so only the variables needed are read (``variable_names``; DB8's 48 IMU
+columns are skipped). DB8's 18 CyberGlove channels map to KinEMbed's 5 degrees of actuation with
+the matrix of its eq. 6 (Krasoulis et al. 2019). ``restimulus``/``rerepetition`` (relabelled to
+the actual movement) become the ``gesture``/``repetition`` labels.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import scipy.io
+
+from emgcore.data._io import file_fingerprint, require_file
+from emgcore.errors import FormatError, InvalidValueError, MissingFieldError, ShapeError
+from emgcore.recording import ChannelLayout, Recording
+
+# KinEMbed eq. 6: y (5 DoA) = A x (18 glove sensors). Rows: thumb rotation, thumb flexion, index,
+# middle, ring/little.
+DB8_DOA_MATRIX = np.zeros((5, 18))
+for _doa, _entries in enumerate((
+    {0: 0.639, 1: 0.383, 3: -0.639, 16: -0.19},
+    {2: 1.0},
+    {4: 0.4, 5: 0.6},
+    {6: 0.4, 7: 0.6},
+    {9: 0.1667, 10: 0.3333, 12: 0.1667, 13: 0.3333},
+)):  # fmt: skip
+    for _col, _w in _entries.items():
+        DB8_DOA_MATRIX[_doa, _col] = _w
+DOA_NAMES = ("thumb_rotation", "thumb_flexion", "index_flexion", "middle_flexion",
+             "ring_little_flexion")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NinaProSpec:
+    n_emg: int
+    n_glove: int | None
+    device: str
+    layout: str  # how the electrodes sit
+
+
+SPECS = {
+    "db8": NinaProSpec(16, 18, "Delsys Trigno IM", "two rings of 8"),
+    "db2": NinaProSpec(12, 22, "Delsys Trigno", "ring of 8 + 4 on muscle spots"),
+    "db7": NinaProSpec(12, 18, "Delsys Trigno IM", "ring of 8 + 4 on muscle spots"),
+    "db4": NinaProSpec(12, None, "Cometa Wave Plus", "ring of 8 + 4 on muscle spots"),
+}
+FS = 2000.0  # all four are 2 kHz (DB8 upsampled from 1111 Hz); files carry no reliable rate
+NAME = re.compile(r"^S(\d+)_E(\d+)_A(\d+)\.mat$", re.IGNORECASE)
+
+
+def load_ninapro(
+    path: str | Path,
+    db: Literal["db8", "db2", "db7", "db4"] | None = None,
+    kinematics: Literal["doa", "glove", "none"] = "doa",
+) -> Recording:
+    """One NinaPro file. ``db`` is inferred from the channel counts when not given.
+
+    ``kinematics="doa"`` (DB8 only) gives KinEMbed's 5 DoA; ``"glove"`` the raw glove columns.
+    """
+    path = require_file(path, "NinaPro file")
+    m = NAME.match(path.name)
+    if m is None:
+        raise InvalidValueError("file name must look like S<s>_E<e>_A<a>.mat", source=path,
+                                field="filename")  # fmt: skip
+    subject, exercise, acquisition = (int(g) for g in m.groups())
+    wanted = ["emg", "glove", "restimulus", "rerepetition", "frequency"]
+    try:
+        mat = scipy.io.loadmat(path, variable_names=wanted)
+    except Exception as e:  # scipy raises ValueError/TypeError/OSError for corrupt files
+        raise FormatError(f"cannot read as a MATLAB v5 file: {e}", source=path) from e
+    for key in ("emg", "restimulus", "rerepetition"):
+        if key not in mat:
+            raise MissingFieldError("variable missing", source=path, field=key)
+    emg = _matrix(mat, "emg", path)
+    db = db or _infer_db(emg.shape[1], mat.get("glove"))
+    if db not in SPECS:
+        raise InvalidValueError(f"unknown database {db!r}; known: {sorted(SPECS)}", field="db")
+    spec = SPECS[db]
+    n = len(emg)
+    if emg.shape[1] != spec.n_emg:
+        raise ShapeError(f"{db.upper()} has {spec.n_emg} EMG channels, file has {emg.shape[1]}",
+                         source=path, field="emg")  # fmt: skip
+    if "frequency" in mat and abs(float(np.ravel(mat["frequency"])[0]) - FS) > 1:
+        raise InvalidValueError(f"frequency={float(np.ravel(mat['frequency'])[0])} Hz but "
+                                f"{db.upper()} is {FS:g} Hz", source=path, field="frequency")  # fmt: skip
+    labels = {"gesture": _labels(mat, "restimulus", n, path),
+              "repetition": _labels(mat, "rerepetition", n, path)}  # fmt: skip
+
+    kin, names, unit = None, (), ""
+    if kinematics != "none" and spec.n_glove is not None:
+        if "glove" not in mat:
+            raise MissingFieldError("variable missing", source=path, field="glove")
+        glove = _matrix(mat, "glove", path)
+        if glove.shape != (n, spec.n_glove):
+            raise ShapeError(f"expected ({n}, {spec.n_glove}), got {glove.shape}", source=path,
+                             field="glove")  # fmt: skip
+        if not np.isfinite(glove).all():
+            bad = np.flatnonzero(~np.isfinite(glove).all(axis=1))[0]
+            raise InvalidValueError(f"NaN or Inf at sample {bad}", source=path, field="glove")
+        if kinematics == "doa":
+            if db != "db8":
+                raise InvalidValueError("the 5-DoA mapping is defined for DB8 only; use "
+                                        "kinematics='glove'", source=path, field="glove")  # fmt: skip
+            kin, names = glove @ DB8_DOA_MATRIX.T, DOA_NAMES
+        else:
+            kin, names = glove, tuple(f"glove_{i}" for i in range(spec.n_glove))
+        unit = "deg"
+    return Recording(
+        emg=emg.astype(np.float32),
+        fs=FS,
+        layout=ChannelLayout.ring(spec.n_emg),
+        subject=f"S{subject}",
+        session=f"A{acquisition}",
+        device=spec.device,
+        source=str(path),
+        kinematics=kin,
+        joint_names=names,
+        kinematics_unit=unit,
+        labels=labels,
+        meta={"database": db, "exercise": exercise, "electrodes": spec.layout},
+        fingerprint=file_fingerprint(path, "ninapro", db, kinematics),
+    )
+
+
+def _infer_db(n_emg: int, glove: np.ndarray | None) -> str:
+    n_glove = None if glove is None else np.atleast_2d(glove).shape[1]
+    for name, spec in SPECS.items():
+        if spec.n_emg == n_emg and spec.n_glove == n_glove:
+            return name
+    raise InvalidValueError(f"cannot tell the NinaPro database from {n_emg} EMG and {n_glove} "
+                            "glove channels; pass db=", field="emg")  # fmt: skip
+
+
+def _matrix(mat: dict, key: str, path: Path) -> np.ndarray:
+    a = np.asarray(mat[key])
+    if a.ndim != 2 or a.dtype.kind not in "fiu":
+        raise ShapeError(f"expected a 2-D numeric matrix, got {a.dtype} {a.shape}", source=path,
+                         field=key)  # fmt: skip
+    return a
+
+
+def _labels(mat: dict, key: str, n: int, path: Path) -> np.ndarray:
+    a = np.asarray(mat[key])
+    if a.shape not in ((n, 1), (n,)):
+        raise ShapeError(f"expected ({n}, 1) to match emg, got {a.shape}", source=path, field=key)
+    a = a.ravel()
+    if a.dtype.kind == "f" and not (np.isfinite(a).all() and np.all(a == np.round(a))):
+        raise InvalidValueError("labels must be finite integers", source=path, field=key)
+    return a.astype(np.int64)

@@ -1,0 +1,359 @@
+"""The one recording type every loader produces and everything downstream consumes.
+
+A :class:`Recording` holds EMG ``(T, C)`` float32 at ``fs`` Hz, the electrode layout, optional
+kinematics ``(T, J)`` with joint names and unit, optional per-sample integer labels, a per-sample
+validity mask for the targets (emg2pose IK failures), and subject/session/device/source metadata.
+It is validated on construction. Arrays may be in memory or lazy (:class:`LazyArray`, sliced from
+disk on demand); lazy arrays check what they read, so bad values still raise, naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from emgcore.errors import InvalidValueError, ShapeError
+
+LayoutKind = Literal["ring", "grid", "custom"]
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelLayout:
+    """Where the electrodes sit, on the forearm surface unrolled to a plane.
+
+    ``positions_mm`` is ``(C, 2)``: column 0 is the arc length around the forearm, column 1 the
+    distance along it. A ring wraps around after ``circumference_mm``; a grid has ``grid``,
+    ``(rows, cols)`` channel indices (0-based; -1 where there is no electrode).
+    """
+
+    kind: LayoutKind
+    positions_mm: np.ndarray  # (C, 2)
+    circumference_mm: float | None = None  # rings: the arc after which channels wrap around
+    grid: np.ndarray | None = None  # grids: (rows, cols) channel index, -1 for none
+
+    def __post_init__(self) -> None:
+        pos = np.asarray(self.positions_mm, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 2:
+            raise ShapeError(f"positions must be (C, 2), got {pos.shape}", field="layout.positions")
+        object.__setattr__(self, "positions_mm", pos)
+        if self.grid is not None:
+            g = np.asarray(self.grid, dtype=np.int64)
+            used = np.sort(g[g >= 0])
+            if g.ndim != 2 or not np.array_equal(used, np.arange(len(pos))):
+                raise ShapeError(
+                    f"grid must map every channel 0..{len(pos) - 1} exactly once",
+                    field="layout.grid",
+                )
+            object.__setattr__(self, "grid", g)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.positions_mm)
+
+    @classmethod
+    def ring(cls, n: int, circumference_mm: float = 250.0, z_mm: float = 0.0) -> ChannelLayout:
+        """``n`` electrodes evenly spaced around the forearm (Myo, emg2pose band, DB8 ring)."""
+        arc = np.arange(n) * circumference_mm / n
+        return cls("ring", np.stack([arc, np.full(n, z_mm)], axis=1), circumference_mm)
+
+    @classmethod
+    def make_grid(
+        cls, rows: int, cols: int, pitch_mm: float = 10.0, index: np.ndarray | None = None
+    ) -> ChannelLayout:
+        """A ``rows x cols`` grid; rows run along the forearm, columns around it.
+
+        ``index[r, c]`` is the channel recorded at row r, column c (default: row-major order).
+        """
+        idx = np.arange(rows * cols).reshape(rows, cols) if index is None else np.asarray(index)
+        pos = np.zeros((int((idx >= 0).sum()), 2))
+        r, c = np.nonzero(idx >= 0)
+        pos[idx[r, c]] = np.stack([c * pitch_mm, r * pitch_mm], axis=1)
+        return cls("grid", pos, None, idx)
+
+    def neighbours(self) -> list[tuple[int, ...]]:
+        """Channels adjacent to each channel: ring neighbours wrap; grid is 4-connected."""
+        c = self.n_channels
+        if self.kind == "ring":
+            return [tuple(sorted({(i - 1) % c, (i + 1) % c} - {i})) for i in range(c)]
+        if self.grid is not None:
+            out: list[set[int]] = [set() for _ in range(c)]
+            g = self.grid
+            for dr, dc in ((0, 1), (1, 0)):
+                a = g[: g.shape[0] - dr, : g.shape[1] - dc]
+                b = g[dr:, dc:]
+                ok = (a >= 0) & (b >= 0)
+                for i, j in zip(a[ok], b[ok], strict=True):
+                    out[i].add(int(j))
+                    out[j].add(int(i))
+            return [tuple(sorted(s)) for s in out]
+        return [() for _ in range(c)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "positions_mm": self.positions_mm.tolist(),
+            "circumference_mm": self.circumference_mm,
+            "grid": None if self.grid is None else self.grid.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChannelLayout:
+        grid = d.get("grid")
+        return cls(
+            d["kind"],
+            np.asarray(d["positions_mm"], dtype=np.float64),
+            d.get("circumference_mm"),
+            None if grid is None else np.asarray(grid),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChannelLayout):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class LazyArray:
+    """A 2-D (or 1-D) array read from disk on demand, one row range at a time.
+
+    ``reader(start, stop)`` returns rows ``start:stop``. Reads are checked for NaN/Inf so a lazy
+    source fails as loudly as an in-memory one, naming ``source`` and ``field``.
+    """
+
+    def __init__(
+        self,
+        reader: Callable[[int, int], np.ndarray],
+        shape: tuple[int, ...],
+        dtype: np.dtype | type,
+        *,
+        source: str,
+        field: str,
+        check_finite: bool = True,
+    ):
+        self._reader = reader
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.source = source
+        self.field = field
+        self.check_finite = check_finite and self.dtype.kind == "f"
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.shape[0] if stop is None else min(stop, self.shape[0])
+        start = max(0, start)
+        out = np.asarray(self._reader(start, stop), dtype=self.dtype)
+        if out.shape != (max(stop - start, 0), *self.shape[1:]):
+            raise ShapeError(
+                f"read rows {start}:{stop} gave shape {out.shape}", source=self.source,
+                field=self.field,
+            )  # fmt: skip
+        if self.check_finite:
+            check_finite(out, source=self.source, field=self.field, offset=start)
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        head, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(head, slice) and head.step in (None, 1):
+            start, stop, _ = head.indices(self.shape[0])
+            out = self.read(start, stop)
+            return out[(slice(None), *rest)] if rest else out
+        if isinstance(head, (int, np.integer)):
+            if not -self.shape[0] <= head < self.shape[0]:
+                raise IndexError(f"row {head} out of range for {self!r}")
+            i = int(head) % self.shape[0]
+            return self.read(i, i + 1)[(0, *rest)]
+        return self.read()[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.read()
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"LazyArray({self.source}:{self.field}, shape={self.shape}, dtype={self.dtype})"
+
+
+ArrayLike = np.ndarray | LazyArray
+
+
+def check_finite(a: np.ndarray, *, source: str | None, field: str, offset: int = 0) -> None:
+    """Raise :class:`InvalidValueError` naming the first non-finite row of ``a``."""
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))[0] + offset
+        raise InvalidValueError(f"NaN or Inf at sample {bad}", source=source, field=field)
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str((p.shape, p.dtype.str)).encode())
+            h.update(np.ascontiguousarray(p).data)
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """One continuous recording. Shapes: ``emg (T, C)``, ``kinematics (T, J)``, labels ``(T,)``."""
+
+    emg: ArrayLike  # (T, C) float32
+    fs: float  # sampling rate of emg, kinematics and labels, Hz
+    layout: ChannelLayout  # electrode positions; C channels
+    subject: str
+    session: str
+    device: str = "unknown"
+    source: str = "memory"  # file path or generator name, for error messages and provenance
+    kinematics: ArrayLike | None = None  # (T, J) float32, on the EMG clock
+    joint_names: tuple[str, ...] = ()
+    kinematics_unit: str = ""  # "deg", "rad", "a.u."
+    labels: Mapping[str, np.ndarray] = field(default_factory=dict)  # name -> (T,) int
+    label_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # name -> id->name
+    valid: ArrayLike | None = None  # (T,) bool: is the kinematic target usable at this sample
+    meta: Mapping[str, Any] = field(default_factory=dict)  # recording-level facts (stage, side...)
+    fingerprint: str = ""  # identity of the source content; computed when empty
+
+    def __post_init__(self) -> None:
+        src = self.source
+        emg = self.emg
+        if not isinstance(emg, LazyArray):
+            emg = np.asarray(emg)
+            if emg.dtype != np.float32:
+                if emg.dtype.kind not in "fiu":
+                    raise InvalidValueError(f"dtype {emg.dtype} is not numeric", source=src,
+                                            field="emg")  # fmt: skip
+                emg = emg.astype(np.float32)
+            object.__setattr__(self, "emg", emg)
+        if emg.ndim != 2:
+            raise ShapeError(f"must be 2-D (T, C), got shape {emg.shape}", source=src, field="emg")
+        t, c = emg.shape
+        if t == 0:
+            raise ShapeError("has no samples", source=src, field="emg")
+        if c != self.layout.n_channels:
+            raise ShapeError(
+                f"has {c} channels but the layout has {self.layout.n_channels}",
+                source=src,
+                field="emg",
+            )
+        if not (np.isfinite(self.fs) and self.fs > 0):
+            raise InvalidValueError(f"sampling rate must be > 0, got {self.fs}", source=src,
+                                    field="fs")  # fmt: skip
+        if isinstance(emg, np.ndarray):
+            check_finite(emg, source=src, field="emg")
+        if self.kinematics is not None:
+            kin = self.kinematics
+            if not isinstance(kin, LazyArray):
+                kin = np.asarray(kin, dtype=np.float32)
+                object.__setattr__(self, "kinematics", kin)
+                check_finite(kin, source=src, field="kinematics")
+            if kin.ndim != 2 or kin.shape[0] != t:
+                raise ShapeError(
+                    f"shape {kin.shape} does not match {t} EMG samples", source=src,
+                    field="kinematics",
+                )  # fmt: skip
+            if self.joint_names and len(self.joint_names) != kin.shape[1]:
+                raise ShapeError(
+                    f"{kin.shape[1]} columns but {len(self.joint_names)} joint names",
+                    source=src, field="joint_names",
+                )  # fmt: skip
+        labels = {}
+        for name, lab in self.labels.items():
+            lab = np.asarray(lab)
+            if lab.shape != (t,):
+                raise ShapeError(f"shape {lab.shape}, expected ({t},)", source=src,
+                                 field=f"labels.{name}")  # fmt: skip
+            if lab.dtype.kind not in "iu":
+                if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+                    lab = lab.astype(np.int64)
+                else:
+                    raise InvalidValueError("labels must be integers", source=src,
+                                            field=f"labels.{name}")  # fmt: skip
+            labels[name] = lab
+        object.__setattr__(self, "labels", labels)
+        if self.valid is not None and not isinstance(self.valid, LazyArray):
+            v = np.asarray(self.valid, dtype=bool)
+            if v.shape != (t,):
+                raise ShapeError(f"shape {v.shape}, expected ({t},)", source=src, field="valid")
+            object.__setattr__(self, "valid", v)
+        object.__setattr__(self, "joint_names", tuple(self.joint_names))
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", self._content_digest())
+
+    # -- derived facts ---------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return int(self.emg.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.emg.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.fs
+
+    @property
+    def is_lazy(self) -> bool:
+        return any(isinstance(a, LazyArray) for a in (self.emg, self.kinematics, self.valid))
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the arrays, JSON-serialisable (the cache and BYOD manifest use it)."""
+        return {
+            "fs": self.fs,
+            "layout": self.layout.to_dict(),
+            "subject": self.subject,
+            "session": self.session,
+            "device": self.device,
+            "source": self.source,
+            "joint_names": list(self.joint_names),
+            "kinematics_unit": self.kinematics_unit,
+            "label_names": {k: list(v) for k, v in self.label_names.items()},
+            "meta": dict(self.meta),
+            "fingerprint": self.fingerprint,
+        }
+
+    def load(self) -> Recording:
+        """The same recording with every lazy array read into memory."""
+        if not self.is_lazy:
+            return self
+        return self.replace(
+            emg=np.asarray(self.emg),
+            kinematics=None if self.kinematics is None else np.asarray(self.kinematics),
+            valid=None if self.valid is None else np.asarray(self.valid),
+        )
+
+    def replace(self, **changes: Any) -> Recording:
+        """A validated copy with ``changes``; the fingerprint is kept unless given."""
+        changes.setdefault("fingerprint", self.fingerprint)
+        return dataclasses.replace(self, **changes)
+
+    def _content_digest(self) -> str:
+        if self.is_lazy:
+            raise InvalidValueError("a lazy recording needs an explicit fingerprint",
+                                    source=self.source, field="fingerprint")  # fmt: skip
+        arrays = [self.emg]
+        if self.kinematics is not None:
+            arrays.append(self.kinematics)
+        arrays += [self.labels[k] for k in sorted(self.labels)]
+        if self.valid is not None:
+            arrays.append(np.asarray(self.valid))
+        head = {k: v for k, v in self.header().items() if k != "fingerprint"}
+        return _digest(head, *arrays)
+
+    def __repr__(self) -> str:
+        kin = "" if self.kinematics is None else f", J={self.kinematics.shape[1]}"
+        return (
+            f"Recording({self.subject}/{self.session}, {self.device}, C={self.n_channels}{kin}, "
+            f"{self.duration_s:.1f}s @ {self.fs:g} Hz, labels={sorted(self.labels)})"
+        )

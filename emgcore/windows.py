@@ -1,0 +1,246 @@
+"""Windows as torch Datasets, served from an on-disk cache of memory-mapped arrays.
+
+:class:`RecordingCache` runs a pipeline's recording-level steps once per (source fingerprint,
+steps) and stores the result as ``.npy`` files; a second run memory-maps them and does no
+preprocessing. :class:`WindowDataset` slices fixed-length windows out of cached recordings.
+
+Memory: pages of a memory map that a process has read count towards its resident set until they
+are unmapped or dropped. The dataset tells the kernel to drop them (``MADV_DONTNEED``; they stay
+in the page cache, so re-reading is cheap) after every ``resident_mb`` served, which bounds the
+resident memory of a pass over a dataset much larger than RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from emgcore.preprocessing import Pipeline
+from emgcore.recording import ChannelLayout, Recording, _digest
+
+CACHE_ENV = "EMGCORE_CACHE"
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, ".emgcore_cache"))
+
+
+class MappedArray:
+    """A read-only ``.npy`` file mapped into memory, whose resident pages can be dropped."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)  # fmt: skip
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+        self.array = np.ndarray(shape, dtype, buffer=self._mmap, offset=offset)
+
+    def drop_resident(self) -> None:
+        self._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+@dataclass
+class CachedRecording:
+    """A preprocessed recording: header plus memory-mapped arrays (same shapes as Recording)."""
+
+    path: Path
+    header: dict[str, Any]
+    emg: np.ndarray  # (T, C) float32, memory-mapped
+    kinematics: np.ndarray | None  # (T, J) float32
+    labels: dict[str, np.ndarray]  # name -> (T,)
+    valid: np.ndarray | None  # (T,) bool
+    maps: list[MappedArray]
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.emg)
+
+    @property
+    def subject(self) -> str:
+        return self.header["subject"]
+
+    @property
+    def session(self) -> str:
+        return self.header["session"]
+
+    @property
+    def fs(self) -> float:
+        return self.header["fs"]
+
+    def to_recording(self) -> Recording:
+        """Back to an in-memory :class:`Recording` (for loaders and tests)."""
+        h = self.header
+        return Recording(
+            emg=np.array(self.emg),
+            fs=h["fs"],
+            layout=ChannelLayout.from_dict(h["layout"]),
+            subject=h["subject"],
+            session=h["session"],
+            device=h["device"],
+            source=h["source"],
+            kinematics=None if self.kinematics is None else np.array(self.kinematics),
+            joint_names=tuple(h["joint_names"]),
+            kinematics_unit=h["kinematics_unit"],
+            labels={k: np.array(v) for k, v in self.labels.items()},
+            label_names={k: tuple(v) for k, v in h["label_names"].items()},
+            valid=None if self.valid is None else np.array(self.valid),
+            meta=h["meta"],
+            fingerprint=h["fingerprint"],
+        )
+
+
+class RecordingCache:
+    """Preprocessed recordings on disk, keyed by (source fingerprint, recording-level steps)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def key(self, rec: Recording, pipeline: Pipeline) -> str:
+        return _digest(CACHE_FORMAT, rec.fingerprint, pipeline.fingerprint())
+
+    def get(self, rec: Recording, pipeline: Pipeline) -> CachedRecording:
+        """The cached result of ``pipeline`` on ``rec``, computed and stored on first use."""
+        path = self.root / self.key(rec, pipeline)
+        if not (path / "header.json").exists():
+            self._build(rec, pipeline, path)
+        return self.open(path)
+
+    def get_all(self, recs: Sequence[Recording], pipeline: Pipeline) -> list[CachedRecording]:
+        return [self.get(r, pipeline) for r in recs]
+
+    def _build(self, rec: Recording, pipeline: Pipeline, path: Path) -> None:
+        out = pipeline.apply(rec)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".building-"))
+        try:
+            np.save(tmp / "emg.npy", np.ascontiguousarray(out.emg, dtype=np.float32))
+            if out.kinematics is not None:
+                np.save(tmp / "kinematics.npy", np.asarray(out.kinematics, dtype=np.float32))
+            for name, lab in out.labels.items():
+                np.save(tmp / f"label.{name}.npy", lab)
+            if out.valid is not None:
+                np.save(tmp / "valid.npy", np.asarray(out.valid, dtype=bool))
+            header = out.header() | {"preprocessing": pipeline.recording_config()}
+            (tmp / "header.json").write_text(json.dumps(header, default=str))
+            try:
+                os.rename(tmp, path)  # atomic: readers see all files or none
+            except OSError:  # another process built it first: theirs is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def open(path: Path) -> CachedRecording:
+        header = json.loads((path / "header.json").read_text())
+        maps: list[MappedArray] = []
+
+        def load(name: str) -> np.ndarray | None:
+            p = path / name
+            if not p.exists():
+                return None
+            m = MappedArray(p)
+            maps.append(m)
+            return m.array
+
+        labels = {p.name[6:-4]: load(p.name) for p in sorted(path.glob("label.*.npy"))}
+        return CachedRecording(path, header, load("emg.npy"), load("kinematics.npy"),
+                               labels, load("valid.npy"), maps)  # type: ignore[arg-type]  # fmt: skip
+
+
+Target = Literal["last", "sequence", "none"]
+
+
+class WindowDataset(Dataset):
+    """Fixed-length windows over cached recordings.
+
+    Item ``i`` is a dict: ``emg`` (L, C) float32; ``target`` kinematics at the window's last
+    sample (J,) or the whole window (L, J) per ``target``; ``label`` (the named per-sample label
+    at the last sample) if ``label`` is set; ``recording`` and ``start`` for provenance.
+    Windows whose last-sample target is invalid (IK failure) are dropped when ``target="last"``.
+    """
+
+    def __init__(
+        self,
+        recordings: Sequence[CachedRecording],
+        length: int,
+        stride: int,
+        *,
+        target: Target = "last",
+        label: str | None = None,
+        pipeline: Pipeline | None = None,
+        drop_invalid: bool = True,
+        resident_mb: float = 256.0,
+    ):
+        if length <= 0 or stride <= 0:
+            raise ValueError(f"window length and stride must be positive, got {length}, {stride}")
+        self.recordings = list(recordings)
+        self.length, self.stride, self.target, self.label = length, stride, target, label
+        self.window_pipeline = Pipeline(pipeline.window_steps) if pipeline else Pipeline()
+        if target != "none" and any(r.kinematics is None for r in self.recordings):
+            raise ValueError("target needs kinematics, but a recording has none")
+        if label is not None:
+            missing = [str(r.path) for r in self.recordings if label not in r.labels]
+            if missing:
+                raise KeyError(f"label {label!r} missing in {missing[0]}")
+        rec_ids, starts = [], []
+        for i, r in enumerate(self.recordings):
+            s = np.arange(0, r.n_samples - length + 1, stride, dtype=np.int64)
+            if drop_invalid and target == "last" and r.valid is not None:
+                s = s[np.asarray(r.valid[s + length - 1])]
+            rec_ids.append(np.full(len(s), i, dtype=np.int32))
+            starts.append(s)
+        self.rec_ids = np.concatenate(rec_ids) if rec_ids else np.zeros(0, np.int32)
+        self.starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+        self._budget = int(resident_mb * 2**20)
+        self._served = 0
+        self._window_bytes = length * 4 * max((r.emg.shape[1] for r in self.recordings), default=1)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = self.recordings[self.rec_ids[i]]
+        a = int(self.starts[i])
+        b = a + self.length
+        emg = np.array(r.emg[a:b])  # copy out of the map
+        if self.window_pipeline.steps:
+            emg = self.window_pipeline.apply_windows(emg).astype(np.float32, copy=False)
+        item: dict[str, Any] = {"emg": torch.from_numpy(emg), "recording": int(self.rec_ids[i]),
+                                "start": a}  # fmt: skip
+        if self.target == "last":
+            item["target"] = torch.from_numpy(np.array(r.kinematics[b - 1]))
+        elif self.target == "sequence":
+            item["target"] = torch.from_numpy(np.array(r.kinematics[a:b]))
+            if r.valid is not None:
+                item["valid"] = torch.from_numpy(np.array(r.valid[a:b]))
+        if self.label is not None:
+            item["label"] = int(r.labels[self.label][b - 1])
+        self._served += self._window_bytes
+        if self._served > self._budget:
+            self.drop_resident()
+        return item
+
+    def drop_resident(self) -> None:
+        """Release the pages this process has mapped in (they stay in the OS page cache)."""
+        self._served = 0
+        for r in self.recordings:
+            for m in r.maps:
+                m.drop_resident()

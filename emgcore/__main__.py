@@ -27,12 +27,16 @@ def _demo(args: argparse.Namespace) -> int:
     recs = open_dataset(args.data, **overrides)
     t_load = time.perf_counter() - t0
     cat = catalog(recs)
-    print(f"data     {args.data}: {len(recs)} recordings, {cat['subject'].nunique()} subjects, "
-          f"sessions {sorted(cat['session'].unique())}, {sum(r.duration_s for r in recs):.0f} s "
-          f"({t_load:.1f} s to load)")  # fmt: skip
+    print(
+        f"data     {args.data}: {len(recs)} recordings, {cat['subject'].nunique()} subjects, "
+        f"sessions {sorted(cat['session'].unique())}, {sum(r.duration_s for r in recs):.0f} s "
+        f"({t_load:.1f} s to load)"
+    )
     r0 = recs[0]
-    print(f"shape    {r0.n_channels} channels ({r0.layout.kind}) @ {r0.fs:g} Hz; kinematics "
-          f"{len(r0.joint_names)} ({r0.kinematics_unit or '-'}); labels {sorted(r0.labels)}")
+    print(
+        f"shape    {r0.n_channels} channels ({r0.layout.kind}) @ {r0.fs:g} Hz; kinematics "
+        f"{len(r0.joint_names)} ({r0.kinematics_unit or '-'}); labels {sorted(r0.labels)}"
+    )
 
     steps = [dict(s) for s in DEFAULT_EMG]
     steps[0]["high"] = min(450.0, 0.45 * r0.fs)
@@ -50,30 +54,48 @@ def _demo(args: argparse.Namespace) -> int:
     split = cross_session(cat, test_sessions=sessions[-1:]) if len(sessions) > 1 else None
     for part in ("train", "test") if split else ("all",):
         sub = cached if split is None else split.select(cached, part)
-        ds = WindowDataset(sub, length, stride, target="last" if has_kin else "none",
-                           label="gesture" if "gesture" in cached[0].labels else None)  # fmt: skip
+        ds = WindowDataset(
+            sub,
+            length,
+            stride,
+            target="last" if has_kin else "none",
+            label="gesture" if "gesture" in cached[0].labels else None,
+        )
         item = ds[0]
         x = np.stack([ds[i]["emg"].numpy() for i in range(0, len(ds), max(1, len(ds) // 256))])
-        print(f"windows  {part:<5} {len(ds):>7} x {tuple(item['emg'].shape)} "
-              f"(window {args.window_ms:g} ms, stride {args.stride_ms:g} ms); "
-              f"emg std {x.std():.3g}")  # fmt: skip
+        print(
+            f"windows  {part:<5} {len(ds):>7} x {tuple(item['emg'].shape)} "
+            f"(window {args.window_ms:g} ms, stride {args.stride_ms:g} ms); "
+            f"emg std {x.std():.3g}"
+        )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emgcore", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m emgcore",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate or load, preprocess, window, summarise")
-    demo.add_argument("--data", default="db8-like",
-                      help="simulator preset (db8-like, emg2pose-like, grid110, myo-like, "
-                           "flexemg-like) or a dataset path (default: db8-like)")  # fmt: skip
-    demo.add_argument("--duration", type=float, default=None,
-                      help="seconds per simulated recording (default: the preset's)")  # fmt: skip
+    demo.add_argument(
+        "--data",
+        default="db8-like",
+        help="simulator preset (db8-like, emg2pose-like, grid110, myo-like, "
+        "flexemg-like) or a dataset path (default: db8-like)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per simulated recording (default: the preset's)",
+    )
     demo.add_argument("--window-ms", type=float, default=128.0)
     demo.add_argument("--stride-ms", type=float, default=52.0)
-    demo.add_argument("--cache", default=None, help="cache folder (default: $EMGCORE_CACHE or "
-                      ".emgcore_cache)")  # fmt: skip
+    demo.add_argument(
+        "--cache", default=None, help="cache folder (default: $EMGCORE_CACHE or .emgcore_cache)"
+    )
     args = parser.parse_args(argv)
     try:
         return _demo(args)

@@ -74,7 +74,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-# -- zero-phase IIR filters (fusable) ---------------------------------------------------------------
+# -- zero-phase IIR filters (fusable) ----
 class _Filter(Step):
     """A linear filter on EMG given as second-order sections for a sampling rate."""
 
@@ -94,8 +94,9 @@ def filtfilt_sos(sos: np.ndarray, x: np.ndarray, source: str = "memory") -> np.n
     if len(x) <= 3 * (2 * len(sos) + 1):
         raise InvalidValueError(
             f"{len(x)} samples is too short for a zero-phase filter of {len(sos)} sections",
-            source=source, field="emg",
-        )  # fmt: skip
+            source=source,
+            field="emg",
+        )
     xt = np.ascontiguousarray(x.T, dtype=np.float32)
     y = sps.sosfiltfilt(sos.astype(np.float32), xt, axis=1)
     return np.ascontiguousarray(y.T)
@@ -104,8 +105,9 @@ def filtfilt_sos(sos: np.ndarray, x: np.ndarray, source: str = "memory") -> np.n
 def _check_band(fs: float, *freqs: float | None, step: str) -> None:
     for f in freqs:
         if f is not None and not 0 < f < fs / 2:
-            raise InvalidValueError(f"{f} Hz is outside (0, Nyquist={fs / 2:g} Hz)",
-                                    field=f"preprocessing.{step}")  # fmt: skip
+            raise InvalidValueError(
+                f"{f} Hz is outside (0, Nyquist={fs / 2:g} Hz)", field=f"preprocessing.{step}"
+            )
 
 
 @register
@@ -148,7 +150,7 @@ class Notch(_Filter):
         )
 
 
-# -- other recording-level steps --------------------------------------------------------------------
+# -- other recording-level steps ----
 @register
 @dataclass(frozen=True)
 class Envelope(Step):
@@ -198,8 +200,9 @@ class Resample(Step):
         up, down = frac.numerator, frac.denominator
         emg = sps.resample_poly(np.asarray(rec.emg), up, down, axis=0).astype(np.float32)
         n = len(emg)
-        src = np.minimum((np.arange(n) * rec.fs / self.fs).round().astype(np.int64),
-                         rec.n_samples - 1)  # fmt: skip
+        src = np.minimum(
+            (np.arange(n) * rec.fs / self.fs).round().astype(np.int64), rec.n_samples - 1
+        )
         kin = None
         if rec.kinematics is not None:
             kin = sps.resample_poly(np.asarray(rec.kinematics), up, down, axis=0)[:n]
@@ -212,7 +215,7 @@ class Resample(Step):
         )
 
 
-# -- fitted steps ----------------------------------------------------------------------------------
+# -- fitted steps ----
 @register
 @dataclass(frozen=True)
 class ZScore(Step):
@@ -232,7 +235,9 @@ class ZScore(Step):
             x = np.asarray(r.emg, dtype=np.float64)
             n, s, ss = n + len(x), s + x.sum(0), ss + (x * x).sum(0)
         if n == 0:
-            raise InvalidValueError("no training recordings to fit on", field="preprocessing.zscore")
+            raise InvalidValueError(
+                "no training recordings to fit on", field="preprocessing.zscore"
+            )
         mean = s / n
         std = np.sqrt(np.maximum(ss / n - mean**2, 0.0))
         return dataclasses.replace(self, mean=tuple(mean), std=tuple(np.maximum(std, 1e-12)))
@@ -240,8 +245,11 @@ class ZScore(Step):
     def apply(self, rec: Recording) -> Recording:
         _require_fitted(self, rec)
         if len(self.mean) != rec.n_channels:
-            raise InvalidValueError(f"fitted on {len(self.mean)} channels, got {rec.n_channels}",
-                                    source=rec.source, field="preprocessing.zscore")  # fmt: skip
+            raise InvalidValueError(
+                f"fitted on {len(self.mean)} channels, got {rec.n_channels}",
+                source=rec.source,
+                field="preprocessing.zscore",
+            )
         m, s = np.float32(self.mean), np.float32(self.std)
         return rec.replace(emg=(np.asarray(rec.emg) - m) / s)
 
@@ -282,36 +290,46 @@ class MedianL2(Step):
     def apply(self, rec: Recording) -> Recording:
         _require_fitted(self, rec)
         if rec.subject not in self.stats:
-            raise InvalidValueError(f"no statistics for subject {rec.subject!r}; fit on them",
-                                    source=rec.source, field="preprocessing.median_l2")  # fmt: skip
+            raise InvalidValueError(
+                f"no statistics for subject {rec.subject!r}; fit on them",
+                source=rec.source,
+                field="preprocessing.median_l2",
+            )
         med, rms = (np.float32(v) for v in self.stats[rec.subject])
         return rec.replace(emg=(np.asarray(rec.emg) - med) / rms)
 
 
 def _require_fitted(step: Step, rec: Recording) -> None:
     if not step.fitted:
-        raise InvalidValueError("step is not fitted: call Pipeline.fit first", source=rec.source,
-                                field=f"preprocessing.{step.name}")  # fmt: skip
+        raise InvalidValueError(
+            "step is not fitted: call Pipeline.fit first",
+            source=rec.source,
+            field=f"preprocessing.{step.name}",
+        )
 
 
-# -- window-level steps --------------------------------------------------------------------------
+# -- window-level steps ----
 @register
 @dataclass(frozen=True)
 class InstanceNorm(Step):
-    """CPEP: normalise each window per channel to zero mean, unit variance."""
+    """CPEP: normalise each window per channel to zero mean, unit variance.
+
+    ``eps`` only guards flat channels: EMG in volts has std ~1e-5, so an additive epsilon of the
+    usual 1e-6 would silently shrink every window by ~10%.
+    """
 
     name: ClassVar[str] = "instance_norm"
     level: ClassVar[str] = "window"
-    eps: float = 1e-6
+    eps: float = 1e-12
 
     def apply_window(self, x: np.ndarray) -> np.ndarray:
         """``x``: (..., L, C) -> same shape."""
         mu = x.mean(axis=-2, keepdims=True)
         sd = x.std(axis=-2, keepdims=True)
-        return (x - mu) / (sd + self.eps)
+        return (x - mu) / np.maximum(sd, self.eps)
 
 
-# -- the pipeline ----------------------------------------------------------------------------------
+# -- the pipeline ----
 @dataclass(frozen=True)
 class Pipeline:
     steps: tuple[Step, ...] = ()
@@ -325,13 +343,17 @@ class Pipeline:
                 raise InvalidValueError("each step needs a 'name'", field=where)
             kind = STEPS.get(item["name"])
             if kind is None:
-                raise InvalidValueError(f"unknown step {item['name']!r}; known: {sorted(STEPS)}",
-                                        field=f"{where}.name")  # fmt: skip
+                raise InvalidValueError(
+                    f"unknown step {item['name']!r}; known: {sorted(STEPS)}", field=f"{where}.name"
+                )
             params = {k: v for k, v in item.items() if k != "name"}
             names = {f.name for f in dataclasses.fields(kind)}
             if unknown := set(params) - names:
-                raise InvalidValueError(f"unknown parameter(s) {sorted(unknown)} for "
-                                        f"{kind.name}; known: {sorted(names)}", field=where)  # fmt: skip
+                raise InvalidValueError(
+                    f"unknown parameter(s) {sorted(unknown)} for "
+                    f"{kind.name}; known: {sorted(names)}",
+                    field=where,
+                )
             params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
             if "stats" in params:
                 params["stats"] = {u: (tuple(m), tuple(s)) for u, (m, s) in params["stats"].items()}

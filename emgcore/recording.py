@@ -155,9 +155,10 @@ class LazyArray:
         out = np.asarray(self._reader(start, stop), dtype=self.dtype)
         if out.shape != (max(stop - start, 0), *self.shape[1:]):
             raise ShapeError(
-                f"read rows {start}:{stop} gave shape {out.shape}", source=self.source,
+                f"read rows {start}:{stop} gave shape {out.shape}",
+                source=self.source,
                 field=self.field,
-            )  # fmt: skip
+            )
         if self.check_finite:
             check_finite(out, source=self.source, field=self.field, offset=start)
         return out
@@ -231,8 +232,9 @@ class Recording:
             emg = np.asarray(emg)
             if emg.dtype != np.float32:
                 if emg.dtype.kind not in "fiu":
-                    raise InvalidValueError(f"dtype {emg.dtype} is not numeric", source=src,
-                                            field="emg")  # fmt: skip
+                    raise InvalidValueError(
+                        f"dtype {emg.dtype} is not numeric", source=src, field="emg"
+                    )
                 emg = emg.astype(np.float32)
             object.__setattr__(self, "emg", emg)
         if emg.ndim != 2:
@@ -247,8 +249,9 @@ class Recording:
                 field="emg",
             )
         if not (np.isfinite(self.fs) and self.fs > 0):
-            raise InvalidValueError(f"sampling rate must be > 0, got {self.fs}", source=src,
-                                    field="fs")  # fmt: skip
+            raise InvalidValueError(
+                f"sampling rate must be > 0, got {self.fs}", source=src, field="fs"
+            )
         if isinstance(emg, np.ndarray):
             check_finite(emg, source=src, field="emg")
         if self.kinematics is not None:
@@ -259,26 +262,34 @@ class Recording:
                 check_finite(kin, source=src, field="kinematics")
             if kin.ndim != 2 or kin.shape[0] != t:
                 raise ShapeError(
-                    f"shape {kin.shape} does not match {t} EMG samples", source=src,
+                    f"shape {kin.shape} does not match {t} EMG samples",
+                    source=src,
                     field="kinematics",
-                )  # fmt: skip
+                )
             if self.joint_names and len(self.joint_names) != kin.shape[1]:
                 raise ShapeError(
                     f"{kin.shape[1]} columns but {len(self.joint_names)} joint names",
-                    source=src, field="joint_names",
-                )  # fmt: skip
+                    source=src,
+                    field="joint_names",
+                )
         labels = {}
         for name, lab in self.labels.items():
             lab = np.asarray(lab)
             if lab.shape != (t,):
-                raise ShapeError(f"shape {lab.shape}, expected ({t},)", source=src,
-                                 field=f"labels.{name}")  # fmt: skip
+                raise ShapeError(
+                    f"shape {lab.shape}, expected ({t},)", source=src, field=f"labels.{name}"
+                )
             if lab.dtype.kind not in "iu":
-                if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+                if (
+                    lab.dtype.kind == "f"
+                    and np.all(np.isfinite(lab))
+                    and np.all(lab == np.round(lab))
+                ):
                     lab = lab.astype(np.int64)
                 else:
-                    raise InvalidValueError("labels must be integers", source=src,
-                                            field=f"labels.{name}")  # fmt: skip
+                    raise InvalidValueError(
+                        "labels must be integers", source=src, field=f"labels.{name}"
+                    )
             labels[name] = lab
         object.__setattr__(self, "labels", labels)
         if self.valid is not None and not isinstance(self.valid, LazyArray):
@@ -340,8 +351,11 @@ class Recording:
 
     def _content_digest(self) -> str:
         if self.is_lazy:
-            raise InvalidValueError("a lazy recording needs an explicit fingerprint",
-                                    source=self.source, field="fingerprint")  # fmt: skip
+            raise InvalidValueError(
+                "a lazy recording needs an explicit fingerprint",
+                source=self.source,
+                field="fingerprint",
+            )
         arrays = [self.emg]
         if self.kinematics is not None:
             arrays.append(self.kinematics)

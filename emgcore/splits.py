@@ -58,12 +58,15 @@ def cross_session(
     _need(cat, "session")
     present = set(cat["session"])
     if missing := (set(test_sessions) | set(val_sessions)) - present:
-        raise InvalidValueError(f"sessions {sorted(missing)} are not in the catalog "
-                                f"(it has {sorted(present)})", field="session")  # fmt: skip
+        raise InvalidValueError(
+            f"sessions {sorted(missing)} are not in the catalog (it has {sorted(present)})",
+            field="session",
+        )
     test = cat["session"].isin(test_sessions)
     val = cat["session"].isin(val_sessions) & ~test
-    return Split("cross_session", {"train": _rows(~test & ~val), "val": _rows(val),
-                                   "test": _rows(test)})  # fmt: skip
+    return Split(
+        "cross_session", {"train": _rows(~test & ~val), "val": _rows(val), "test": _rows(test)}
+    )
 
 
 def cross_user(
@@ -88,15 +91,18 @@ def cross_user(
     val_subjects = rest[:n_val].tolist()
     test = cat["subject"].isin(test_subjects)
     val = cat["subject"].isin(val_subjects)
-    return Split("cross_user", {"train": _rows(~test & ~val), "val": _rows(val),
-                                "test": _rows(test)})  # fmt: skip
+    return Split(
+        "cross_user", {"train": _rows(~test & ~val), "val": _rows(val), "test": _rows(test)}
+    )
 
 
 def leave_one_subject_out(cat: pd.DataFrame) -> list[Split]:
     """One split per subject: that subject is the test set, everyone else trains."""
     _need(cat, "subject")
     return [
-        Split(f"loso:{s}", {"train": _rows(cat["subject"] != s), "test": _rows(cat["subject"] == s)})
+        Split(
+            f"loso:{s}", {"train": _rows(cat["subject"] != s), "test": _rows(cat["subject"] == s)}
+        )
         for s in sorted(cat["subject"].unique())
     ]
 
@@ -115,8 +121,10 @@ def kfold_sessions(cat: pd.DataFrame, k: int | None = None) -> list[Split]:
         raise InvalidValueError(f"k={k} needs 2..{len(sessions)} sessions", field="session")
     groups = np.array_split(np.array(sessions), k)
     return [
-        Split(f"session_fold{i}", {"train": _rows(~cat["session"].isin(g)),
-                                   "val": _rows(cat["session"].isin(g))})  # fmt: skip
+        Split(
+            f"session_fold{i}",
+            {"train": _rows(~cat["session"].isin(g)), "val": _rows(cat["session"].isin(g))},
+        )
         for i, g in enumerate(groups)
     ]
 
@@ -145,13 +153,15 @@ def held_out_gestures(
     """
     _need(cat, "subject", gesture_col)
     if overlap := set(unseen) & set(in_distribution):
-        raise InvalidValueError(f"gestures both unseen and in-distribution: {sorted(overlap)}",
-                                field=gesture_col)  # fmt: skip
+        raise InvalidValueError(
+            f"gestures both unseen and in-distribution: {sorted(overlap)}", field=gesture_col
+        )
     subjects = np.random.default_rng(seed).permutation(sorted(cat["subject"].unique()))
     need = n_eval_users + n_tune_users + n_probe_unseen_users + 1
     if len(subjects) < need:
-        raise InvalidValueError(f"{len(subjects)} subjects; this split needs at least {need}",
-                                field="subject")  # fmt: skip
+        raise InvalidValueError(
+            f"{len(subjects)} subjects; this split needs at least {need}", field="subject"
+        )
     eval_u = subjects[:n_eval_users]
     tune_u = subjects[n_eval_users : n_eval_users + n_tune_users]
     probe_u = subjects[n_eval_users + n_tune_users : need - 1]

@@ -43,8 +43,11 @@ class MappedArray:
     def __init__(self, path: Path):
         with open(path, "rb") as f:
             major, _ = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                           else np.lib.format.read_array_header_2_0)  # fmt: skip
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
             offset = f.tell()
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -161,8 +164,9 @@ class RecordingCache:
             return m.array
 
         labels = {p.name[6:-4]: load(p.name) for p in sorted(path.glob("label.*.npy"))}
-        return CachedRecording(path, header, load("emg.npy"), load("kinematics.npy"),
-                               labels, load("valid.npy"), maps)  # type: ignore[arg-type]  # fmt: skip
+        return CachedRecording(
+            path, header, load("emg.npy"), load("kinematics.npy"), labels, load("valid.npy"), maps
+        )  # type: ignore[arg-type]
 
 
 Target = Literal["last", "sequence", "none"]
@@ -223,8 +227,11 @@ class WindowDataset(Dataset):
         emg = np.array(r.emg[a:b])  # copy out of the map
         if self.window_pipeline.steps:
             emg = self.window_pipeline.apply_windows(emg).astype(np.float32, copy=False)
-        item: dict[str, Any] = {"emg": torch.from_numpy(emg), "recording": int(self.rec_ids[i]),
-                                "start": a}  # fmt: skip
+        item: dict[str, Any] = {
+            "emg": torch.from_numpy(emg),
+            "recording": int(self.rec_ids[i]),
+            "start": a,
+        }
         if self.target == "last":
             item["target"] = torch.from_numpy(np.array(r.kinematics[b - 1]))
         elif self.target == "sequence":

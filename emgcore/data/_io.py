@@ -54,8 +54,9 @@ def read_rows(path: Path, dataset: str, field: str | None, start: int, stop: int
             return ds.fields(field)[start:stop] if field else ds[start:stop]
         except (OSError, RuntimeError) as e:  # a truncated file fails on read, not on open
             name = f"{dataset}.{field}" if field else dataset
-            raise FormatError(f"cannot read rows {start}:{stop}: {e}", source=path,
-                              field=name) from e  # fmt: skip
+            raise FormatError(
+                f"cannot read rows {start}:{stop}: {e}", source=path, field=name
+            ) from e
 
 
 def check_time(t: np.ndarray, fs: float, path: Path, field: str) -> None:
@@ -64,14 +65,18 @@ def check_time(t: np.ndarray, fs: float, path: Path, field: str) -> None:
         return
     check = np.diff(t)
     if not np.all(np.isfinite(t)):
-        raise InvalidValueError(f"NaN or Inf at sample {np.flatnonzero(~np.isfinite(t))[0]}",
-                                source=path, field=field)  # fmt: skip
+        raise InvalidValueError(
+            f"NaN or Inf at sample {np.flatnonzero(~np.isfinite(t))[0]}", source=path, field=field
+        )
     if (bad := np.flatnonzero(check <= 0)).size:
-        raise InvalidValueError(f"timestamps are not increasing at sample {bad[0] + 1}",
-                                source=path, field=field)  # fmt: skip
+        raise InvalidValueError(
+            f"timestamps are not increasing at sample {bad[0] + 1}", source=path, field=field
+        )
     measured = 1.0 / float(np.median(check))
     if abs(measured - fs) > 0.01 * fs:
         raise InvalidValueError(
             f"timestamps imply {measured:.1f} Hz but the file states sample_rate={fs:g} Hz "
-            "(mismatched sampling rates)", source=path, field=field,
-        )  # fmt: skip
+            "(mismatched sampling rates)",
+            source=path,
+            field=field,
+        )

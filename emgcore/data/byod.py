@@ -50,13 +50,26 @@ def write_byod(root: str | Path, recordings: Sequence[Recording]) -> Path:
             for k, v in rec.labels.items():
                 f.create_dataset(f"labels/{k}", data=v)
             head = rec.header()
-            f.attrs["header"] = json.dumps({k: head[k] for k in (
-                "layout", "joint_names", "kinematics_unit", "label_names", "meta")}, default=str)
+            f.attrs["header"] = json.dumps(
+                {
+                    k: head[k]
+                    for k in ("layout", "joint_names", "kinematics_unit", "label_names", "meta")
+                },
+                default=str,
+            )
             f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["fs"] = float(rec.fs)  # fmt: skip
-        rows.append({"file": name, "subject": rec.subject, "session": rec.session,
-                     "device": rec.device, "fs": rec.fs, "n_channels": rec.n_channels,
-                     "n_samples": rec.n_samples})  # fmt: skip
+            f.attrs["fs"] = float(rec.fs)
+        rows.append(
+            {
+                "file": name,
+                "subject": rec.subject,
+                "session": rec.session,
+                "device": rec.device,
+                "fs": rec.fs,
+                "n_channels": rec.n_channels,
+                "n_samples": rec.n_samples,
+            }
+        )
     manifest = root / MANIFEST
     pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(manifest, index=False)
     return manifest
@@ -92,11 +105,14 @@ def _load_one(root: Path, row: object, manifest: Path) -> Recording:
         labels = {k: f[f"labels/{k}"][:] for k in f["labels"]} if "labels" in f else {}
     for col, got in (("fs", file_fs), ("n_channels", shape[1]), ("n_samples", shape[0])):
         if got is not None and float(getattr(row, col)) != got:
-            raise InvalidValueError(f"sessions.csv says {getattr(row, col)}, {path.name} has {got}",
-                                    source=manifest, field=col)  # fmt: skip
+            raise InvalidValueError(
+                f"sessions.csv says {getattr(row, col)}, {path.name} has {got}",
+                source=manifest,
+                field=col,
+            )
     src = str(path)
 
-    def reader(name: str):  # noqa: ANN202
+    def reader(name: str):
         return lambda a, b: read_rows(path, name, None, a, b)
 
     try:
@@ -111,17 +127,19 @@ def _load_one(root: Path, row: object, manifest: Path) -> Recording:
         session=str(row.session),  # type: ignore[attr-defined]
         device=str(row.device),  # type: ignore[attr-defined]
         source=src,
-        kinematics=None if kin_shape is None else LazyArray(
-            reader("kinematics"), kin_shape, np.float32, source=src, field="kinematics"),
+        kinematics=None
+        if kin_shape is None
+        else LazyArray(reader("kinematics"), kin_shape, np.float32, source=src, field="kinematics"),
         joint_names=tuple(head.get("joint_names", ())),
         kinematics_unit=head.get("kinematics_unit", ""),
         labels=labels,
         label_names={k: tuple(v) for k, v in head.get("label_names", {}).items()},
         valid=LazyArray(reader("valid"), (shape[0],), bool, source=src, field="valid")
-        if has_valid else None,
+        if has_valid
+        else None,
         meta=head.get("meta", {}),
         fingerprint=file_fingerprint(path, "byod", FORMAT_VERSION, float(row.fs)),  # type: ignore[attr-defined]
-    )  # fmt: skip
+    )
 
 
 def _safe(s: str) -> str:

@@ -26,15 +26,41 @@ from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
 from emgcore.recording import ChannelLayout, LazyArray, Recording
 
 DTYPE = np.dtype([("time", "<f8"), ("joint_angles", "<f8", (20,)), ("emg", "<f4", (16,))])
-ATTRS = ("filename", "session", "stage", "user", "side", "sample_rate", "num_channels", "start",
-         "end")  # fmt: skip
-METADATA_COLUMNS = ("user", "session", "stage", "side", "moving_hand", "held_out_user",
-                    "held_out_stage", "split", "generalization", "filename", "start")  # fmt: skip
+ATTRS = (
+    "filename",
+    "session",
+    "stage",
+    "user",
+    "side",
+    "sample_rate",
+    "num_channels",
+    "start",
+    "end",
+)
+METADATA_COLUMNS = (
+    "user",
+    "session",
+    "stage",
+    "side",
+    "moving_hand",
+    "held_out_user",
+    "held_out_stage",
+    "split",
+    "generalization",
+    "filename",
+    "start",
+)
 JOINTS = (
-    "THUMB_CMC_FE", "THUMB_CMC_AA", "THUMB_MCP_FE", "THUMB_IP_FE",
-    *(f"{f}_{j}" for f in ("INDEX", "MIDDLE", "RING", "PINKY")
-      for j in ("MCP_AA", "MCP_FE", "PIP_FE", "DIP_FE")),
-)  # fmt: skip
+    "THUMB_CMC_FE",
+    "THUMB_CMC_AA",
+    "THUMB_MCP_FE",
+    "THUMB_IP_FE",
+    *(
+        f"{f}_{j}"
+        for f in ("INDEX", "MIDDLE", "RING", "PINKY")
+        for j in ("MCP_AA", "MCP_FE", "PIP_FE", "DIP_FE")
+    ),
+)
 IK_FAILURE_RAD = 1e-6  # all angles within this of zero = inverse kinematics failed
 DATASET = "emg2pose/timeseries"
 
@@ -49,11 +75,17 @@ def load_emg2pose(path: str | Path, meta: dict | None = None) -> Recording:
         names = ds.dtype.names or ()
         for name in ("time", "joint_angles", "emg"):
             if name not in names:
-                raise MissingFieldError(f"compound field missing (has {list(names)})",
-                                        source=path, field=f"{DATASET}.{name}")  # fmt: skip
+                raise MissingFieldError(
+                    f"compound field missing (has {list(names)})",
+                    source=path,
+                    field=f"{DATASET}.{name}",
+                )
         if ds.dtype["joint_angles"].shape != (20,):
-            raise ShapeError(f"expected 20 joint angles, got {ds.dtype['joint_angles'].shape}",
-                             source=path, field=f"{DATASET}.joint_angles")  # fmt: skip
+            raise ShapeError(
+                f"expected 20 joint angles, got {ds.dtype['joint_angles'].shape}",
+                source=path,
+                field=f"{DATASET}.joint_angles",
+            )
         n_ch = ds.dtype["emg"].shape[0] if ds.dtype["emg"].shape else 1
         n = ds.shape[0]
         time = read_rows(path, DATASET, "time", 0, n)
@@ -62,8 +94,11 @@ def load_emg2pose(path: str | Path, meta: dict | None = None) -> Recording:
             raise MissingFieldError("missing attribute", source=path, field=f"emg2pose.attrs.{key}")
     fs = float(attrs["sample_rate"])
     if int(attrs["num_channels"]) != n_ch:
-        raise ShapeError(f"num_channels={attrs['num_channels']} but emg has {n_ch} channels",
-                         source=path, field=f"{DATASET}.emg")  # fmt: skip
+        raise ShapeError(
+            f"num_channels={attrs['num_channels']} but emg has {n_ch} channels",
+            source=path,
+            field=f"{DATASET}.emg",
+        )
     check_time(time, fs, path, f"{DATASET}.time")
 
     def emg(a: int, b: int) -> np.ndarray:
@@ -87,8 +122,7 @@ def load_emg2pose(path: str | Path, meta: dict | None = None) -> Recording:
         session=str(_plain(attrs["session"])),
         device="emg2pose-band",
         source=src,
-        kinematics=LazyArray(kin, (n, 20), np.float32, source=src,
-                             field=f"{DATASET}.joint_angles"),  # fmt: skip
+        kinematics=LazyArray(kin, (n, 20), np.float32, source=src, field=f"{DATASET}.joint_angles"),
         joint_names=JOINTS,
         kinematics_unit="deg",
         valid=LazyArray(valid, (n,), bool, source=src, field=f"{DATASET}.joint_angles"),
@@ -108,15 +142,23 @@ def load_emg2pose_dataset(
     out = []
     for row in meta.head(limit).itertuples(index=False) if limit else meta.itertuples(index=False):
         name = row.filename if str(row.filename).endswith(".hdf5") else f"{row.filename}.hdf5"
-        rec = load_emg2pose(root / name, meta={
-            "split": row.split, "generalization": row.generalization,
-            "held_out_user": bool(row.held_out_user), "held_out_stage": bool(row.held_out_stage),
-            "moving_hand": row.moving_hand,
-        })  # fmt: skip
+        rec = load_emg2pose(
+            root / name,
+            meta={
+                "split": row.split,
+                "generalization": row.generalization,
+                "held_out_user": bool(row.held_out_user),
+                "held_out_stage": bool(row.held_out_stage),
+                "moving_hand": row.moving_hand,
+            },
+        )
         for col, value in (("user", rec.subject), ("stage", rec.meta["stage"])):
             if str(getattr(row, col)) != str(value):
-                raise InvalidValueError(f"metadata.csv says {getattr(row, col)!r}, file says "
-                                        f"{value!r}", source=rec.source, field=col)  # fmt: skip
+                raise InvalidValueError(
+                    f"metadata.csv says {getattr(row, col)!r}, file says {value!r}",
+                    source=rec.source,
+                    field=col,
+                )
         out.append(rec)
     return out
 
@@ -153,12 +195,19 @@ def write_emg2pose(path: str | Path, rec: Recording, *, chunk_rows: int = 100_00
             if rec.kinematics is not None:
                 block["joint_angles"] = np.deg2rad(np.asarray(rec.kinematics[a:b], np.float64))
             ds[a:b] = block
-        g.attrs.update({
-            "filename": path.stem, "session": rec.session, "stage": rec.meta.get("stage", ""),
-            "user": rec.subject, "side": rec.meta.get("side", "right"),
-            "sample_rate": float(rec.fs), "num_channels": rec.n_channels,
-            "start": t0, "end": t0 + n / rec.fs,
-        })  # fmt: skip
+        g.attrs.update(
+            {
+                "filename": path.stem,
+                "session": rec.session,
+                "stage": rec.meta.get("stage", ""),
+                "user": rec.subject,
+                "side": rec.meta.get("side", "right"),
+                "sample_rate": float(rec.fs),
+                "num_channels": rec.n_channels,
+                "start": t0,
+                "end": t0 + n / rec.fs,
+            }
+        )
     return path
 
 

@@ -24,17 +24,24 @@ from emgcore.recording import ChannelLayout, Recording
 # KinEMbed eq. 6: y (5 DoA) = A x (18 glove sensors). Rows: thumb rotation, thumb flexion, index,
 # middle, ring/little.
 DB8_DOA_MATRIX = np.zeros((5, 18))
-for _doa, _entries in enumerate((
-    {0: 0.639, 1: 0.383, 3: -0.639, 16: -0.19},
-    {2: 1.0},
-    {4: 0.4, 5: 0.6},
-    {6: 0.4, 7: 0.6},
-    {9: 0.1667, 10: 0.3333, 12: 0.1667, 13: 0.3333},
-)):  # fmt: skip
+for _doa, _entries in enumerate(
+    (
+        {0: 0.639, 1: 0.383, 3: -0.639, 16: -0.19},
+        {2: 1.0},
+        {4: 0.4, 5: 0.6},
+        {6: 0.4, 7: 0.6},
+        {9: 0.1667, 10: 0.3333, 12: 0.1667, 13: 0.3333},
+    )
+):
     for _col, _w in _entries.items():
         DB8_DOA_MATRIX[_doa, _col] = _w
-DOA_NAMES = ("thumb_rotation", "thumb_flexion", "index_flexion", "middle_flexion",
-             "ring_little_flexion")  # fmt: skip
+DOA_NAMES = (
+    "thumb_rotation",
+    "thumb_flexion",
+    "index_flexion",
+    "middle_flexion",
+    "ring_little_flexion",
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,9 @@ def load_ninapro(
     path = require_file(path, "NinaPro file")
     m = NAME.match(path.name)
     if m is None:
-        raise InvalidValueError("file name must look like S<s>_E<e>_A<a>.mat", source=path,
-                                field="filename")  # fmt: skip
+        raise InvalidValueError(
+            "file name must look like S<s>_E<e>_A<a>.mat", source=path, field="filename"
+        )
     subject, exercise, acquisition = (int(g) for g in m.groups())
     wanted = ["emg", "glove", "restimulus", "rerepetition", "frequency"]
     try:
@@ -79,19 +87,29 @@ def load_ninapro(
         if key not in mat:
             raise MissingFieldError("variable missing", source=path, field=key)
     emg = _matrix(mat, "emg", path)
-    db = db or _infer_db(emg.shape[1], mat.get("glove"))
+    db = db or _infer_db(emg.shape[1], mat.get("glove"), path)
     if db not in SPECS:
-        raise InvalidValueError(f"unknown database {db!r}; known: {sorted(SPECS)}", field="db")
+        raise InvalidValueError(
+            f"unknown database {db!r}; known: {sorted(SPECS)}", source=path, field="db"
+        )
     spec = SPECS[db]
     n = len(emg)
     if emg.shape[1] != spec.n_emg:
-        raise ShapeError(f"{db.upper()} has {spec.n_emg} EMG channels, file has {emg.shape[1]}",
-                         source=path, field="emg")  # fmt: skip
+        raise ShapeError(
+            f"{db.upper()} has {spec.n_emg} EMG channels, file has {emg.shape[1]}",
+            source=path,
+            field="emg",
+        )
     if "frequency" in mat and abs(float(np.ravel(mat["frequency"])[0]) - FS) > 1:
-        raise InvalidValueError(f"frequency={float(np.ravel(mat['frequency'])[0])} Hz but "
-                                f"{db.upper()} is {FS:g} Hz", source=path, field="frequency")  # fmt: skip
-    labels = {"gesture": _labels(mat, "restimulus", n, path),
-              "repetition": _labels(mat, "rerepetition", n, path)}  # fmt: skip
+        raise InvalidValueError(
+            f"frequency={float(np.ravel(mat['frequency'])[0])} Hz but {db.upper()} is {FS:g} Hz",
+            source=path,
+            field="frequency",
+        )
+    labels = {
+        "gesture": _labels(mat, "restimulus", n, path),
+        "repetition": _labels(mat, "rerepetition", n, path),
+    }
 
     kin, names, unit = None, (), ""
     if kinematics != "none" and spec.n_glove is not None:
@@ -99,15 +117,19 @@ def load_ninapro(
             raise MissingFieldError("variable missing", source=path, field="glove")
         glove = _matrix(mat, "glove", path)
         if glove.shape != (n, spec.n_glove):
-            raise ShapeError(f"expected ({n}, {spec.n_glove}), got {glove.shape}", source=path,
-                             field="glove")  # fmt: skip
+            raise ShapeError(
+                f"expected ({n}, {spec.n_glove}), got {glove.shape}", source=path, field="glove"
+            )
         if not np.isfinite(glove).all():
             bad = np.flatnonzero(~np.isfinite(glove).all(axis=1))[0]
             raise InvalidValueError(f"NaN or Inf at sample {bad}", source=path, field="glove")
         if kinematics == "doa":
             if db != "db8":
-                raise InvalidValueError("the 5-DoA mapping is defined for DB8 only; use "
-                                        "kinematics='glove'", source=path, field="glove")  # fmt: skip
+                raise InvalidValueError(
+                    "the 5-DoA mapping is defined for DB8 only; use kinematics='glove'",
+                    source=path,
+                    field="glove",
+                )
             kin, names = glove @ DB8_DOA_MATRIX.T, DOA_NAMES
         else:
             kin, names = glove, tuple(f"glove_{i}" for i in range(spec.n_glove))
@@ -129,20 +151,24 @@ def load_ninapro(
     )
 
 
-def _infer_db(n_emg: int, glove: np.ndarray | None) -> str:
+def _infer_db(n_emg: int, glove: np.ndarray | None, path: Path) -> str:
     n_glove = None if glove is None else np.atleast_2d(glove).shape[1]
     for name, spec in SPECS.items():
         if spec.n_emg == n_emg and spec.n_glove == n_glove:
             return name
-    raise InvalidValueError(f"cannot tell the NinaPro database from {n_emg} EMG and {n_glove} "
-                            "glove channels; pass db=", field="emg")  # fmt: skip
+    raise InvalidValueError(
+        f"cannot tell the NinaPro database from {n_emg} EMG and {n_glove} glove channels; pass db=",
+        source=path,
+        field="emg",
+    )
 
 
 def _matrix(mat: dict, key: str, path: Path) -> np.ndarray:
     a = np.asarray(mat[key])
     if a.ndim != 2 or a.dtype.kind not in "fiu":
-        raise ShapeError(f"expected a 2-D numeric matrix, got {a.dtype} {a.shape}", source=path,
-                         field=key)  # fmt: skip
+        raise ShapeError(
+            f"expected a 2-D numeric matrix, got {a.dtype} {a.shape}", source=path, field=key
+        )
     return a
 
 

@@ -20,8 +20,15 @@ from emgcore.recording import ChannelLayout, Recording
 REAL_DATA_ENV = "EMG_REAL_DATA"  # tests and benches find ../shared/data through this
 
 # -- myoarmband (Côté-Allard et al. 2019): 8-channel Myo ring, 200 Hz, int8 values as int16 --------
-MYO_GESTURES = ("neutral", "radial_deviation", "wrist_flexion", "ulnar_deviation",
-                "wrist_extension", "hand_close", "hand_open")  # fmt: skip
+MYO_GESTURES = (
+    "neutral",
+    "radial_deviation",
+    "wrist_flexion",
+    "ulnar_deviation",
+    "wrist_extension",
+    "hand_close",
+    "hand_open",
+)
 MYO_COHORTS = {"PreTrainingDataset": "pre", "EvaluationDataset": "eval"}
 
 
@@ -31,12 +38,16 @@ def load_myoarmband_file(path: str | Path, subject: str, session: str) -> Record
     try:
         i = int(path.stem.split("_")[1])
     except (IndexError, ValueError):
-        raise InvalidValueError("file name must be classe_<i>.dat", source=path,
-                                field="filename") from None  # fmt: skip
+        raise InvalidValueError(
+            "file name must be classe_<i>.dat", source=path, field="filename"
+        ) from None
     size = path.stat().st_size
     if size == 0 or size % 16:
-        raise ShapeError(f"{size} bytes is not a whole number of 8-channel int16 frames",
-                         source=path, field="emg")  # fmt: skip
+        raise ShapeError(
+            f"{size} bytes is not a whole number of 8-channel int16 frames",
+            source=path,
+            field="emg",
+        )
     raw = np.fromfile(path, dtype="<i2").reshape(-1, 8)  # ~5 s: tiny, read eagerly
     n = len(raw)
     return Recording(
@@ -54,7 +65,9 @@ def load_myoarmband_file(path: str | Path, subject: str, session: str) -> Record
     )
 
 
-def load_myoarmband(root: str | Path, cohorts: tuple[str, ...] = tuple(MYO_COHORTS)) -> list[Recording]:
+def load_myoarmband(
+    root: str | Path, cohorts: tuple[str, ...] = tuple(MYO_COHORTS)
+) -> list[Recording]:
     """Every ``<cohort>/<person>/<session>/classe_<i>.dat``; subject id = ``<cohort>/<person>``."""
     root = require_file(root, "myoarmband folder")
     out = []
@@ -62,7 +75,9 @@ def load_myoarmband(root: str | Path, cohorts: tuple[str, ...] = tuple(MYO_COHOR
         base = require_file(root / cohort, "myoarmband cohort folder")
         for person in sorted(p for p in base.iterdir() if p.is_dir()):
             for session in sorted(s for s in person.iterdir() if s.is_dir()):
-                files = sorted(session.glob("classe_*.dat"), key=lambda p: int(p.stem.split("_")[1]))
+                files = sorted(
+                    session.glob("classe_*.dat"), key=lambda p: int(p.stem.split("_")[1])
+                )
                 for f in files:
                     subject = f"{MYO_COHORTS.get(cohort, cohort)}/{person.name}"
                     out.append(load_myoarmband_file(f, subject, session.name))
@@ -87,7 +102,9 @@ def flexemg_layout(root: str | Path) -> ChannelLayout:
     return ChannelLayout.make_grid(16, 4, pitch_mm=10.0, index=grid - 1)
 
 
-def load_flexemg_file(path: str | Path, layout: ChannelLayout, subject: str, part: str) -> Recording:
+def load_flexemg_file(
+    path: str | Path, layout: ChannelLayout, subject: str, part: str
+) -> Recording:
     """One trial: ``raw`` (28000, 96) uint16, columns 0..63 EMG -> volts; labels from ``p``."""
     path = require_file(path, "flexemg file")
     try:
@@ -105,14 +122,18 @@ def load_flexemg_file(path: str | Path, layout: ChannelLayout, subject: str, par
         seq = np.atleast_1d(np.asarray(p["sequence"].item(), dtype=np.int64))
         t_gest, t_rest = int(p["timegest"]), int(p["timerest"])
     except (ValueError, KeyError, TypeError) as e:
-        raise MissingFieldError(f"cannot read lsbmV/sequence/timegest/timerest: {e}", source=path,
-                                field="p") from e  # fmt: skip
+        raise MissingFieldError(
+            f"cannot read lsbmV/sequence/timegest/timerest: {e}", source=path, field="p"
+        ) from e
     emg = raw[:, :64].astype(np.float64)
     emg = ((emg - emg.mean(axis=0)) * lsb_mv * 1e-3).astype(np.float32)  # volts
     n = len(emg)
     if t_rest + len(seq) * t_gest > n:
-        raise ShapeError(f"{n} samples cannot hold rest {t_rest} + {len(seq)} x {t_gest}",
-                         source=path, field="raw")  # fmt: skip
+        raise ShapeError(
+            f"{n} samples cannot hold rest {t_rest} + {len(seq)} x {t_gest}",
+            source=path,
+            field="raw",
+        )
     gesture = np.zeros(n, dtype=np.int64)
     for k, g in enumerate(seq):  # rest, then the gestures in p.sequence order, then rest
         gesture[t_rest + k * t_gest : t_rest + (k + 1) * t_gest] = g
@@ -143,4 +164,3 @@ def load_flexemg(root: str | Path) -> list[Recording]:
     if not out:
         raise MissingFileError("no trial .mat files found", source=root / "data")
     return out
-

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -44,10 +44,20 @@ from emgcore.recording import ChannelLayout, Recording, _digest
 SIM_VERSION = 1  # bump when the generative model changes: it is part of every fingerprint
 CONTROL_FS = 200.0  # Hz, rate of kinematics/excitation before upsampling to the EMG clock
 
-SYNERGIES = ("thumb_rot", "thumb_flex", "index", "middle", "ring", "little", "wrist_flex", "wrist_dev")
+SYNERGIES = (
+    "thumb_rot",
+    "thumb_flex",
+    "index",
+    "middle",
+    "ring",
+    "little",
+    "wrist_flex",
+    "wrist_dev",
+)
 
-# -- 1. kinematics -------------------------------------------------------------------------------
-# Target postures in synergy space [thumb_rot, thumb_flex, index, middle, ring, little, wflex, wdev].
+# -- 1. kinematics ----
+# Target postures in synergy space: [thumb_rot, thumb_flex, index, middle, ring, little,
+# wrist_flex, wrist_dev].
 GESTURES: dict[str, tuple[float, ...]] = {
     "rest": (0, 0, 0, 0, 0, 0, 0, 0),
     # NinaPro DB8 exercise 1 movements
@@ -94,24 +104,43 @@ STAGES: dict[str, tuple[str, ...]] = {
     "HandClawGraspFlicks": ("claw", "hand_close", "hand_open"),
     "ThumbsUpDownThumbRotationsCWCCWP": ("thumbs_up", "thumb_abduction", "thumb_flexion"),
     "FingerPinchesSingleFingerPinchesMultiple": (
-        "pinch_index", "pinch_middle", "pinch_ring", "pinch_little", "tripod_grip",
-    ),  # fmt: skip
+        "pinch_index",
+        "pinch_middle",
+        "pinch_ring",
+        "pinch_little",
+        "tripod_grip",
+    ),
     "HookEmHornsOKScissors": ("horns", "ok", "scissors"),
     "ShakaVulcanPeace": ("shaka", "vulcan", "count_two"),
-    "CountingUpDownFaceSideAway": ("count_one", "count_two", "count_three", "count_four",
-                                   "count_five"),  # fmt: skip
+    "CountingUpDownFaceSideAway": (
+        "count_one",
+        "count_two",
+        "count_three",
+        "count_four",
+        "count_five",
+    ),
     "CountingUpDownFingerWigglingSpreading": ("count_one", "count_three", "count_five", FREE),
     "FingerFreeform": (FREE,),
-    "WristFlexionExtensionDeviation": ("wrist_flexion", "wrist_extension", "radial_deviation",
-                                       "ulnar_deviation"),  # fmt: skip
+    "WristFlexionExtensionDeviation": (
+        "wrist_flexion",
+        "wrist_extension",
+        "radial_deviation",
+        "ulnar_deviation",
+    ),
 }
 
 DOA5 = ("thumb_rotation", "thumb_flexion", "index_flexion", "middle_flexion", "ring_little_flexion")
 JOINTS20 = (
-    "THUMB_CMC_FE", "THUMB_CMC_AA", "THUMB_MCP_FE", "THUMB_IP_FE",
-    *(f"{f}_{j}" for f in ("INDEX", "MIDDLE", "RING", "PINKY")
-      for j in ("MCP_AA", "MCP_FE", "PIP_FE", "DIP_FE")),
-)  # fmt: skip
+    "THUMB_CMC_FE",
+    "THUMB_CMC_AA",
+    "THUMB_MCP_FE",
+    "THUMB_IP_FE",
+    *(
+        f"{f}_{j}"
+        for f in ("INDEX", "MIDDLE", "RING", "PINKY")
+        for j in ("MCP_AA", "MCP_FE", "PIP_FE", "DIP_FE")
+    ),
+)
 
 
 def _kinematic_map(kind: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -200,7 +229,7 @@ def _protocol(cfg: SimConfig, rng: np.random.Generator, stage: str | None) -> It
 
 def _trajectory(cfg: SimConfig, rng: np.random.Generator, stage: str | None):
     """Control-rate synergy path (n, 8) and gesture/repetition labels (n,)."""
-    n_total = int(round(cfg.duration_s * CONTROL_FS)) + 2
+    n_total = round(cfg.duration_s * CONTROL_FS) + 2
     paths, gest, reps, n = [], [], [], 0
     for seg in _protocol(cfg, rng, stage):
         paths.append(seg.path)
@@ -213,7 +242,7 @@ def _trajectory(cfg: SimConfig, rng: np.random.Generator, stage: str | None):
     return np.clip(s, -1.2, 1.2), np.concatenate(gest)[:n_total], np.concatenate(reps)[:n_total]
 
 
-# -- 2. muscles ----------------------------------------------------------------------------------
+# -- 2. muscles ----
 @dataclass(frozen=True)
 class Muscle:
     name: str
@@ -259,7 +288,7 @@ def _excitation(s: np.ndarray, drive: np.ndarray, rng: np.random.Generator) -> n
     return sps.lfilter([1 - a], [1, -a], e, axis=0)
 
 
-# -- 3. and 4. motor units and volume conduction --------------------------------------------------
+# -- 3. and 4. motor units and volume conduction ----
 @dataclass(frozen=True)
 class Anatomy:
     """One user's forearm: geometry, motor-unit pools and how strongly each muscle is driven."""
@@ -281,9 +310,9 @@ def _anatomy(cfg: SimConfig, rng: np.random.Generator) -> Anatomy:
     rank = np.tile(np.arange(n) / n, len(MUSCLES))
     threshold = 0.02 + 0.6 * (np.exp(3.0 * rank) - 1) / (np.exp(3.0) - 1)  # many small, few large
     size = np.exp(np.log(30.0) * rank) * rng.lognormal(0, 0.15, len(rank))
-    angle = np.array([mu.angle_deg for mu in MUSCLES])[m_idx] + rng.normal(0, 6, len(MUSCLES))[
-        m_idx
-    ]
+    angle = (
+        np.array([mu.angle_deg for mu in MUSCLES])[m_idx] + rng.normal(0, 6, len(MUSCLES))[m_idx]
+    )
     angle = np.deg2rad(angle + rng.normal(0, 5, len(rank)))
     depth = fat + np.array([mu.depth_mm for mu in MUSCLES])[m_idx] * rng.uniform(0.8, 1.2)
     depth = np.clip(depth + rng.normal(0, 2.0, len(rank)), fat + 1, radius - 5)
@@ -390,15 +419,16 @@ def _mix(
     out = np.zeros((n_samples + k, n_ch), dtype=np.float32)
     for a, i0, i1 in zip(range(0, n_samples, chunk), bounds[:-1], bounds[1:], strict=False):
         m = min(chunk, n_samples - a)
-        s = spa.csr_matrix((np.ones(i1 - i0, np.float32), (idx[i0:i1] - a, unit[i0:i1])),
-                           shape=(m, gains.shape[0]))  # fmt: skip
+        s = spa.csr_matrix(
+            (np.ones(i1 - i0, np.float32), (idx[i0:i1] - a, unit[i0:i1])), shape=(m, gains.shape[0])
+        )
         impulses = (s @ gains).reshape(m, 3, n_ch)
         spec = (sp_fft.rfft(impulses, n=nfft, axis=0, workers=1) * basis_f).sum(axis=1)
         out[a : a + m + k - 1] += sp_fft.irfft(spec, n=nfft, axis=0, workers=1)[: m + k - 1]
     return out[k // 2 : k // 2 + n_samples]
 
 
-# -- 5. configuration, presets, generation ----------------------------------------------------------
+# -- 5. configuration, presets, generation ----
 @dataclass(frozen=True)
 class SimConfig:
     """One simulated dataset. Every field is recorded in each recording's fingerprint."""
@@ -411,8 +441,13 @@ class SimConfig:
     fs: float = 2000.0  # output sampling rate (simulated at >= 2 kHz, then resampled)
     layout: str = "ring16"  # ring8 | ring16 | grid64 | grid110 (see layout_for)
     kinematics: Literal["doa5", "joints20"] = "doa5"
-    gestures: tuple[str, ...] = ("thumb_flexion", "thumb_abduction", "index_flexion",
-                                 "middle_flexion", "ring_little_flexion")  # fmt: skip
+    gestures: tuple[str, ...] = (
+        "thumb_flexion",
+        "thumb_abduction",
+        "index_flexion",
+        "middle_flexion",
+        "ring_little_flexion",
+    )
     hold_s: float = 2.0  # gesture protocol: hold time per repetition
     rest_s: float = 1.5  # gesture protocol: rest between repetitions
     free_fraction: float = 0.15  # probability a protocol slot is free movement instead
@@ -450,33 +485,69 @@ PRESETS: dict[str, SimConfig] = {
     # NinaPro DB8 shape: 16-channel ring, 5 DoA, sessions A1 A2 (train) | A3 (held out).
     "db8-like": SimConfig(
         name="db8-like",
-        gestures=("thumb_flexion", "thumb_abduction", "index_flexion", "middle_flexion",
-                  "ring_little_flexion", "index_point", "cylindrical_grip", "lateral_grip",
-                  "tripod_grip"),  # fmt: skip
-        n_subjects=3, duration_s=120.0,
-    ),  # fmt: skip
+        gestures=(
+            "thumb_flexion",
+            "thumb_abduction",
+            "index_flexion",
+            "middle_flexion",
+            "ring_little_flexion",
+            "index_point",
+            "cylindrical_grip",
+            "lateral_grip",
+            "tripod_grip",
+        ),
+        n_subjects=3,
+        duration_s=120.0,
+    ),
     # emg2pose shape: 16-channel wrist ring, 20 joint angles, stage-labelled recordings.
     "emg2pose-like": SimConfig(
-        name="emg2pose-like", n_subjects=4, sessions=("s0", "s1", "s2", "s3"),
-        stages=tuple(STAGES), gestures=(), duration_s=20.0, kinematics="joints20",
-        mains_hz=60.0, free_fraction=0.0,
-    ),  # fmt: skip
+        name="emg2pose-like",
+        n_subjects=4,
+        sessions=("s0", "s1", "s2", "s3"),
+        stages=tuple(STAGES),
+        gestures=(),
+        duration_s=20.0,
+        kinematics="joints20",
+        mains_hz=60.0,
+        free_fraction=0.0,
+    ),
     # High-density 110-channel grid (EMG-JEPA's densest setup).
-    "grid110": SimConfig(name="grid110", layout="grid110", kinematics="joints20",
-                         sessions=("s0", "s1"), duration_s=30.0, mains_hz=60.0,
-                         motor_units_per_muscle=20),  # fmt: skip
+    "grid110": SimConfig(
+        name="grid110",
+        layout="grid110",
+        kinematics="joints20",
+        sessions=("s0", "s1"),
+        duration_s=30.0,
+        mains_hz=60.0,
+        motor_units_per_muscle=20,
+    ),
     # Myo-armband shape: 8-channel ring at 200 Hz, wrist/hand gestures.
     "myo-like": SimConfig(
-        name="myo-like", layout="ring8", fs=200.0, sessions=("training0", "Test0"),
-        gestures=("hand_close", "hand_open", "wrist_flexion", "wrist_extension",
-                  "radial_deviation", "ulnar_deviation"),  # fmt: skip
-        free_fraction=0.0, duration_s=60.0,
+        name="myo-like",
+        layout="ring8",
+        fs=200.0,
+        sessions=("training0", "Test0"),
+        gestures=(
+            "hand_close",
+            "hand_open",
+            "wrist_flexion",
+            "wrist_extension",
+            "radial_deviation",
+            "ulnar_deviation",
+        ),
+        free_fraction=0.0,
+        duration_s=60.0,
     ),
     # flexemg shape: 16 x 4 grid at 1 kHz.
-    "flexemg-like": SimConfig(name="flexemg-like", layout="grid64", fs=1000.0,
-                              sessions=("Session1",), mains_hz=60.0,
-                              gestures=("hand_close", "wrist_flexion", "wrist_extension",
-                                        "hand_open"), free_fraction=0.0),  # fmt: skip
+    "flexemg-like": SimConfig(
+        name="flexemg-like",
+        layout="grid64",
+        fs=1000.0,
+        sessions=("Session1",),
+        mains_hz=60.0,
+        gestures=("hand_close", "wrist_flexion", "wrist_extension", "hand_open"),
+        free_fraction=0.0,
+    ),
 }
 
 
@@ -485,7 +556,9 @@ def preset(name: str, **overrides: Any) -> SimConfig:
     try:
         return PRESETS[name].replace(**overrides)
     except KeyError:
-        raise KeyError(f"unknown simulator preset {name!r}; choose from {sorted(PRESETS)}") from None
+        raise KeyError(
+            f"unknown simulator preset {name!r}; choose from {sorted(PRESETS)}"
+        ) from None
 
 
 def simulate_recording(
@@ -503,13 +576,15 @@ def simulate_recording(
     stage_idx = -1 if stage is None else list(STAGES).index(stage)
     user_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, 7]))
     sess_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, session, 11]))
-    rec_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, session, stage_idx + 1, 13]))  # fmt: skip
+    rec_rng = np.random.default_rng(
+        np.random.SeedSequence([cfg.seed, subject, session, stage_idx + 1, 13])
+    )
     anat = _anatomy(cfg, user_rng)
     layout = layout_for(cfg.layout)
     n_ch = layout.n_channels
     sim_fs = max(cfg.fs, 2000.0)
-    n_out = int(round(cfg.duration_s * cfg.fs))
-    n_sim = int(round(cfg.duration_s * sim_fs))
+    n_out = round(cfg.duration_s * cfg.fs)
+    n_sim = round(cfg.duration_s * sim_fs)
 
     # 1-2. kinematics and excitation at the control rate
     s, gest, reps = _trajectory(cfg, rec_rng, stage)
@@ -532,8 +607,11 @@ def simulate_recording(
         coef = rel * mains_amp * np.stack([np.cos(h * phase), np.sin(h * phase)])  # (2, C)
         emg += basis @ coef.astype(np.float32)
     n_ctrl = len(s)
-    drift_ctrl = sps.sosfilt(sps.butter(1, 0.5, fs=CONTROL_FS, output="sos"),
-                             rec_rng.standard_normal((n_ctrl, n_ch)), axis=0)  # fmt: skip
+    drift_ctrl = sps.sosfilt(
+        sps.butter(1, 0.5, fs=CONTROL_FS, output="sos"),
+        rec_rng.standard_normal((n_ctrl, n_ch)),
+        axis=0,
+    )
     drift_ctrl *= cfg.drift_uv * 1e-6 / (drift_ctrl.std(axis=0, keepdims=True) + 1e-12)
     ctrl_t = np.arange(n_ctrl) / CONTROL_FS
     emg += _interp_rows(tt, ctrl_t, drift_ctrl).astype(np.float32)
@@ -546,8 +624,12 @@ def simulate_recording(
     kin = _interp_rows(out_t, ctrl_t, s @ w + b).astype(np.float32)
     ctrl_idx = np.minimum((out_t * CONTROL_FS).astype(np.int64), n_ctrl - 1)
     sessions = cfg.sessions[session]
-    meta: dict[str, Any] = {"preset": cfg.name, "seed": cfg.seed, "band_rotation_deg": rotation,
-                            "band_shift_mm": shift}  # fmt: skip
+    meta: dict[str, Any] = {
+        "preset": cfg.name,
+        "seed": cfg.seed,
+        "band_rotation_deg": rotation,
+        "band_shift_mm": shift,
+    }
     if stage is not None:
         meta["stage"] = stage
     config_id = dataclasses.asdict(cfg)

@@ -39,6 +39,8 @@ import scipy.fft as sp_fft
 import scipy.signal as sps
 import scipy.sparse as spa
 
+from emgcore.data.emg2pose import JOINTS as JOINTS20
+from emgcore.data.ninapro import DOA_NAMES as DOA5
 from emgcore.recording import ChannelLayout, Recording, _digest
 
 SIM_VERSION = 1  # bump when the generative model changes: it is part of every fingerprint
@@ -128,19 +130,6 @@ STAGES: dict[str, tuple[str, ...]] = {
         "ulnar_deviation",
     ),
 }
-
-DOA5 = ("thumb_rotation", "thumb_flexion", "index_flexion", "middle_flexion", "ring_little_flexion")
-JOINTS20 = (
-    "THUMB_CMC_FE",
-    "THUMB_CMC_AA",
-    "THUMB_MCP_FE",
-    "THUMB_IP_FE",
-    *(
-        f"{f}_{j}"
-        for f in ("INDEX", "MIDDLE", "RING", "PINKY")
-        for j in ("MCP_AA", "MCP_FE", "PIP_FE", "DIP_FE")
-    ),
-)
 
 
 def _kinematic_map(kind: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
 import scipy.signal as sps
 
 from emgcore.errors import InvalidValueError
-from emgcore.recording import Recording, _digest
+from emgcore.recording import Recording, digest
 
 PREPROCESSING_VERSION = 1  # bump when a step's numerics change: it is part of every cache key
 
@@ -192,12 +193,9 @@ class Resample(Step):
     fs: float = 2000.0
 
     def apply(self, rec: Recording) -> Recording:
-        from fractions import Fraction
-
         if rec.fs == self.fs:
             return rec
-        frac = Fraction(self.fs / rec.fs).limit_denominator(1000)
-        up, down = frac.numerator, frac.denominator
+        up, down = resample_ratio(self.fs, rec.fs)
         emg = sps.resample_poly(np.asarray(rec.emg), up, down, axis=0).astype(np.float32)
         n = len(emg)
         src = np.minimum(
@@ -213,6 +211,12 @@ class Resample(Step):
             labels={k: v[src] for k, v in rec.labels.items()},
             valid=None if rec.valid is None else np.asarray(rec.valid)[src],
         )
+
+
+def resample_ratio(fs_out: float, fs_in: float) -> tuple[int, int]:
+    """``(up, down)`` for polyphase resampling from ``fs_in`` to ``fs_out`` Hz."""
+    f = Fraction(fs_out / fs_in).limit_denominator(1000)
+    return f.numerator, f.denominator
 
 
 # -- fitted steps ----
@@ -364,7 +368,7 @@ class Pipeline:
         return [s.to_config() for s in self.steps]
 
     def fingerprint(self) -> str:
-        return _digest(PREPROCESSING_VERSION, self.recording_config())
+        return digest(PREPROCESSING_VERSION, self.recording_config())
 
     def recording_config(self) -> list[dict[str, Any]]:
         """The configuration of the recording-level steps: what the cache depends on."""

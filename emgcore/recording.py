@@ -194,7 +194,7 @@ def check_finite(a: np.ndarray, *, source: str | None, field: str, offset: int =
         raise InvalidValueError(f"NaN or Inf at sample {bad}", source=source, field=field)
 
 
-def _digest(*parts: Any) -> str:
+def digest(*parts: Any) -> str:
     h = hashlib.blake2b(digest_size=16)
     for p in parts:
         if isinstance(p, np.ndarray):
@@ -363,7 +363,7 @@ class Recording:
         if self.valid is not None:
             arrays.append(np.asarray(self.valid))
         head = {k: v for k, v in self.header().items() if k != "fingerprint"}
-        return _digest(head, *arrays)
+        return digest(head, *arrays)
 
     def __repr__(self) -> str:
         kin = "" if self.kinematics is None else f", J={self.kinematics.shape[1]}"

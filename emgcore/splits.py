@@ -176,11 +176,3 @@ def held_out_gestures(
         "eval": _rows(s.isin(eval_u) & target),
     }
     return Split("held_out_gestures", parts)
-
-
-def to_frame(split: Split, cat: pd.DataFrame) -> pd.DataFrame:
-    """The catalog with a ``part`` column, for inspection and logging."""
-    out = []
-    for part, rows in split.parts.items():
-        out.append(cat.iloc[list(rows)].assign(part=part))
-    return pd.concat(out) if out else cat.iloc[:0].assign(part=[])

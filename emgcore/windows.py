@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from emgcore.preprocessing import Pipeline
-from emgcore.recording import ChannelLayout, Recording, _digest
+from emgcore.recording import ChannelLayout, Recording, digest
 
 CACHE_ENV = "EMGCORE_CACHE"
 CACHE_FORMAT = 1
@@ -119,7 +119,7 @@ class RecordingCache:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     def key(self, rec: Recording, pipeline: Pipeline) -> str:
-        return _digest(CACHE_FORMAT, rec.fingerprint, pipeline.fingerprint())
+        return digest(CACHE_FORMAT, rec.fingerprint, pipeline.fingerprint())
 
     def get(self, rec: Recording, pipeline: Pipeline) -> CachedRecording:
         """The cached result of ``pipeline`` on ``rec``, computed and stored on first use."""

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from emgcore.errors import FormatError, InvalidValueError, MissingFieldError, MissingFileError
-from emgcore.recording import _digest
+from emgcore.recording import digest
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:
@@ -24,7 +24,7 @@ def require_file(path: str | Path, what: str = "file") -> Path:
 def file_fingerprint(path: Path, *params: Any) -> str:
     """Identity of a file's content without reading it: resolved path, size, mtime, params."""
     st = path.stat()
-    return _digest("file", str(path.resolve()), st.st_size, st.st_mtime_ns, *params)
+    return digest("file", str(path.resolve()), st.st_size, st.st_mtime_ns, *params)
 
 
 @contextlib.contextmanager

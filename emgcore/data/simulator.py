@@ -41,7 +41,8 @@ import scipy.sparse as spa
 
 from emgcore.data.emg2pose import JOINTS as JOINTS20
 from emgcore.data.ninapro import DOA_NAMES as DOA5
-from emgcore.recording import ChannelLayout, Recording, _digest
+from emgcore.preprocessing import resample_ratio
+from emgcore.recording import ChannelLayout, Recording, digest
 
 SIM_VERSION = 1  # bump when the generative model changes: it is part of every fingerprint
 CONTROL_FS = 200.0  # Hz, rate of kinematics/excitation before upsampling to the EMG clock
@@ -605,7 +606,7 @@ def simulate_recording(
     ctrl_t = np.arange(n_ctrl) / CONTROL_FS
     emg += _interp_rows(tt, ctrl_t, drift_ctrl).astype(np.float32)
     if sim_fs != cfg.fs:
-        up, down = _ratio(cfg.fs, sim_fs)
+        up, down = resample_ratio(cfg.fs, sim_fs)
         emg = sps.resample_poly(emg, up, down, axis=0).astype(np.float32)[:n_out]
 
     out_t = np.arange(n_out) / cfg.fs
@@ -636,7 +637,7 @@ def simulate_recording(
         labels={"gesture": gest[ctrl_idx], "repetition": reps[ctrl_idx]},
         label_names={"gesture": cfg.gesture_names},
         meta=meta,
-        fingerprint=_digest("sim", SIM_VERSION, config_id, subject, session, stage, band_offset),
+        fingerprint=digest("sim", SIM_VERSION, config_id, subject, session, stage, band_offset),
     )
 
 
@@ -658,10 +659,3 @@ def _interp_rows(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     w = (pos - i).astype(np.float32)[:, None]
     f = fp.astype(np.float32)
     return f[i] + (f[i + 1] - f[i]) * w
-
-
-def _ratio(fs_out: float, fs_in: float) -> tuple[int, int]:
-    from fractions import Fraction
-
-    f = Fraction(fs_out / fs_in).limit_denominator(1000)
-    return f.numerator, f.denominator

@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC) 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import torch, ray, mlflow, emgcore"  # fail here, not in the tests, if install broke
+	$(PY) -m pip install --quiet --no-deps libemg==2.0.3 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import torch, ray, mlflow, cebra, pmdarima, emgcore"  # fail here if install broke
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,10 +1,12 @@
 """Cross-modal losses: symmetric NT-Xent, Soft-NT-Xent and VICReg.
 
 Every loss takes the local batch plus an optional ``gather`` function and ``rank``. ``gather(t)``
-must return the concatenation of ``t`` over all workers in rank order, with gradient flowing to the
-local slice (what ``torch.distributed.nn.functional.all_gather`` gives). With the default
-(identity, rank 0) the losses are the single-process ones; under data-parallel training the
-negatives are the global batch and the value equals single-process training on that batch.
+must return the concatenation of ``t`` over all workers in rank order and be differentiable, its
+backward returning each slice's gradient to the worker that owns it (as
+``torch.distributed.nn.functional.all_gather`` does). With the default (identity, rank 0) the
+losses are the single-process ones; under data-parallel training the negatives are the global
+batch, and the mean of the workers' losses (what DDP's gradient averaging differentiates) equals
+the single-process loss on that batch, value and gradient.
 """
 
 from __future__ import annotations

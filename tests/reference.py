@@ -1,0 +1,43 @@
+"""libemg's feature extractor, the reference our features are checked (tests) and timed (bench)
+against."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sysconfig
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def libemg_feature_extractor() -> Any:
+    """libemg's ``FeatureExtractor``, with its ``feature_extractor`` module loaded on its own.
+
+    ``import libemg`` pulls its GUI, streaming and device stacks (and needs numpy<2); the feature
+    module needs only numpy, scipy, sklearn, librosa and pywt, so it is loaded by file.
+    """
+    path = Path(sysconfig.get_paths()["purelib"]) / "libemg" / "feature_extractor.py"
+    spec = importlib.util.spec_from_file_location("libemg_feature_extractor", path)
+    module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():  # its numpy.matlib import warns; not ours to fix
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        spec.loader.exec_module(module)
+    return module.FeatureExtractor()
+
+
+def libemg_mdf(windows: np.ndarray, fs: float) -> np.ndarray:
+    """libemg 2.0.3's ``getMDFfeat``, transcribed: it raises under numpy >= 2 (it assigns a
+    1-element array to a scalar slot). ``windows (N, C, L)`` -> ``(N, C)``, same loop, same bins."""
+    n = windows.shape[2]
+    nextpow2 = 2 ** math.ceil(math.log2(n))
+    spec = np.fft.fft(windows, nextpow2, axis=2)[:, :, : nextpow2 // 2] / n
+    power = np.real(spec * np.conj(spec))
+    total, cum = power.sum(axis=2), np.cumsum(power, axis=2)
+    out = np.zeros(windows.shape[:2])
+    for i in range(windows.shape[0]):
+        for j in range(windows.shape[1]):
+            out[i, j] = (fs / 2) * np.argwhere(cum[i, j] > total[i, j] / 2)[0, 0] / (nextpow2 / 2)
+    return out

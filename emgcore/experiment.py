@@ -293,7 +293,8 @@ class MethodSpec:
     """How to build a method and which configurations its CV chooses from."""
 
     label: str  # as in the paper's tables
-    build: Callable[[Mapping[str, Any], ExperimentConfig], Embedder]
+    # params, config -> a fresh embedder; None for ARIMA, which forecasts instead of embedding
+    build: Callable[[Mapping[str, Any], ExperimentConfig], Embedder] | None
     candidates: Callable[[ExperimentConfig], list[dict[str, Any]]]
 
 
@@ -302,7 +303,7 @@ def _dims(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 
 
 METHODS: dict[str, MethodSpec] = {
-    "arima": MethodSpec("ARIMA", lambda p, c: None, lambda c: [{}]),  # type: ignore[arg-type,return-value]
+    "arima": MethodSpec("ARIMA", None, lambda c: [{}]),
     "pca": MethodSpec("PCA", lambda p, c: PCAEmbedder(p["dim"]), _dims),
     "pls": MethodSpec("PLS", lambda p, c: PLSEmbedder(p["dim"]), _dims),
     "ae_recon": MethodSpec("AE-Recon", lambda p, c: AEEmbedder(p["dim"], 0.0, c.ae), _dims),
@@ -314,7 +315,7 @@ METHODS: dict[str, MethodSpec] = {
     "cebra": MethodSpec(
         "CEBRA",
         lambda p, c: CEBRAEmbedder(p["dim"], {k: v for k, v in p.items() if k != "dim"}),
-        _dims,  # after the Optuna search fixes the other hyper-parameters
+        _dims,  # after the Optuna search has fixed the other hyper-parameters
     ),
     "kinembed": MethodSpec("KinEMbed", lambda p, c: KinEmbedEmbedder(c.kinembed), lambda c: [{}]),
 }
@@ -328,7 +329,8 @@ def fit_eval(
     seed: int,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fit ``method`` on the fold's training sessions -> ``{eval session: (R^2 (J,), pred)}``."""
-    if method == "arima":
+    build = METHODS[method].build
+    if build is None:  # ARIMA: the DoA series alone, forecast across the held-out session
         last = fold.train[-1].y
         history = last[len(last) - max(8, round(cfg.arima_fraction * len(last))) :]
         out = {}
@@ -336,7 +338,7 @@ def fit_eval(
             pred, _ = arima_forecast(history, len(seg.y))
             out[s] = (r2_per_output(seg.y, pred), pred)
         return out
-    emb = METHODS[method].build(params, cfg)
+    emb = build(params, cfg)
     emb.fit(fold.train_std(), seed)
     z_train = [emb.transform(s.x) for s in fold.train]
     dec = fit_decoder(
@@ -438,7 +440,7 @@ def run(
     for subj in subjects:
         for method in cfg.methods:
             t1 = time.perf_counter()
-            best, best_cv = _select(method, subj, train, cfg, res)
+            best, best_cv = select_config(method, subj, train, cfg, res)
             final = subj.fold(train, (test,))
             for seed in cfg.seeds:
                 r2, pred = fit_eval(method, best, final, cfg, seed)[test]
@@ -468,7 +470,7 @@ def run(
     return res
 
 
-def _select(
+def select_config(
     method: str,
     subj: SubjectData,
     train: Sequence[str],
@@ -478,13 +480,9 @@ def _select(
     """The CV-best configuration of ``method`` for one subject (first seed) and its CV score."""
     spec = METHODS[method]
     seed = cfg.seeds[0]
-    base: dict[str, Any] = {}
-    if method == "cebra":
-        base = tune_cebra(subj, train, cfg, seed)
-    if method == "arima":
-        return {}, float(
-            "nan"
-        )  # orders are chosen by BIC inside the fit; nothing to cross-validate
+    if spec.build is None:
+        return {}, float("nan")  # ARIMA's orders are chosen by BIC inside its fit
+    base = tune_cebra(subj, train, cfg, seed) if method == "cebra" else {}
     best, best_score = None, -np.inf
     for cand in spec.candidates(cfg):
         params = {**base, **cand}

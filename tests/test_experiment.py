@@ -17,7 +17,7 @@ from emgcore.experiment import (
     ExperimentConfig,
     ExperimentResult,
     SubjectData,
-    _select,
+    select_config,
     cv_folds,
     load_config,
     prepare,
@@ -88,7 +88,7 @@ def test_selection_never_needs_the_held_out_session(tiny_recs, smoke_cfg) -> Non
     subj = subjects[0]
     blind = SubjectData(subj.subject, {s: subj.sessions[s] for s in train}, cfg.features)
     res = ExperimentResult(cfg, subj.doa_names, train, test)
-    best, score = _select("ae_super", blind, train, cfg, res)
+    best, score = select_config("ae_super", blind, train, cfg, res)
     assert set(best) == {"dim", "alpha"} and np.isfinite(score)
     assert {r["dim"] for r in res.selection} == set(cfg.dims)
     with pytest.raises(KeyError):

@@ -13,19 +13,29 @@ from typing import Any
 import numpy as np
 
 
-def libemg_feature_extractor() -> Any:
-    """libemg's ``FeatureExtractor``, with its ``feature_extractor`` module loaded on its own.
+def _libemg_module(name: str) -> Any:
+    """One module of libemg, loaded by file.
 
     ``import libemg`` pulls its GUI, streaming and device stacks (and needs numpy<2); the feature
-    module needs only numpy, scipy, sklearn, librosa and pywt, so it is loaded by file.
+    and windowing modules need only numpy, scipy, sklearn, librosa, pywt, PIL and matplotlib.
     """
-    path = Path(sysconfig.get_paths()["purelib"]) / "libemg" / "feature_extractor.py"
-    spec = importlib.util.spec_from_file_location("libemg_feature_extractor", path)
+    path = Path(sysconfig.get_paths()["purelib"]) / "libemg" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"libemg_{name}", path)
     module = importlib.util.module_from_spec(spec)
     with warnings.catch_warnings():  # its numpy.matlib import warns; not ours to fix
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         spec.loader.exec_module(module)
-    return module.FeatureExtractor()
+    return module
+
+
+def libemg_feature_extractor() -> Any:
+    """libemg's ``FeatureExtractor``."""
+    return _libemg_module("feature_extractor").FeatureExtractor()
+
+
+def libemg_get_windows() -> Any:
+    """libemg's ``utils.get_windows(data (T, C), size, increment) -> (N, C, L)``."""
+    return _libemg_module("utils").get_windows
 
 
 def libemg_mdf(windows: np.ndarray, fs: float) -> np.ndarray:

@@ -17,12 +17,12 @@ from emgcore.experiment import (
     ExperimentConfig,
     ExperimentResult,
     SubjectData,
-    select_config,
     cv_folds,
     load_config,
     prepare,
     resolve_config,
     run,
+    select_config,
 )
 from emgcore.kinembed import KinEmbedConfig
 

@@ -30,7 +30,8 @@ def _label(method: str) -> str:
 
 
 def table1(res: ExperimentResult) -> pd.DataFrame:
-    """Rows: methods; columns: ``<group> mean`` and ``<group> std`` across subjects."""
+    """Rows: methods; columns ``<group> mean`` and ``<group> std`` across subjects (each subject
+    averaged over seeds), and ``seeds std``: the std across seeds of the all-subject mean."""
     per = res.per_subject()
     ld = set(res.config.ld_subjects)
     groups = {"All": per}
@@ -42,6 +43,9 @@ def table1(res: ExperimentResult) -> pd.DataFrame:
         stats = df.groupby("method", sort=False)["mean"].agg(["mean", "std"])
         out[f"{g} (n={df['subject'].nunique()}) mean"] = stats["mean"]
         out[f"{g} std"] = stats["std"].fillna(0.0)
+    # the paper's other spread: the subject-mean R^2 of each seed, std across seeds
+    by_seed = res.frame().groupby(["method", "seed"], sort=False)["mean"].mean()
+    out["seeds std"] = by_seed.groupby(level="method", sort=False).std().fillna(0.0)
     table = pd.DataFrame(out)
     table.index = [_label(m) for m in table.index]
     return table

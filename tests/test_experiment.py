@@ -170,3 +170,36 @@ def test_kinembed_learns_far_above_arima_on_the_simulator(smoke_cfg) -> None:
     assert per["kinembed"] > 0.6, per
     assert per["kinembed"] > per["arima"] + 0.5, per
     assert per["kinembed"] > per["pca"] - 0.05, per
+
+
+def test_tables_aggregate_seeds_then_subjects() -> None:
+    from emgcore.report import table1, table2
+
+    cfg = dataclasses.replace(ExperimentConfig(), ld_subjects=("S3",))
+    res = ExperimentResult(cfg, ("thumb_rotation", "index_flexion"), ("A1", "A2"), "A3")
+    for method, base in (("pca", 0.5), ("kinembed", 0.6)):
+        for k, subj in enumerate(("S1", "S2", "S3")):
+            for seed in (0, 1):
+                a, b = base + 0.1 * k + 0.02 * seed, base - 0.1 * k
+                res.rows.append(
+                    {
+                        "method": method,
+                        "subject": subj,
+                        "seed": seed,
+                        "thumb_rotation": a,
+                        "index_flexion": b,
+                        "mean": (a + b) / 2,
+                    }
+                )
+    t1 = table1(res)
+    # subject means over seeds: kinembed S1 0.605, S2 0.605, S3 0.605 -> mean 0.605, std 0
+    assert t1.loc["KinEMbed", "All (n=3) mean"] == pytest.approx(0.605)
+    assert t1.loc["KinEMbed", "All std"] == pytest.approx(0.0, abs=1e-12)
+    assert t1.loc["PCA", "AB (n=2) mean"] == pytest.approx(0.505)
+    assert t1.loc["PCA", "LD (n=1) mean"] == pytest.approx(0.505)
+    # per-seed all-subject means 0.6 and 0.61 -> sample std 0.00707
+    assert t1.loc["KinEMbed", "seeds std"] == pytest.approx(np.std([0.6, 0.61], ddof=1))
+    t2 = table2(res)  # able-bodied only: S1, S2
+    assert list(t2.columns) == ["Th.R", "Idx", "Mean"]
+    assert t2.loc["PCA", "Th.R"] == pytest.approx(np.mean([0.51, 0.61]))
+    assert t2.loc["PCA", "Idx"] == pytest.approx(np.mean([0.5, 0.4]))

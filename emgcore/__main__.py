@@ -98,6 +98,16 @@ def _kinembed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kinembed_report(args: argparse.Namespace) -> int:
+    from emgcore import report
+
+    res = report.load(args.runs)
+    paths = report.write(res, args.out)
+    print(paths["tables"].read_text())
+    print(f"merged {len(args.runs)} run(s); tables, scores and figures in {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m emgcore",
@@ -136,9 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     kin.add_argument("--methods", default=None, help="comma-separated subset of methods")
     kin.add_argument("--duration", type=float, default=None, help="seconds per simulated session")
     kin.add_argument("--cache", default=None, help="cache folder")
+    merge = sub.add_parser(
+        "kinembed-report", help="one report from kinembed runs over disjoint subjects"
+    )
+    merge.add_argument("runs", nargs="+", help="output folders of kinembed runs")
+    merge.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
+    commands = {"demo": _demo, "kinembed": _kinembed, "kinembed-report": _kinembed_report}
     try:
-        return _kinembed(args) if args.command == "kinembed" else _demo(args)
+        return commands[args.command](args)
     except EmgDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

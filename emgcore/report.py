@@ -7,6 +7,7 @@ held-out prediction trace; Figure 3: per-DoA bars; Figure 4: the per-subject dis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -99,15 +100,61 @@ def write(res: ExperimentResult, out: str | Path) -> dict[str, Path]:
     res.frame().to_csv(out / "scores.csv", index=False)
     paths["scores"] = out / "scores.json"
     paths["scores"].write_text(json.dumps(_jsonable(res), indent=1))
+    paths["traces"] = out / "traces.npz"
+    np.savez_compressed(
+        paths["traces"],
+        **{
+            f"{m}|{s}|{k}": a
+            for (m, s), pair in res.traces.items()
+            for k, a in zip("yp", pair, strict=True)
+        },
+    )
     paths["fig2"] = _trace(res, out / "fig2_trace.png")
     paths["fig3"] = _per_doa(res, t2, out / "fig3_per_doa.png")
     paths["fig4"] = _distribution(res, out / "fig4_subjects.png")
     return paths
 
 
-def _jsonable(res: ExperimentResult) -> dict[str, Any]:
-    import dataclasses
+def load(folders: list[str | Path]) -> ExperimentResult:
+    """One result from the output folders of runs over disjoint subjects (e.g. one per node).
 
+    The configuration and sessions must agree; rows, CV records and traces are concatenated.
+    """
+    from emgcore.experiment import config_from_dict
+
+    merged: ExperimentResult | None = None
+    for folder in map(Path, folders):
+        data = json.loads((folder / "scores.json").read_text())
+        cfg = config_from_dict(data["config"], source=folder / "scores.json")
+        part = ExperimentResult(
+            cfg, tuple(data["doa_names"]), tuple(data["train_sessions"]), data["test_session"]
+        )
+        part.rows, part.selection, part.seconds = data["rows"], data["selection"], data["seconds"]
+        part.window_s = cfg.features.stride_ms / 1000
+        with np.load(folder / "traces.npz") as npz:
+            for key in npz.files:
+                if key.endswith("|y"):
+                    m, s, _ = key.split("|")
+                    part.traces[(m, s)] = (npz[key], npz[f"{m}|{s}|p"])
+        if merged is None:
+            merged = part
+            continue
+        if dataclasses.replace(part.config, subjects=()) != dataclasses.replace(
+            merged.config, subjects=()
+        ):
+            raise ValueError(f"{folder}: configuration differs from {folders[0]}")
+        if (part.train_sessions, part.test_session) != (merged.train_sessions, merged.test_session):
+            raise ValueError(f"{folder}: sessions differ from {folders[0]}")
+        merged.rows += part.rows
+        merged.selection += part.selection
+        merged.traces.update(part.traces)
+        merged.seconds += part.seconds
+    if merged is None:
+        raise ValueError("no result folders given")
+    return merged
+
+
+def _jsonable(res: ExperimentResult) -> dict[str, Any]:
     return {
         "config": dataclasses.asdict(res.config),
         "doa_names": list(res.doa_names),

@@ -144,6 +144,12 @@ def test_cli_runs_one_configuration_end_to_end(tmp_path: Path, capsys) -> None:
     for fig in ("fig2_trace.png", "fig3_per_doa.png", "fig4_subjects.png"):
         assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # a report merged from this run alone reproduces its tables exactly
+    merged = tmp_path / "merged"
+    assert main(["kinembed-report", str(out), "--out", str(merged)]) == 0
+    assert (merged / "tables.txt").read_text() == (out / "tables.txt").read_text()
+    assert (merged / "fig2_trace.png").exists()
+
 
 def test_cli_bad_config_is_one_line_and_status_2(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "c.yaml"

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emgcore.nn import seeded
+
 Segments = Sequence[tuple[np.ndarray, np.ndarray]]
 
 
@@ -104,8 +106,10 @@ class AEEmbedder:
         self.dim, self.alpha, self.cfg = dim, alpha, cfg or AEConfig()
 
     def fit(self, train: Segments, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
+        with seeded(seed) as gen:
+            self._fit(train, gen)
+
+    def _fit(self, train: Segments, gen: torch.Generator) -> None:
         x, y = (torch.as_tensor(a, dtype=torch.float32) for a in _stack(train))
         self.model = AutoEncoder(x.shape[1], self.cfg.hidden, self.dim, y.shape[1])
         opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
@@ -157,8 +161,9 @@ class CEBRAEmbedder:
     def fit(self, train: Segments, seed: int) -> None:
         import cebra
 
+        # cebra draws from torch's and numpy's global generators; it offers no explicit ones
         torch.manual_seed(seed)
-        np.random.seed(seed)  # noqa: NPY002  (cebra's samplers draw from numpy's global RNG)
+        np.random.seed(seed)  # noqa: NPY002
         x, y = _stack(train)
         self.model = cebra.CEBRA(
             model_architecture="offset10-model",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from emgcore.features import Standardizer
-from emgcore.nn import TCN
+from emgcore.nn import TCN, seeded
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,13 @@ def fit_decoder(
     skips them (except at a session's true start, where evaluation also starts from zero padding),
     so training sees the same full context the session-long evaluation pass does.
     """
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    with seeded(seed) as gen:
+        return _fit(train, cfg, gen)
+
+
+def _fit(
+    train: Sequence[tuple[np.ndarray, np.ndarray]], cfg: DecoderConfig, gen: torch.Generator
+) -> Decoder:
     x_scale = Standardizer.fit(np.concatenate([z for z, _ in train]))
     y_scale = Standardizer.fit(np.concatenate([y for _, y in train]))
     seqs = [(torch.as_tensor(x_scale(z)), torch.as_tensor(y_scale(y))) for z, y in train]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgcore.losses import Gather, nt_xent, soft_nt_xent, vicreg
-from emgcore.nn import MLP
+from emgcore.nn import MLP, seeded
 
 LOSSES = ("nt_xent", "soft_nt_xent", "vicreg")
 VARIANTS = ("standard", "projection_head", "residual", "asymmetric", "momentum_ema")
@@ -193,8 +193,19 @@ def train_kinembed(
     validation split with the best weights restored. ``y`` should be standardised (Soft-NT-Xent's
     kernel is isotropic). Each hook is called as ``hook(epoch, metrics, model)`` after every epoch.
     """
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # layer initialisation and dropout draw from the global generator
+    with seeded(seed) as gen:
+        return _train(cfg, segments, gen, hooks, gather, rank, device)
+
+
+def _train(
+    cfg: KinEmbedConfig,
+    segments: Sequence[tuple[np.ndarray, np.ndarray]],
+    gen: torch.Generator,
+    hooks: Sequence[EpochHook],
+    gather: Gather | None,
+    rank: int,
+    device: str | torch.device,
+) -> tuple[KinEmbed, History]:
     (x_tr, y_tr), (x_va, y_va) = split_validation(segments, cfg.val_fraction)
     model = KinEmbed(cfg, x_tr.shape[1], y_tr.shape[1]).to(device)
     xt = torch.as_tensor(x_tr, dtype=torch.float32, device=device)

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[torch.Generator]:
+    """Reproducible training without touching the caller's random state.
+
+    Layer initialisation and dropout draw from torch's global CPU generator; inside this block it
+    is seeded with ``seed`` and restored on exit. Shuffling uses the yielded explicit generator.
+    (CUDA generators are seeded by ``manual_seed`` too but not restored.)
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
 
 
 class MLP(nn.Module):

@@ -152,3 +152,12 @@ def test_r2_matches_sklearn() -> None:
     y, p = rng.standard_normal((50, 4)), rng.standard_normal((50, 4))
     p[:, 0] = y[:, 0] * 0.9
     np.testing.assert_allclose(r2_per_output(y, p), r2_score(y, p, multioutput="raw_values"))
+
+
+def test_training_leaves_the_callers_random_state_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    sessions = toy_sessions(100)
+    train_kinembed(KinEmbedConfig(epochs=1, batch_size=32), sessions, seed=0)
+    fit_decoder(sessions, DecoderConfig(epochs=1, seq_len=32), seed=0)
+    assert torch.equal(torch.get_rng_state(), before)

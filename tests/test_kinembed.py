@@ -161,3 +161,14 @@ def test_training_leaves_the_callers_random_state_alone() -> None:
     train_kinembed(KinEmbedConfig(epochs=1, batch_size=32), sessions, seed=0)
     fit_decoder(sessions, DecoderConfig(epochs=1, seq_len=32), seed=0)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.gpu
+def test_kinembed_trains_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    sessions = toy_sessions(300)
+    model, hist = train_kinembed(KinEmbedConfig(epochs=3, batch_size=64), sessions, device="cuda")
+    assert next(model.parameters()).is_cuda and np.isfinite(hist.epochs[-1]["val_loss"])
+    z = embed(model, sessions[0][0])
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)

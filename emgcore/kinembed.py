@@ -17,6 +17,10 @@ readings, chosen to each change one thing):
   the kinematic encoder (stable targets, as in MoCo/BYOL); the online kinematic encoder is trained
   against the EMG side. The momentum rises linearly from ``ema_momentum`` to 1 over training, a pure
   function of the step so a resumed run continues exactly.
+
+Also unstated in the paper: the kinematic encoder uses the EMG encoder's layer recipe (BatchNorm,
+ReLU, dropout; the paper says "the same activations"), and VICReg, which needs unconstrained
+variances, acts on the un-normalised encoder outputs.
 """
 
 from __future__ import annotations

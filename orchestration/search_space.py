@@ -1,0 +1,207 @@
+"""Staged search spaces as data: one YAML file per method under ``search_spaces/``.
+
+Schema (every method's file has the same shape)::
+
+    method: kinembed            # a key of CONFIGS
+    metric: cv_r2               # what each trial reports and the stage selects on
+    mode: max                   # max | min
+    subjects: [S1, S3]          # optional: the subjects every trial is evaluated on
+    stages:
+      - name: loss
+        grid:   {dotted.key: [values...]}   # full cartesian product
+        choice: {dotted.key: [values...]}   # sampled, ``budget`` times
+        fixed:  {dotted.key: value}         # held constant in this stage
+        inherit: [earlier, stages]          # their winners are fixed here
+        budget: 20                          # trials drawn when the stage has ``choice`` keys
+
+Dotted keys address fields of the method's configuration dataclass (``kinembed.lr`` is
+``ExperimentConfig.kinembed.lr``); a key that names no field, a stage that inherits from a later
+or unknown stage, or a value of the wrong kind fails on load, naming the file and the key.
+This module imports no Ray: the sweep reads it, and so can a researcher's notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emgcore.errors import InvalidValueError
+from emgcore.experiment import ExperimentConfig, config_from_dict
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# method name -> the configuration dataclass its search space addresses
+CONFIGS: dict[str, type] = {"kinembed": ExperimentConfig}
+_TOP = {"method", "metric", "mode", "subjects", "stages"}
+_STAGE = {"name", "grid", "choice", "fixed", "inherit", "budget"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    choice: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    inherit: tuple[str, ...] = ()
+    budget: int | None = None  # trials drawn from ``choice``; the grid is always complete
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid keys (one empty point for a grid-less stage)."""
+        keys = list(self.grid)
+        return [
+            dict(zip(keys, vals, strict=True)) for vals in itertools.product(*self.grid.values())
+        ]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    method: str
+    metric: str
+    mode: str
+    stages: tuple[Stage, ...]
+    subjects: tuple[str, ...] = ()
+    source: str = ""
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def digest(self) -> str:
+        """Content hash of the resolved space (a tag on every run it produced)."""
+        blob = json.dumps(dataclasses.asdict(self) | {"source": ""}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def path_for(method: str) -> Path:
+    return SEARCH_SPACES_DIR / f"{method}.yaml"
+
+
+def load(path: str | Path) -> SearchSpace:
+    """Read and validate one search-space file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise InvalidValueError("search space file not found", source=path, field="file") from e
+    except yaml.YAMLError as e:
+        raise InvalidValueError(f"not valid YAML: {e}", source=path, field="file") from e
+
+    def bad(msg: str, key: str) -> InvalidValueError:
+        return InvalidValueError(msg, source=path, field=key)
+
+    if not isinstance(data, Mapping):
+        raise bad("top level must be a mapping", "file")
+    if unknown := set(data) - _TOP:
+        raise bad(f"unknown key(s) {sorted(unknown)}; known: {sorted(_TOP)}", sorted(unknown)[0])
+    method = data.get("method")
+    if method not in CONFIGS:
+        raise bad(f"unknown method {method!r}; known: {sorted(CONFIGS)}", "method")
+    if data.get("mode") not in ("max", "min"):
+        raise bad(f"must be 'max' or 'min', got {data.get('mode')!r}", "mode")
+    if not isinstance(data.get("metric"), str):
+        raise bad("must name the metric trials report", "metric")
+    cls = CONFIGS[method]
+    stages: list[Stage] = []
+    for i, raw in enumerate(data.get("stages") or []):
+        where = f"stages[{i}]"
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+            raise bad("each stage is a mapping with a 'name'", where)
+        where = f"stages.{raw['name']}"
+        if unknown := set(raw) - _STAGE:
+            raise bad(f"unknown key(s) {sorted(unknown)}; known: {sorted(_STAGE)}", where)
+        if raw["name"] in {s.name for s in stages}:
+            raise bad("duplicate stage name", where)
+        inherit = tuple(raw.get("inherit") or ())
+        earlier = {s.name for s in stages}
+        if missing := [n for n in inherit if n not in earlier]:
+            raise bad(f"inherits {missing}, which is not an earlier stage", f"{where}.inherit")
+        parts: dict[str, dict[str, Any]] = {}
+        for part in ("grid", "choice", "fixed"):
+            values = raw.get(part) or {}
+            if not isinstance(values, Mapping):
+                raise bad("must be a mapping of dotted keys", f"{where}.{part}")
+            parts[part] = {}
+            for key, v in values.items():
+                _check_key(cls, key, path, f"{where}.{part}.{key}")
+                if part != "fixed":
+                    if not isinstance(v, list) or not v:
+                        raise bad("must be a non-empty list of values", f"{where}.{part}.{key}")
+                    v = tuple(_tuplify(x) for x in v)
+                parts[part][key] = _tuplify(v)
+        keys = [k for p in parts.values() for k in p]
+        if dup := {k for k in keys if keys.count(k) > 1}:
+            raise bad(f"key(s) {sorted(dup)} appear in more than one of grid/choice/fixed", where)
+        budget = raw.get("budget")
+        if parts["choice"] and not (isinstance(budget, int) and budget > 0):
+            raise bad(
+                "a stage with 'choice' keys needs a positive integer budget", f"{where}.budget"
+            )
+        stage = Stage(raw["name"], parts["grid"], parts["choice"], parts["fixed"], inherit, budget)
+        # every value must build a valid config: each alone (naming its key), then together
+        for key, values in {**stage.grid, **stage.choice}.items():
+            for v in values:
+                _check_values(cls, {**stage.fixed, key: v}, path, f"{where}.{key}")
+        for point in [*stage.grid_points()[:1], {}]:
+            _check_values(cls, {**stage.fixed, **point}, path, where)
+        stages.append(stage)
+    if not stages:
+        raise bad("needs at least one stage", "stages")
+    subjects = tuple(str(s) for s in data.get("subjects") or ())
+    return SearchSpace(method, data["metric"], data["mode"], tuple(stages), subjects, str(path))
+
+
+def _tuplify(v: Any) -> Any:
+    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
+
+
+def _check_key(cls: type, key: str, path: Path, where: str) -> None:
+    """``key`` must walk dataclass fields down to a leaf: ``kinembed.lr`` -> KinEmbedConfig.lr."""
+    node: Any = cls
+    for part in key.split("."):
+        fields = (
+            {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        )
+        if part not in fields:
+            known = sorted(fields) if fields else []
+            raise InvalidValueError(
+                f"{key!r} is not a field of {cls.__name__} (at {part!r}; known: {known})",
+                source=path,
+                field=where,
+            )
+        default = (
+            fields[part].default_factory()
+            if callable(fields[part].default_factory)
+            else fields[part].default
+        )
+        node = type(default) if dataclasses.is_dataclass(default) else None
+    if dataclasses.is_dataclass(node):
+        raise InvalidValueError(
+            f"{key!r} is a section; name one of its fields", source=path, field=where
+        )
+
+
+def _check_values(cls: type, overrides: Mapping[str, Any], path: Path, where: str) -> None:
+    try:
+        apply(cls(), overrides)
+    except (TypeError, ValueError) as e:
+        raise InvalidValueError(f"invalid value: {e}", source=path, field=where) from e
+
+
+def apply(cfg: Any, overrides: Mapping[str, Any]) -> Any:
+    """``cfg`` with dotted-key overrides, rebuilt through the config loader (values checked)."""
+    data = dataclasses.asdict(cfg)
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    if isinstance(cfg, ExperimentConfig):
+        return config_from_dict(data)
+    return type(cfg)(**data)

@@ -1,0 +1,63 @@
+"""Search spaces as data: the paper's stages, and load-time validation naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emgcore.errors import InvalidValueError
+from emgcore.experiment import ExperimentConfig
+from orchestration.search_space import SEARCH_SPACES_DIR, apply, load, path_for
+
+SPACES = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
+
+
+def test_kinembed_space_is_the_papers_four_stages() -> None:
+    space = load(path_for("kinembed"))
+    assert (space.metric, space.mode) == ("cv_r2", "max")
+    assert space.subjects == ("S1", "S3", "S6", "S8", "S11")
+    assert [s.name for s in space.stages] == ["loss", "architecture", "widths", "optimisation"]
+    assert [len(s.grid_points()) for s in space.stages] == [75, 5, 12, 36]
+    assert space.stage("widths").grid["kinembed.emg_hidden"][2] == (512, 256, 128)
+    assert space.stage("optimisation").inherit == ("loss", "architecture", "widths")
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_key_of_every_space_is_a_config_field(path: Path) -> None:
+    """Loading checks each key; applying every value proves they build a valid config."""
+    space = load(path)
+    for stage in space.stages:
+        for key, values in {**stage.grid, **stage.choice}.items():
+            for v in values:
+                cfg = apply(ExperimentConfig(), {**stage.fixed, key: v})
+                section, leaf = key.split(".")
+                assert getattr(getattr(cfg, section), leaf) == v
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ("    grid: {kinembed.learning_rate: [0.1]}\n", "stages.a.grid.kinembed.learning_rate"),
+        ("    grid: {kinembed: [1]}\n", "stages.a.grid.kinembed"),
+        ("    grid: {kinembed.variant: [transformer]}\n", "stages.a.kinembed.variant"),
+        ("    grid: {kinembed.lr: []}\n", "stages.a.grid.kinembed.lr"),
+        ("    inherit: [b]\n", "stages.a.inherit"),
+        ("    choice: {kinembed.lr: [0.1, 0.2]}\n", "stages.a.budget"),
+        ("    grids: {kinembed.lr: [0.1]}\n", "stages.a"),
+    ],
+)
+def test_bad_space_names_file_and_key(tmp_path: Path, body: str, field: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("method: kinembed\nmetric: cv_r2\nmode: max\nstages:\n  - name: a\n" + body)
+    with pytest.raises(InvalidValueError) as err:
+        load(path)
+    assert str(path) in str(err.value) and f"'{field}'" in str(err.value), str(err.value)
+
+
+def test_apply_overrides_nested_fields_and_checks_values() -> None:
+    cfg = apply(ExperimentConfig(), {"kinembed.emg_hidden": (128, 64), "decoder.epochs": 5})
+    assert cfg.kinembed.emg_hidden == (128, 64) and cfg.decoder.epochs == 5
+    assert cfg.kinembed.lr == ExperimentConfig().kinembed.lr
+    with pytest.raises(InvalidValueError):
+        apply(ExperimentConfig(), {"kinembed.batch_size": -1})

@@ -89,9 +89,10 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def _tuplify(v: Any) -> Any:
+def tuplify(v: Any) -> Any:
+    """YAML lists (nested too) as tuples, the form frozen configs hold."""
     if isinstance(v, list):
-        return tuple(_tuplify(i) for i in v)
+        return tuple(tuplify(i) for i in v)
     return v
 
 
@@ -116,7 +117,7 @@ def config_from_dict(d: Mapping[str, Any], source: str | Path | None = None) -> 
                     field=key,
                 )
             try:
-                kwargs[key] = cls(**{k: _tuplify(v) for k, v in value.items()})
+                kwargs[key] = cls(**{k: tuplify(v) for k, v in value.items()})
             except (TypeError, ValueError) as e:
                 raise InvalidValueError(str(e), source=source, field=key) from e
         elif key == "cebra_grid":
@@ -124,7 +125,7 @@ def config_from_dict(d: Mapping[str, Any], source: str | Path | None = None) -> 
         elif key == "preprocessing":
             kwargs[key] = tuple(value)
         else:
-            kwargs[key] = _tuplify(value)
+            kwargs[key] = tuplify(value)
     try:
         return ExperimentConfig(**kwargs)
     except InvalidValueError as e:
@@ -333,11 +334,11 @@ def fit_eval(
     if build is None:  # ARIMA: the DoA series alone, forecast across the held-out session
         last = fold.train[-1].y
         history = last[len(last) - max(8, round(cfg.arima_fraction * len(last))) :]
-        out = {}
-        for s, seg in fold.evals.items():
-            pred, _ = arima_forecast(history, len(seg.y))
-            out[s] = (r2_per_output(seg.y, pred), pred)
-        return out
+        forecast, _ = arima_forecast(history, max(len(seg.y) for seg in fold.evals.values()))
+        return {
+            s: (r2_per_output(seg.y, forecast[: len(seg.y)]), forecast[: len(seg.y)])
+            for s, seg in fold.evals.items()
+        }
     emb = build(params, cfg)
     emb.fit(fold.train_std(), seed)
     z_train = [emb.transform(s.x) for s in fold.train]

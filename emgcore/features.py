@@ -96,10 +96,6 @@ class FeatureConfig:
             )
         return length, stride
 
-    @property
-    def n_per_channel(self) -> int:
-        return 11 + len(self.bands_hz)
-
 
 @dataclass(frozen=True)
 class Thresholds:

@@ -29,7 +29,6 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -230,14 +229,14 @@ def _train(
         losses = []
         for b in range(steps_per_epoch):
             idx = order[b * batch : (b + 1) * batch]
-            loss, _ = model.loss(xt[idx], yt[idx], gather=gather, rank=rank)
+            loss, step_metrics = model.loss(xt[idx], yt[idx], gather=gather, rank=rank)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             step += 1
             model.update_ema(step, total_steps)
-            losses.append(loss.item())
+            losses.append(step_metrics["loss"])  # already a float: no second device sync
         sched.step()
         val = evaluate_loss(model, xv, yv, batch) if len(xv) else float(np.mean(losses))
         metrics = {
@@ -285,11 +284,3 @@ def embed(model: KinEmbed, x: np.ndarray, batch: int = 8192) -> np.ndarray:
         for b in range(0, len(x), batch)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.embed_dim), np.float32)
-
-
-def config_from_dict(d: dict[str, Any]) -> KinEmbedConfig:
-    """``KinEmbedConfig`` from a plain mapping (YAML), lists becoming tuples; unknown keys fail."""
-    known = set(KinEmbedConfig.__dataclass_fields__)
-    if unknown := set(d) - known:
-        raise ValueError(f"kinembed: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    return KinEmbedConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

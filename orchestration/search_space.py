@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from emgcore.errors import InvalidValueError
-from emgcore.experiment import ExperimentConfig, config_from_dict
+from emgcore.experiment import ExperimentConfig, config_from_dict, tuplify
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # method name -> the configuration dataclass its search space addresses
@@ -132,8 +132,7 @@ def load(path: str | Path) -> SearchSpace:
                 if part != "fixed":
                     if not isinstance(v, list) or not v:
                         raise bad("must be a non-empty list of values", f"{where}.{part}.{key}")
-                    v = tuple(_tuplify(x) for x in v)
-                parts[part][key] = _tuplify(v)
+                parts[part][key] = tuplify(v)
         keys = [k for p in parts.values() for k in p]
         if dup := {k for k in keys if keys.count(k) > 1}:
             raise bad(f"key(s) {sorted(dup)} appear in more than one of grid/choice/fixed", where)
@@ -154,10 +153,6 @@ def load(path: str | Path) -> SearchSpace:
         raise bad("needs at least one stage", "stages")
     subjects = tuple(str(s) for s in data.get("subjects") or ())
     return SearchSpace(method, data["metric"], data["mode"], tuple(stages), subjects, str(path))
-
-
-def _tuplify(v: Any) -> Any:
-    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
 
 
 def _check_key(cls: type, key: str, path: Path, where: str) -> None:
@@ -193,7 +188,7 @@ def _check_values(cls: type, overrides: Mapping[str, Any], path: Path, where: st
         raise InvalidValueError(f"invalid value: {e}", source=path, field=where) from e
 
 
-def apply(cfg: Any, overrides: Mapping[str, Any]) -> Any:
+def apply(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
     """``cfg`` with dotted-key overrides, rebuilt through the config loader (values checked)."""
     data = dataclasses.asdict(cfg)
     for key, value in overrides.items():
@@ -202,6 +197,4 @@ def apply(cfg: Any, overrides: Mapping[str, Any]) -> Any:
         for p in parents:
             node = node[p]
         node[leaf] = list(value) if isinstance(value, tuple) else value
-    if isinstance(cfg, ExperimentConfig):
-        return config_from_dict(data)
-    return type(cfg)(**data)
+    return config_from_dict(data)

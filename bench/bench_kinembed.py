@@ -59,7 +59,7 @@ def main() -> None:
         for _ in range(epochs):
             model.train()
             for xb, yb in loader:
-                loss, _ = model.loss(xb, yb)
+                loss, _ = model(xb, yb)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

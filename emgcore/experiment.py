@@ -20,6 +20,7 @@ Choices the paper leaves open (written here so they sit next to the code):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from emgcore.baselines import (
     CEBRA_CANONICAL,
@@ -41,10 +43,11 @@ from emgcore.baselines import (
     Segments,
     arima_forecast,
 )
-from emgcore.decoder import DecoderConfig, fit_decoder, r2_per_output
+from emgcore.decoder import Decoder, DecoderConfig, fit_decoder, r2_per_output
+from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError, MissingFieldError
 from emgcore.features import FeatureConfig, Standardizer, fit_thresholds, recording_features
-from emgcore.kinembed import KinEmbedConfig, embed, train_kinembed
+from emgcore.kinembed import EpochHook, KinEmbedConfig, embed, train_kinembed
 from emgcore.preprocessing import DEFAULT_EMG, Pipeline
 from emgcore.recording import Recording
 
@@ -187,6 +190,7 @@ class Fold:
     train: list[Segment]
     evals: dict[str, Segment]
     y_scale: Standardizer  # DoA standardisation fitted on the training sessions
+    x_scale: Standardizer  # feature z-score fitted on the training sessions (already applied)
 
     def train_std(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Training sessions as ``(x, standardised y)``: what the embedders fit on."""
@@ -222,7 +226,7 @@ class SubjectData:
         x_scale = Standardizer.fit(np.concatenate([raw[s][0] for s in train]))
         segs = {s: Segment(x_scale(x), y) for s, (x, y) in raw.items()}
         y_scale = Standardizer.fit(np.concatenate([segs[s].y for s in train]))
-        return Fold([segs[s] for s in train], {s: segs[s] for s in evals}, y_scale)
+        return Fold([segs[s] for s in train], {s: segs[s] for s in evals}, y_scale, x_scale)
 
 
 def prepare(
@@ -276,14 +280,27 @@ def prepare(
 # -- methods -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """How a launcher runs the trainable methods: per-epoch hooks, data parallelism, device."""
+
+    hooks: Sequence[EpochHook] = ()
+    parallel: DataParallel | None = None
+    device: str = "cpu"
+
+
 class KinEmbedEmbedder:
     """KinEMbed's frozen EMG encoder behind the :class:`Embedder` interface."""
 
-    def __init__(self, cfg: KinEmbedConfig):
+    def __init__(self, cfg: KinEmbedConfig, context: RunContext = RunContext()):
         self.cfg = cfg
+        self.context = context
 
     def fit(self, train: Segments, seed: int) -> None:
-        self.model, self.history = train_kinembed(self.cfg, train, seed=seed)
+        ctx = self.context
+        self.model, self.history = train_kinembed(
+            self.cfg, train, seed=seed, hooks=ctx.hooks, parallel=ctx.parallel, device=ctx.device
+        )
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return embed(self.model, x)
@@ -294,8 +311,8 @@ class MethodSpec:
     """How to build a method and which configurations its CV chooses from."""
 
     label: str  # as in the paper's tables
-    # params, config -> a fresh embedder; None for ARIMA, which forecasts instead of embedding
-    build: Callable[[Mapping[str, Any], ExperimentConfig], Embedder] | None
+    # params, config, context -> a fresh embedder; None for ARIMA, which forecasts instead
+    build: Callable[[Mapping[str, Any], ExperimentConfig, RunContext], Embedder] | None
     candidates: Callable[[ExperimentConfig], list[dict[str, Any]]]
 
 
@@ -305,21 +322,44 @@ def _dims(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 
 METHODS: dict[str, MethodSpec] = {
     "arima": MethodSpec("ARIMA", None, lambda c: [{}]),
-    "pca": MethodSpec("PCA", lambda p, c: PCAEmbedder(p["dim"]), _dims),
-    "pls": MethodSpec("PLS", lambda p, c: PLSEmbedder(p["dim"]), _dims),
-    "ae_recon": MethodSpec("AE-Recon", lambda p, c: AEEmbedder(p["dim"], 0.0, c.ae), _dims),
+    "pca": MethodSpec("PCA", lambda p, c, x: PCAEmbedder(p["dim"]), _dims),
+    "pls": MethodSpec("PLS", lambda p, c, x: PLSEmbedder(p["dim"]), _dims),
+    "ae_recon": MethodSpec("AE-Recon", lambda p, c, x: AEEmbedder(p["dim"], 0.0, c.ae), _dims),
     "ae_super": MethodSpec(
         "AE-Super",
-        lambda p, c: AEEmbedder(p["dim"], p["alpha"], c.ae),
+        lambda p, c, x: AEEmbedder(p["dim"], p["alpha"], c.ae),
         lambda c: [{"dim": d, "alpha": a} for d in c.dims for a in c.ae_alphas],
     ),
     "cebra": MethodSpec(
         "CEBRA",
-        lambda p, c: CEBRAEmbedder(p["dim"], {k: v for k, v in p.items() if k != "dim"}),
+        lambda p, c, x: CEBRAEmbedder(p["dim"], {k: v for k, v in p.items() if k != "dim"}),
         _dims,  # after the Optuna search has fixed the other hyper-parameters
     ),
-    "kinembed": MethodSpec("KinEMbed", lambda p, c: KinEmbedEmbedder(c.kinembed), lambda c: [{}]),
+    "kinembed": MethodSpec(
+        "KinEMbed", lambda p, c, x: KinEmbedEmbedder(c.kinembed, x), lambda c: [{}]
+    ),
 }
+
+
+def fit_models(
+    method: str,
+    params: Mapping[str, Any],
+    fold: Fold,
+    cfg: ExperimentConfig,
+    seed: int,
+    context: RunContext = RunContext(),
+) -> tuple[Embedder, Decoder]:
+    """Fit ``method``'s embedder, then the shared decoder, on the fold's training sessions."""
+    build = METHODS[method].build
+    if build is None:
+        raise InvalidValueError(f"{method} has no embedder to fit", field="methods")
+    emb = build(params, cfg, context)
+    emb.fit(fold.train_std(), seed)
+    z_train = [emb.transform(s.x) for s in fold.train]
+    dec = fit_decoder(
+        [(z, s.y) for z, s in zip(z_train, fold.train, strict=True)], cfg.decoder, seed=seed
+    )
+    return emb, dec
 
 
 def fit_eval(
@@ -328,10 +368,10 @@ def fit_eval(
     fold: Fold,
     cfg: ExperimentConfig,
     seed: int,
+    context: RunContext = RunContext(),
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fit ``method`` on the fold's training sessions -> ``{eval session: (R^2 (J,), pred)}``."""
-    build = METHODS[method].build
-    if build is None:  # ARIMA: the DoA series alone, forecast across the held-out session
+    if METHODS[method].build is None:  # ARIMA: the DoA series alone, forecast across the session
         last = fold.train[-1].y
         history = last[len(last) - max(8, round(cfg.arima_fraction * len(last))) :]
         forecast, _ = arima_forecast(history, max(len(seg.y) for seg in fold.evals.values()))
@@ -339,17 +379,60 @@ def fit_eval(
             s: (r2_per_output(seg.y, forecast[: len(seg.y)]), forecast[: len(seg.y)])
             for s, seg in fold.evals.items()
         }
-    emb = build(params, cfg)
-    emb.fit(fold.train_std(), seed)
-    z_train = [emb.transform(s.x) for s in fold.train]
-    dec = fit_decoder(
-        [(z, s.y) for z, s in zip(z_train, fold.train, strict=True)], cfg.decoder, seed=seed
-    )
+    emb, dec = fit_models(method, params, fold, cfg, seed, context)
     out = {}
     for s, seg in fold.evals.items():
         pred = dec.predict(emb.transform(seg.x))
         out[s] = (r2_per_output(seg.y, pred), pred)
     return out
+
+
+class DecodingPipeline(torch.nn.Module):
+    """A fitted KinEMbed encoder and decoder as one module: what the model registry holds.
+
+    ``forward(features (T, F)) -> DoA (T, J)``: one session's raw window features (the output of
+    :func:`emgcore.features.recording_features`) in time order, z-scored with the training
+    statistics stored here, embedded, decoded causally, in the DoA's unit.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, decoder: Decoder, x_scale: Standardizer):
+        super().__init__()
+        self.encoder = encoder.eval()
+        self.tcn = decoder.net.eval()
+        f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        self.register_buffer("x_mean", f32(x_scale.mean))
+        self.register_buffer("x_std", f32(x_scale.std))
+        self.register_buffer("z_mean", f32(decoder.x_scale.mean))
+        self.register_buffer("z_std", f32(decoder.x_scale.std))
+        self.register_buffer("y_mean", f32(decoder.y_scale.mean))
+        self.register_buffer("y_std", f32(decoder.y_scale.std))
+
+    @classmethod
+    def empty(cls, cfg: ExperimentConfig, n_features: int, n_dof: int) -> DecodingPipeline:
+        """The right shapes for ``cfg``, to ``load_state_dict`` a saved pipeline into."""
+        from emgcore.kinembed import KinEmbed
+        from emgcore.nn import TCN
+
+        d = cfg.decoder
+        e = cfg.kinembed.embed_dim
+        tcn = TCN(e, n_dof, d.channels, d.kernel, d.dilations, d.dropout)
+        ones = lambda n: Standardizer(np.zeros(n), np.ones(n))  # noqa: E731
+        dec = Decoder(tcn, ones(e), ones(n_dof))
+        return cls(KinEmbed(cfg.kinembed, n_features, n_dof).f_emg, dec, ones(n_features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features - self.x_mean) / self.x_std  # (T, F)
+        z = torch.nn.functional.normalize(self.encoder(x), dim=1)  # (T, E), the embedding
+        z = (z - self.z_mean) / self.z_std
+        return self.tcn(z[None])[0] * self.y_std + self.y_mean  # (T, J)
+
+
+def kinembed_pipeline(emb: Embedder, dec: Decoder, fold: Fold) -> DecodingPipeline:
+    """The registry module of a fitted KinEMbed (``fit_models('kinembed', ...)``) on ``fold``."""
+    if not isinstance(emb, KinEmbedEmbedder):
+        raise InvalidValueError("only KinEMbed fits become a pipeline", field="methods")
+    encoder = copy.deepcopy(emb.model.f_emg).cpu()  # eval mode: BatchNorm uses running stats
+    return DecodingPipeline(encoder, dec, fold.x_scale).eval()
 
 
 def cv_folds(train_sessions: Sequence[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -370,11 +453,12 @@ def cv_score(
     train_sessions: Sequence[str],
     cfg: ExperimentConfig,
     seed: int = 0,
+    context: RunContext = RunContext(),
 ) -> float:
     """Mean R^2 (over DoA and folds) of one configuration under session CV: the selection score."""
     scores = []
     for tr, ev in cv_folds(train_sessions):
-        res = fit_eval(method, params, subject.fold(tr, ev), cfg, seed)
+        res = fit_eval(method, params, subject.fold(tr, ev), cfg, seed, context)
         scores += [float(np.mean(r2)) for r2, _ in res.values()]
     return float(np.mean(scores))
 

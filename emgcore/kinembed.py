@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from emgcore.distributed import DataParallel
 from emgcore.losses import Gather, nt_xent, soft_nt_xent, vicreg
 from emgcore.nn import MLP, seeded
 
@@ -101,10 +102,13 @@ class KinEmbed(nn.Module):
         """The downstream representation: ``l2(f_emg(x))``, ``(N, F) -> (N, E)``."""
         return F.normalize(self.f_emg(x), dim=1)
 
-    def loss(
+    def forward(
         self, x: Tensor, y: Tensor, *, gather: Gather | None = None, rank: int = 0
     ) -> tuple[Tensor, dict[str, float]]:
-        """Contrastive loss of a batch ``x (N, F)``, ``y (N, J)`` -> ``(loss, metrics)``."""
+        """Contrastive loss of a batch ``x (N, F)``, ``y (N, J)`` -> ``(loss, metrics)``.
+
+        ``forward`` (not a ``loss`` method) so DistributedDataParallel's hooks see the call.
+        """
         cfg = self.cfg
         h_emg = self.f_emg(x)  # (N, E)
         h_emg_loss = self.head(h_emg) if self.head is not None else h_emg
@@ -152,6 +156,10 @@ class KinEmbed(nn.Module):
 EpochHook = Callable[[int, dict[str, float], nn.Module], None]
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss became NaN or infinite (the message says where)."""
+
+
 @dataclass
 class History:
     """Per-epoch metrics of one training run, and the epoch whose weights were kept."""
@@ -186,8 +194,7 @@ def train_kinembed(
     *,
     seed: int = 0,
     hooks: Sequence[EpochHook] = (),
-    gather: Gather | None = None,
-    rank: int = 0,
+    parallel: DataParallel | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[KinEmbed, History]:
     """Phase I on training sessions ``segments = [(x (N_i, F), y (N_i, J)), ...]``.
@@ -195,9 +202,12 @@ def train_kinembed(
     AdamW, cosine annealing over ``t_max`` epochs, gradient clipping, early stopping on the fixed
     validation split with the best weights restored. ``y`` should be standardised (Soft-NT-Xent's
     kernel is isotropic). Each hook is called as ``hook(epoch, metrics, model)`` after every epoch.
+    Under ``parallel`` (several workers) every worker holds the data, draws the same shuffles and
+    trains on its shard of each global batch of ``cfg.batch_size``; losses see the global batch.
+    A NaN or infinite loss raises :class:`NonFiniteLossError`.
     """
     with seeded(seed) as gen:
-        return _train(cfg, segments, gen, hooks, gather, rank, device)
+        return _train(cfg, segments, gen, hooks, parallel or DataParallel(), device)
 
 
 def _train(
@@ -205,12 +215,12 @@ def _train(
     segments: Sequence[tuple[np.ndarray, np.ndarray]],
     gen: torch.Generator,
     hooks: Sequence[EpochHook],
-    gather: Gather | None,
-    rank: int,
+    parallel: DataParallel,
     device: str | torch.device,
 ) -> tuple[KinEmbed, History]:
     (x_tr, y_tr), (x_va, y_va) = split_validation(segments, cfg.val_fraction)
     model = KinEmbed(cfg, x_tr.shape[1], y_tr.shape[1]).to(device)
+    net = parallel.wrap(model)  # DDP + global-batch BatchNorm with several workers
     xt = torch.as_tensor(x_tr, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y_tr, dtype=torch.float32, device=device)
     xv = torch.as_tensor(x_va, dtype=torch.float32, device=device)
@@ -219,7 +229,8 @@ def _train(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.t_max)
     n = len(xt)
-    batch = min(cfg.batch_size, n)
+    batch = min(cfg.batch_size, n - n % parallel.world_size)
+    parallel.local_batch(batch)  # fails early, naming the field, if it does not divide
     steps_per_epoch = max(1, n // batch)  # drop the ragged last batch: BatchNorm and negatives
     total_steps = steps_per_epoch * cfg.epochs
     history, best_state, stale, step = History(), None, 0, 0
@@ -228,8 +239,13 @@ def _train(
         order = torch.randperm(n, generator=gen).to(device)
         losses = []
         for b in range(steps_per_epoch):
-            idx = order[b * batch : (b + 1) * batch]
-            loss, step_metrics = model.loss(xt[idx], yt[idx], gather=gather, rank=rank)
+            idx = parallel.shard(order[b * batch : (b + 1) * batch])
+            loss, step_metrics = net(xt[idx], yt[idx], gather=parallel.gather, rank=parallel.rank)
+            if not math.isfinite(step_metrics["loss"]):
+                raise NonFiniteLossError(
+                    f"kinembed loss is {step_metrics['loss']} at epoch {epoch}, step {b} "
+                    f"(lr {cfg.lr}, loss {cfg.loss}, temperature {cfg.temperature})"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -269,7 +285,7 @@ def evaluate_loss(model: KinEmbed, x: Tensor, y: Tensor, batch: int) -> float:
         xb, yb = x[b : b + batch], y[b : b + batch]
         if len(xb) < 2:
             continue
-        losses.append(model.loss(xb, yb)[0].item())
+        losses.append(model(xb, yb)[0].item())
         weights.append(len(xb))
     return float(np.average(losses, weights=weights)) if losses else math.nan
 

@@ -51,11 +51,11 @@ def test_projection_head_is_used_in_the_loss_but_not_in_the_embedding() -> None:
     model = KinEmbed(KinEmbedConfig(dropout=0.0), n_features=10, n_dof=2).eval()
     x, y = torch.randn(32, 10), torch.randn(32, 2)
     z_before = model.embed(x)
-    loss_before = model.loss(x, y)[0]
+    loss_before = model(x, y)[0]
     with torch.no_grad():
         model.head[0].weight.mul_(-3.0)
     assert torch.equal(model.embed(x), z_before)
-    assert not torch.isclose(model.loss(x, y)[0], loss_before)
+    assert not torch.isclose(model(x, y)[0], loss_before)
 
 
 def test_training_is_deterministic_for_a_seed_and_learns() -> None:

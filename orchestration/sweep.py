@@ -1,0 +1,715 @@
+"""Staged hyper-parameter sweep: ``python orchestration/sweep.py kinembed``.
+
+One Ray Tune experiment per stage of ``search_spaces/<method>.yaml``; each trial is a Ray Train
+``TorchTrainer`` run of the emgcore code path (:mod:`orchestration.trial`), launched by a small
+Tune driver function. Each stage fixes the winners of the stages it inherits from. After the last
+stage the winner is retrained on all training sessions with every seed, scored on the held-out
+session, logged to MLflow and registered; the ``champion`` alias moves only on improvement.
+
+Laptop: local Ray in-process, MLflow in ``./mlflow.db``, Ray results in ``./ray_results``.
+Cluster: the same command through ``ray job submit``, with ``RAY_ADDRESS``/``--address``,
+``MLFLOW_TRACKING_URI``/``--tracking-uri`` and a shared ``--storage-path``.
+
+Exit status: 0 done, 1 the sweep failed, 2 bad input or tracking unreachable, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emgcore.errors import EmgDataError
+from orchestration import search_space as spaces
+from orchestration import tracking
+
+SMOKE = {
+    "config": "kinembed-smoke",
+    "sim": {"duration_s": 30.0, "n_subjects": 1},
+    "points_per_stage": 2,
+    "seeds": (0, 1, 2),
+}
+# The Train controller polls workers this often (seconds); Ray's default (2 s) would make every
+# per-epoch report wait for the poll once epochs are shorter than that.
+POLL_S = "0.1"
+
+
+@dataclass
+class Options:
+    method: str
+    data: str = "db8-like"
+    config: str | None = None
+    space: str | None = None
+    stages: tuple[str, ...] = ()
+    smoke: bool = False
+    resume: str | None = None
+    max_concurrent: int | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    address: str | None = None
+    storage_path: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    duration: float | None = None
+    cache: str | None = None
+    registry_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # tests: fault injection
+
+
+def parse(argv: Sequence[str] | None) -> Options:
+    p = argparse.ArgumentParser(
+        prog="python orchestration/sweep.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("method", choices=sorted(spaces.CONFIGS), help="which method's search space")
+    p.add_argument(
+        "--data",
+        default="db8-like",
+        help="simulator preset or dataset path (default: db8-like, the simulator)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="base config: YAML file or bundled preset (default: kinembed-sim; "
+        "kinembed-smoke with --smoke)",
+    )
+    p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/)")
+    p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny budget: 1 simulated subject of 30 s sessions, 2 points per stage, the "
+        "kinembed-smoke preset; every stage still runs (a few minutes on 2 cores)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="SWEEP_ID",
+        help="continue an interrupted sweep (default: the latest one of this method): "
+        "finished trials are not rerun and no MLflow run is duplicated",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="cap on concurrent trials (default: what the cluster's CPUs/GPUs hold)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started in-process)",
+    )
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="Ray results and checkpoints (default: ./ray_results; shared storage, e.g. "
+        "s3://... or an NFS path, on a multi-node cluster)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    p.add_argument(
+        "--experiment", default=None, help="MLflow experiment name (default: the method)"
+    )
+    p.add_argument("--duration", type=float, default=None, help="seconds per simulated session")
+    p.add_argument("--cache", default=None, help="preprocessing cache folder (shared)")
+    p.add_argument(
+        "--registry-name", default=None, help="registered model name (default: the method)"
+    )
+    a = p.parse_args(argv)
+    return Options(
+        method=a.method,
+        data=a.data,
+        config=a.config,
+        space=a.space,
+        stages=tuple(a.stages.split(",")) if a.stages else (),
+        smoke=a.smoke,
+        resume=a.resume,
+        max_concurrent=a.max_concurrent,
+        workers=a.workers,
+        gpus_per_worker=a.gpus_per_worker,
+        cpus_per_worker=a.cpus_per_worker,
+        address=a.address,
+        storage_path=a.storage_path,
+        tracking_uri=a.tracking_uri,
+        experiment=a.experiment,
+        duration=a.duration,
+        cache=a.cache,
+        registry_name=a.registry_name,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse(argv)
+    try:
+        return Sweep(opts).run()
+    except (EmgDataError, tracking.TrackingUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT reached the driver: end every open run KILLED, then exit."""
+
+
+class Sweep:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        path = Path(opts.space) if opts.space else spaces.path_for(opts.method)
+        self.space = spaces.load(path)
+        if unknown := set(opts.stages) - {s.name for s in self.space.stages}:
+            raise EmgDataError(f"unknown stage(s) {sorted(unknown)}", source=path, field="--stages")
+        self.uri = tracking.resolve_uri(opts.tracking_uri)
+        tracking.check_reachable(self.uri)  # one line and exit 2 when down
+        self.tracker = tracking.Tracker(self.uri)
+        self.storage = _storage(opts.storage_path)
+        self.config = opts.config or ("kinembed-smoke" if opts.smoke else "kinembed-sim")
+        from emgcore.experiment import load_config, resolve_config
+
+        self.base = load_config(resolve_config(self.config))  # fails early on a bad config
+        self.sim: dict[str, Any] = dict(SMOKE["sim"]) if opts.smoke else {}
+        if opts.duration:
+            self.sim["duration_s"] = opts.duration
+        self.cache = str(
+            Path(opts.cache or os.environ.get("EMGCORE_CACHE", ".emgcore_cache")).resolve()
+        )
+        self.registry = opts.registry_name or opts.method
+
+    # -- the whole sweep -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        import ray
+
+        self._start_ray()
+        t0 = time.time()
+        state = self._open_state()
+        sid = state["sweep_id"]
+        exp = self.tracker.experiment(self.opts.experiment or self.opts.method)
+        self.exp = exp
+        tags = self._tags(sid, state)
+        parent = self.tracker.open_run(exp, f"{sid}", f"sweep {sid}", tags)
+        state["parent"] = parent
+        self._save_state(state)
+        self.tracker.log_params(
+            parent,
+            {
+                "sweep.data": self.opts.data,
+                "sweep.config": self.config,
+                "sweep.workers": self.opts.workers,
+                "sweep.smoke": self.opts.smoke,
+                **{f"sweep.sim.{k}": v for k, v in self.sim.items()},
+            },
+        )
+        _print(
+            f"sweep {sid}: {self.opts.method} on {self.opts.data}, {len(self.space.stages)} "
+            f"stages, {self.concurrency} concurrent trial(s) x {self.opts.workers} worker(s); "
+            f"MLflow {self.uri}"
+        )
+        status, code = "FINISHED", 0
+        handlers = _install_signals()
+        try:
+            self._check_subjects(state)
+            for stage in self.space.stages:
+                if self.opts.stages and stage.name not in self.opts.stages:
+                    continue
+                if state["stages"].get(stage.name, {}).get("done"):
+                    _print(f"stage {stage.name}: done in an earlier run, winner kept")
+                    continue
+                self._run_stage(stage, state, parent, tags)
+            final = self._final(state, parent, tags)
+            self._summary(state, final, time.time() - t0)
+        except Interrupted:
+            status, code = "KILLED", 130
+            _print(f"interrupted: runs ended KILLED; continue with --resume {sid}")
+        except Exception as e:
+            status, code = "FAILED", 1
+            self.tracker.set_tags(parent, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
+            _print(f"sweep failed: {type(e).__name__}: {e}")
+        finally:
+            _restore_signals(handlers)
+            self.tracker.end_orphans(exp, "emg.sweep", sid, "KILLED" if code else "FAILED")
+            self.tracker.end(parent, status)
+            state["status"] = status
+            self._save_state(state)
+            ray.shutdown()
+        return code
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def _run_stage(self, stage: spaces.Stage, state: dict, parent: str, tags: dict) -> None:
+        from ray import tune
+
+        sid = state["sweep_id"]
+        fixed = dict(stage.fixed)
+        for name in stage.inherit:
+            fixed |= state["stages"].get(name, {}).get("winner", {})
+        points = self._points(stage)
+        stage_key = f"{sid}/{stage.name}"
+        run = self.tracker.open_run(
+            self.exp,
+            stage_key,
+            f"stage {stage.name}",
+            {**tags, "emg.stage": stage.name},
+            parent=parent,
+        )
+        self.tracker.log_params(run, {f"fixed.{k}": v for k, v in fixed.items()})
+        _print(f"stage {stage.name}: {len(points)} trial(s); fixed {fixed or '-'}")
+        trial_tags = {**tags, "emg.stage": stage.name}
+        base_spec = self._spec("cv", fixed, stage_key, run, trial_tags)
+        base_spec["storage"] = f"{self.storage}/{sid}/{stage.name}-train"
+        driver = tune.with_resources(_driver, {"CPU": 0, "memory": 2**20})
+        param_space = {
+            "spec": base_spec,
+            "trainer": self._trainer_args(),
+            "overrides": tune.grid_search(points),
+        }
+        path = f"{self.storage}/{sid}/{stage.name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(
+                path,
+                driver,
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+        else:
+            tuner = tune.Tuner(
+                driver,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(max_concurrent_trials=self.concurrency),
+                run_config=tune.RunConfig(
+                    name=stage.name,
+                    storage_path=f"{self.storage}/{sid}",
+                    callbacks=[_Progress(stage.name, self.space.metric)],
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+        grid = tuner.fit()
+        rows = _leaderboard(grid, points, self.space.metric, self.space.mode)
+        ok = [r for r in rows if r["status"] == "ok"]
+        board = Path(self.storage_local(sid)) / f"leaderboard-{stage.name}.csv"
+        _write_csv(board, rows)
+        self.tracker.log_artifact(run, board, "leaderboards")
+        self.tracker.log_artifact(parent, board, "leaderboards")
+        plot = _stage_plot(rows, stage.name, self.space.metric, board.with_suffix(".png"))
+        if plot:
+            self.tracker.log_artifact(run, plot, "plots")
+        if not ok:
+            self.tracker.end(run, "FAILED")
+            raise RuntimeError(f"stage {stage.name}: every trial failed ({rows[0]['error']})")
+        best = ok[0]
+        winner = {**{k: v for k, v in fixed.items()}, **json.loads(best["overrides"])}
+        self.tracker.log_params(run, {f"winner.{k}": v for k, v in winner.items()})
+        self.tracker.set_tags(run, {"winner.trial": best["trial"]})
+        metric = self.space.metric
+        logger = self.tracker.logger(run)
+        logger.log({f"best_{metric}": best[metric], "trials_failed": len(rows) - len(ok)}, 0)
+        logger.flush()
+        self.tracker.end(run, "FINISHED")
+        state["stages"][stage.name] = {
+            "winner": winner,
+            "score": best[metric],
+            "trial": best["trial"],
+            "done": True,
+        }
+        self._save_state(state)
+        _print(
+            f"stage {stage.name}: best {metric} {best[metric]:+.4f} with "
+            f"{json.loads(best['overrides'])}; {len(rows) - len(ok)} failed"
+        )
+
+    def _points(self, stage: spaces.Stage) -> list[dict[str, Any]]:
+        """The stage's grid, plus ``budget`` seeded draws from its ``choice`` keys."""
+        points = stage.grid_points()
+        if stage.choice:
+            rng = random.Random(f"{self.space.digest()}/{stage.name}")
+            draws = [
+                {k: rng.choice(list(v)) for k, v in stage.choice.items()}
+                for _ in range(stage.budget or 1)
+            ]
+            points = [{**p, **d} for p in points for d in draws]
+        if self.opts.smoke and len(points) > SMOKE["points_per_stage"]:
+            points = [points[0], points[-1]]  # both ends of the grid
+        return [{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()} for p in points]
+
+    # -- the final model -------------------------------------------------------------------------
+
+    def _final(self, state: dict, parent: str, tags: dict) -> dict[str, Any]:
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        sid = state["sweep_id"]
+        winner: dict[str, Any] = {}
+        for stage in self.space.stages:
+            winner |= state["stages"].get(stage.name, {}).get("winner", {})
+        key = f"{sid}/final"
+        run = self.tracker.open_run(
+            self.exp, key, "final", {**tags, "emg.stage": "final"}, parent=parent
+        )
+        seeds = SMOKE["seeds"] if self.opts.smoke else self.base.seeds
+        spec = self._spec("final", winner, key, run, {**tags, "emg.stage": "final"})
+        spec["seeds"] = list(seeds)
+        spec["subjects"] = state.get("subjects") or []
+        spec["tracking"]["run_id"] = run
+        _print(f"final: winner retrained with seeds {list(seeds)} -> held-out session")
+        args = self._trainer_args()
+        from orchestration.trial import train_loop
+
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=spec,
+            scaling_config=ray.train.ScalingConfig(**args["scaling"]),
+            run_config=ray.train.RunConfig(
+                name=f"{sid}-final",
+                storage_path=f"{self.storage}/{sid}",
+                failure_config=ray.train.FailureConfig(max_failures=args["max_failures"]),
+            ),
+        )
+        result = trainer.fit()
+        m = dict(result.metrics)
+        state["final"] = {k: v for k, v in m.items() if isinstance(v, int | float | str | bool)}
+        self._save_state(state)
+        self.tracker.log_params(parent, {f"winner.{k}": v for k, v in winner.items()})
+        logger = self.tracker.logger(parent)
+        logger.log({"heldout_r2": m["heldout_r2"], "heldout_r2_std": m["heldout_r2_std"]}, 0)
+        logger.flush()
+        return m
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def _spec(self, mode: str, overrides: dict, key: str, parent: str, tags: dict) -> dict:
+        """What a trial's workers need; JSON-able, so Tune can store and restore it."""
+        return {
+            "mode": mode,
+            "method": self.opts.method,
+            "config": self.config,
+            "overrides": dict(overrides),
+            "data": self.opts.data,
+            "sim": self.sim,
+            "cache": self.cache,
+            "subjects": list(self.subjects),
+            "threads": max(1, int(self.opts.cpus_per_worker)),
+            "fingerprint": self.fingerprint,
+            "registry": {"name": self.registry},
+            "fault": self.opts.extra.get("fault", {}),
+            "tracking": {
+                "uri": self.uri,
+                "experiment_id": self.exp,
+                "parent": parent,
+                "key": key,
+                "name": key.split("/", 1)[1],
+                "tags": tags,
+            },
+        }
+
+    def _trainer_args(self) -> dict[str, Any]:
+        o = self.opts
+        res: dict[str, float] = {"CPU": o.cpus_per_worker}
+        if o.gpus_per_worker:
+            res["GPU"] = o.gpus_per_worker
+        return {
+            "scaling": {
+                "num_workers": o.workers,
+                "use_gpu": o.gpus_per_worker > 0,
+                "resources_per_worker": res,
+            },
+            "max_failures": int(o.extra.get("max_failures", 2)),
+        }
+
+    def _start_ray(self) -> None:
+        import ray
+
+        env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": POLL_S}
+        address = self.opts.address or os.environ.get("RAY_ADDRESS")
+        root = str(Path(__file__).resolve().parent.parent)
+        runtime_env = {"env_vars": env | {"PYTHONPATH": root}}
+        if address:
+            # in a `ray job submit` the job's working dir is already on every worker's path
+            runtime_env = {"env_vars": env}
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                runtime_env=runtime_env,
+                log_to_driver=False,
+            )
+        res = ray.cluster_resources()
+        o = self.opts
+        per_trial = {"CPU": o.workers * o.cpus_per_worker, "GPU": o.workers * o.gpus_per_worker}
+        fits = [int(res.get(k, 0) // v) for k, v in per_trial.items() if v > 0]
+        self.concurrency = max(1, min(fits) if fits else 1)
+        if o.max_concurrent:
+            self.concurrency = max(1, min(self.concurrency, o.max_concurrent))
+
+    def _open_state(self) -> dict:
+        root = Path(self.storage_local(""))
+        if self.opts.resume:
+            sid = self.opts.resume
+            if sid == "latest":
+                found = sorted(root.glob(f"{self.opts.method}-*/sweep.json"))
+                if not found:
+                    raise EmgDataError("no sweep to resume", source=root, field="--resume")
+                sid = found[-1].parent.name
+            path = root / sid / "sweep.json"
+            if not path.exists():
+                raise EmgDataError("no such sweep", source=path, field="--resume")
+            state = json.loads(path.read_text())
+            _print(f"resuming sweep {sid}")
+        else:
+            sid = f"{self.opts.method}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+            state = {"sweep_id": sid, "stages": {}, "started": time.time()}
+        self.sweep_id = sid
+        state.setdefault("stages", {})
+        return state
+
+    def _save_state(self, state: dict) -> None:
+        path = Path(self.storage_local(state["sweep_id"])) / "sweep.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, default=str))
+        tmp.replace(path)
+
+    def storage_local(self, sid: str) -> str:
+        """Where the driver keeps sweep state and leaderboards: the storage path when local."""
+        base = self.storage if "://" not in self.storage else str(Path("ray_results").resolve())
+        return f"{base}/{sid}" if sid else base
+
+    def _check_subjects(self, state: dict) -> None:
+        """The space's subjects when the data has them; else every subject, said out loud."""
+        from emgcore.data import open_dataset
+        from emgcore.recording import digest
+
+        recs = open_dataset(self.opts.data, **self.sim)
+        have = sorted({r.subject for r in recs if r.kinematics is not None})
+        wanted = [s for s in self.space.subjects if s in have]
+        if self.space.subjects and len(wanted) < len(self.space.subjects):
+            _print(
+                f"data has no subject(s) {sorted(set(self.space.subjects) - set(have))}; "
+                f"every trial is evaluated on all {len(have)}: {have}"
+            )
+            wanted = have
+        self.subjects = wanted or have
+        state["subjects"] = self.subjects
+        self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
+        self.tracker.set_tags(state["parent"], {"emg.data_fingerprint": self.fingerprint})
+
+    def _tags(self, sid: str, state: dict) -> dict[str, str]:
+        return {
+            "emg.method": self.opts.method,
+            "emg.sweep": sid,
+            "emg.space_hash": self.space.digest(),
+            "emg.git_commit": tracking.git_commit(),
+            "emg.data": self.opts.data,
+        }
+
+    def _summary(self, state: dict, final: dict[str, Any], seconds: float) -> None:
+        metric = self.space.metric
+        lines = ["", f"== sweep {state['sweep_id']} ({seconds / 60:.1f} min) =="]
+        for name, st in state["stages"].items():
+            lines.append(f"  {name:<14} {metric} {st['score']:+.4f}  {st['winner']}")
+        lines.append(
+            f"  held-out R^2    {final['heldout_r2']:+.4f} +- {final['heldout_r2_std']:.4f} "
+            f"(subjects x seeds)"
+        )
+        champ = "became champion" if final.get("became_champion") else "champion unchanged"
+        lines.append(
+            f"  registry        {self.registry} v{final.get('registry_version')}: {champ} "
+            f"({final.get('champion_reason', '')})"
+        )
+        lines.append(f"  MLflow UI       {_ui_command(self.uri)}")
+        lines.append(
+            f"  experiment      {self.opts.experiment or self.opts.method}, "
+            f"run 'sweep {state['sweep_id']}'"
+        )
+        print("\n".join(lines), flush=True)
+
+
+# -- the Tune driver (one per trial) ------------------------------------------------------------
+
+
+def _driver(config: dict[str, Any]) -> None:
+    """Launch one trial's TorchTrainer; its workers' reports reach Tune via TuneReportCallback."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestration.trial import train_loop
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    spec = json.loads(json.dumps(config["spec"]))
+    spec["overrides"] = {**spec["overrides"], **config["overrides"]}
+    tr = spec["tracking"]
+    tr["key"] = f"{tr['key']}/{trial_id}"
+    tr["name"] = f"trial {trial_id}"
+    tr["tags"] = {**tr["tags"], "emg.trial": trial_id}
+    args = config["trainer"]
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=spec,
+        scaling_config=ray.train.ScalingConfig(**args["scaling"]),
+        run_config=ray.train.RunConfig(
+            # the trial id in the name (and nothing random): a restarted trial finds and
+            # resumes its own Train run, and never another's
+            name=f"train-{trial_id}",
+            storage_path=spec["storage"],
+            failure_config=ray.train.FailureConfig(max_failures=args["max_failures"]),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+class _Progress:
+    """Tune callback: one console line per trial event."""
+
+    def __new__(cls, stage: str, metric: str) -> Any:
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+                _print(f"  {stage} {trial.trial_id} started {trial.config['overrides']}")
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                if "units_done" in result and "epoch" not in result and not result.get("done"):
+                    _print(
+                        f"  {stage} {trial.trial_id} unit {result['units_done']} done, "
+                        f"{metric} so far {result.get(metric, math.nan):+.4f}"
+                    )
+
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                r = trial.last_result or {}
+                _print(
+                    f"  {stage} {trial.trial_id} finished: {metric} {r.get(metric, math.nan):+.4f}"
+                )
+
+            def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+                _print(f"  {stage} {trial.trial_id} FAILED: {_trial_error(trial)}")
+
+        return Progress()
+
+
+def _trial_error(trial: Any) -> str:
+    """The last line of a failed trial's error (e.g. the NaN loss message)."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if "NonFiniteLossError" in ln]
+    return (reasons or lines or ["unknown error"])[-1][:300]
+
+
+def _leaderboard(grid: Any, points: list[dict], metric: str, mode: str) -> list[dict[str, Any]]:
+    rows = []
+    for r in grid:
+        cfg = r.config or {}
+        score = (r.metrics or {}).get(metric, math.nan)
+        done = bool((r.metrics or {}).get("done"))
+        err = ""
+        if r.error is not None:
+            text = str(r.error)
+            found = [ln for ln in text.splitlines() if "NonFiniteLossError" in ln]
+            err = (found or [text.strip().splitlines()[-1] if text.strip() else "error"])[-1]
+        ok = r.error is None and done and isinstance(score, float) and math.isfinite(score)
+        rows.append(
+            {
+                "trial": (r.metrics or {}).get("trial_id") or Path(str(r.path)).name,
+                "overrides": json.dumps(cfg.get("overrides", {}), sort_keys=True),
+                metric: score,
+                "status": "ok" if ok else "failed",
+                "error": err[:300],
+            }
+        )
+    sign = -1 if mode == "max" else 1
+    rows.sort(key=lambda r: (r["status"] != "ok", sign * r[metric] if r["status"] == "ok" else 0))
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _stage_plot(rows: list[dict], stage: str, metric: str, path: Path) -> Path | None:
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(ok) + 1.2))
+    labels = [r["overrides"][:60] for r in ok][::-1]
+    ax.barh(range(len(ok)), [r[metric] for r in ok][::-1])
+    ax.set_yticks(range(len(ok)), labels, fontsize=7)
+    ax.set_xlabel(metric)
+    ax.set_title(f"stage {stage}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _storage(path: str | None) -> str:
+    if path and "://" in path:
+        return path.rstrip("/")
+    return str(Path(path or "ray_results").resolve())
+
+
+def _ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"open {uri}"
+
+
+def _print(msg: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def _install_signals() -> dict[int, Any]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.signal(sig, handler)
+    return old
+
+
+def _restore_signals(old: dict[int, Any]) -> None:
+    for sig, h in old.items():
+        signal.signal(sig, h)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""One trial on Ray Train workers: the emgcore code path, made resumable and tracked.
+
+A trial is a list of *units*, each one emgcore fit:
+
+* ``cv`` (a search trial): one unit per (subject, session-CV fold); the trial's ``cv_r2`` is the
+  mean over units of the mean R^2 over DoA, i.e. :func:`emgcore.experiment.cv_score` averaged over
+  the subjects.
+* ``final``: one unit per (subject, seed) on all training sessions, scored on the held-out
+  session; rank 0 then logs the pipeline of the first (subject, seed) and registers it.
+
+After every unit the workers report a checkpoint holding the finished units' scores; a restarted
+worker (``ray.train.get_checkpoint()``) skips them. Units are deterministic for their seed, so a
+resumed trial ends with exactly the result of an uninterrupted one. Every epoch is reported to
+Train (and through it to Tune) and, from rank 0, to the trial's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import tempfile
+import traceback
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+
+from emgcore.data import open_dataset
+from emgcore.decoder import r2_per_output
+from emgcore.distributed import DataParallel
+from emgcore.experiment import (
+    DecodingPipeline,
+    ExperimentConfig,
+    RunContext,
+    SubjectData,
+    cv_folds,
+    fit_eval,
+    fit_models,
+    kinembed_pipeline,
+    load_config,
+    prepare,
+    resolve_config,
+)
+from emgcore.windows import RecordingCache
+from orchestration import tracking
+from orchestration.search_space import apply
+
+PROGRESS = "progress.json"
+PIPELINE = "pipeline.pt"
+
+
+def build_config(spec: Mapping[str, Any]) -> ExperimentConfig:
+    """The trial's configuration: the base preset with the trial's dotted-key overrides."""
+    cfg = apply(load_config(resolve_config(spec["config"])), spec["overrides"])
+    if spec.get("subjects"):
+        cfg = replace(cfg, subjects=tuple(spec["subjects"]))
+    if spec.get("seeds"):
+        cfg = replace(cfg, seeds=tuple(spec["seeds"]))
+    return cfg
+
+
+def load_subjects(spec: Mapping[str, Any], cfg: ExperimentConfig) -> tuple[list[SubjectData], Any]:
+    recs = open_dataset(spec["data"], **spec.get("sim", {}))
+    subjects, train, test = prepare(recs, cfg, RecordingCache(spec.get("cache")))
+    return subjects, (train, test)
+
+
+Unit = tuple[str, SubjectData, tuple[str, ...], str, int]
+
+
+def units(
+    spec: Mapping[str, Any],
+    cfg: ExperimentConfig,
+    subjects: list[SubjectData],
+    sessions: tuple[tuple[str, ...], str],
+) -> list[Unit]:
+    """``[(key, subject, train sessions, eval session, seed)]`` in a fixed order."""
+    train, test = sessions
+    if spec["mode"] == "final":
+        return [
+            (f"{s.subject}/seed{seed}", s, tuple(train), test, seed)
+            for s in subjects
+            for seed in cfg.seeds
+        ]
+    return [
+        (f"{s.subject}/{'_'.join(tr)}-to-{ev[0]}", s, tr, ev[0], cfg.seeds[0])
+        for s in subjects
+        for tr, ev in cv_folds(train)
+    ]
+
+
+def train_loop(spec: dict[str, Any]) -> None:
+    """Ray Train's per-worker function. ``spec`` is built by :mod:`orchestration.sweep`."""
+    rank = ray.train.get_context().get_world_rank()
+    parallel = DataParallel.current()
+    device = str(ray.train.torch.get_device())
+    torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+    cfg = build_config(spec)
+    subjects, sessions = load_subjects(spec, cfg)
+    todo = units(spec, cfg, subjects, sessions)
+
+    done: dict[str, list[float]] = {}
+    step = 0
+    pipe_state: dict[str, torch.Tensor] | None = None  # final mode: the model to register
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = json.loads((Path(d) / PROGRESS).read_text())
+            done, step = state["done"], state["step"]
+            if (Path(d) / PIPELINE).exists():
+                pipe_state = torch.load(Path(d) / PIPELINE, weights_only=True)
+
+    tr = spec["tracking"]
+    tracker = tracking.Tracker(tr["uri"]) if rank == 0 else None
+    run_id = None
+    if tracker is not None:
+        run_id = tracker.open_run(
+            tr["experiment_id"], tr["key"], tr["name"], tr["tags"], tr["parent"]
+        )
+        tracker.log_params(run_id, tracking.flatten(cfg) | {"trial.workers": parallel.world_size})
+    log = tracker.logger(run_id) if tracker is not None else None
+    try:
+        for i, (key, subj, train, ev, seed) in enumerate(todo):
+            if key in done:
+                continue
+
+            def on_epoch(epoch: int, m: Mapping[str, float], model: Any, i: int = i) -> None:
+                nonlocal step
+                step += 1
+                if log is not None:
+                    log.log(m, step)
+                ray.train.report({**m, "epoch": epoch, "unit": i, **_summary(done, spec)})
+
+            context = RunContext(hooks=(on_epoch,), parallel=parallel, device=device)
+            fold = subj.fold(train, (ev,))
+            if spec["mode"] == "final":
+                emb, dec = fit_models("kinembed", {}, fold, cfg, seed, context)
+                seg = fold.evals[ev]
+                pred = dec.predict(emb.transform(seg.x))
+                done[key] = r2_per_output(seg.y, pred).tolist()
+                if i == 0 and rank == 0:
+                    pipe_state = kinembed_pipeline(emb, dec, fold).state_dict()
+            else:
+                ((r2, _),) = fit_eval("kinembed", {}, fold, cfg, seed, context).values()
+                done[key] = r2.tolist()
+            if log is not None:
+                log.log({f"r2.{key}": float(np.mean(done[key]))}, step)
+                log.flush()
+            _report_unit(done, step, rank, spec, i, pipe_state)
+            _maybe_fault(spec, i)
+        summary = _summary(done, spec)
+        if log is not None:
+            log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
+            log.flush()
+            if spec["mode"] == "final":
+                assert pipe_state is not None
+                summary |= _register(spec, cfg, subjects, sessions, tracker, run_id, pipe_state)
+            tracker.set_tags(run_id, {"emg.status": "finished"})
+            tracker.end(run_id, "FINISHED")
+        # with a checkpoint, so these are the metrics Train's Result carries
+        _report_unit(done, step, rank, spec, len(todo), pipe_state, {**summary, "done": True})
+    except BaseException as e:
+        if tracker is not None and run_id is not None:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED"
+            if log is not None:
+                log.flush(raise_errors=False)
+            tracker.set_tags(run_id, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
+            tracker.end(run_id, status)
+        traceback.print_exc()
+        raise
+
+
+def _summary(done: Mapping[str, list[float]], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the trial reports: its selection metric so far and how far it has come."""
+    means = [float(np.mean(v)) for v in done.values()]
+    metric = "heldout_r2" if spec["mode"] == "final" else "cv_r2"
+    out: dict[str, Any] = {
+        metric: float(np.mean(means)) if means else math.nan,
+        "units_done": len(done),
+    }
+    if spec["mode"] == "final" and means:
+        out["heldout_r2_std"] = float(np.std(means))
+        out["scores"] = json.dumps(done)
+    return out
+
+
+def _report_unit(
+    done: dict,
+    step: int,
+    rank: int,
+    spec: Mapping[str, Any],
+    i: int,
+    pipe_state: Mapping[str, torch.Tensor] | None,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """A checkpoint after every unit: the finished units' scores (rank 0 writes the files)."""
+    metrics = metrics or {"unit": i, **_summary(done, spec)}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / PROGRESS).write_text(json.dumps({"done": done, "step": step}))
+        if pipe_state is not None:
+            torch.save(dict(pipe_state), Path(d) / PIPELINE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _maybe_fault(spec: Mapping[str, Any], i: int) -> None:
+    """Fault injection for the tests: SIGKILL this worker once, after unit ``kill_after_unit``."""
+    fault = spec.get("fault") or {}
+    marker = Path(fault.get("marker", "/nonexistent"))
+    if fault.get("kill_after_unit") == i and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _register(
+    spec: Mapping[str, Any],
+    cfg: ExperimentConfig,
+    subjects: list[SubjectData],
+    sessions: tuple,
+    tracker: tracking.Tracker,
+    run_id: str,
+    pipe_state: Mapping[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Log and register the first subject's pipeline; move ``champion`` only on improvement.
+
+    Both the new version and the current champion are scored on the same held-out session (the
+    registered subject's), so the comparison is like for like; both numbers become tags.
+    """
+    train, test = sessions
+    subj = subjects[0]
+    fold = subj.fold(train, (test,))
+    seg = fold.evals[test]
+    n_features, n_dof = seg.x.shape[1], seg.y.shape[1]
+    pipe = DecodingPipeline.empty(cfg, n_features, n_dof)
+    pipe.load_state_dict(pipe_state)
+    pipe.eval()
+    raw = fold.x_scale.inverse(seg.x)  # the raw window features the model takes
+    with torch.no_grad():
+        r2_new = float(np.mean(r2_per_output(seg.y, pipe(torch.as_tensor(raw)).numpy())))
+    name = spec["registry"]["name"]
+    tracking.use(tracker.uri)
+    current = tracking.champion(tracker.client, name)
+    r2_old, why = math.nan, "no champion yet"
+    if current is not None:
+        try:
+            old = tracking.load_model(f"models:/{name}@champion")
+            with torch.no_grad():
+                r2_old = float(np.mean(r2_per_output(seg.y, np.asarray(old(torch.as_tensor(raw))))))
+            why = f"champion v{current.version} scores {r2_old:.4f} on the same session"
+        except Exception as e:  # a champion for other data (other channels) cannot be compared
+            why = f"champion v{current.version} cannot be evaluated on this data: {e}"[:500]
+    promote = current is None or (math.isfinite(r2_old) and r2_new > r2_old)
+    tags = {
+        "heldout_r2": f"{r2_new:.6f}",
+        "champion_heldout_r2": f"{r2_old:.6f}",
+        "eval": f"{subj.subject}/{test} of {spec['data']} ({spec['fingerprint']})",
+        "sweep": spec["tracking"]["tags"].get("emg.sweep", ""),
+        "became_champion": str(promote).lower(),
+        "reason": why,
+    }
+    example = raw[: min(len(raw), 64)]
+    _, version = tracking.log_model_version(run_id, pipe, example, name, tags)
+    if promote:
+        tracking.retry(tracker.client.set_registered_model_alias, name, "champion", version)
+    tracker.set_tags(run_id, {"registry.version": version, "registry.champion": str(promote)})
+    return {
+        "registry_version": int(version),
+        "became_champion": bool(promote),
+        "registered_r2": r2_new,
+        "champion_r2": r2_old,
+        "champion_reason": why,
+    }

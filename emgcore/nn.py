@@ -45,7 +45,9 @@ class MLP(nn.Module):
         self.skips = nn.ModuleList()
         width = n_in
         for h in hidden:
-            block: list[nn.Module] = [nn.Linear(width, h)]
+            # no bias in front of BatchNorm: BN removes it, so its gradient is rounding noise
+            # that Adam would normalise into real, worker-count-dependent updates
+            block: list[nn.Module] = [nn.Linear(width, h, bias=not batchnorm)]
             if batchnorm:
                 block.append(nn.BatchNorm1d(h))
             block += [nn.ReLU(), nn.Dropout(dropout)]

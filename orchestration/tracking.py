@@ -18,13 +18,14 @@ killed process left RUNNING.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -271,6 +272,36 @@ def log_model_version(
     return info.model_uri, str(version.version)
 
 
+def register(
+    run_id: str,
+    model: Any,
+    input_example: Any,
+    name: str,
+    score: float,
+    champion_score: float | None,
+    tags: Mapping[str, str],
+) -> tuple[str, bool]:
+    """Log and register ``model``; move ``name@champion`` to it only if it is better.
+
+    ``score`` and ``champion_score`` must come from the same held-out evaluation;
+    ``champion_score`` is None when there is no champion yet and NaN when the champion could not
+    be evaluated on that data (then the alias stays). Returns ``(version, became champion)``.
+    """
+    promote = champion_score is None or (math.isfinite(champion_score) and score > champion_score)
+    old = math.nan if champion_score is None else champion_score
+    all_tags = {
+        "heldout_r2": f"{score:.6f}",
+        "champion_heldout_r2": f"{old:.6f}",
+        "became_champion": str(promote).lower(),
+        **tags,
+    }
+    _, version = log_model_version(run_id, model, input_example, name, all_tags)
+    if promote:
+        client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+        retry(client.set_registered_model_alias, name, "champion", version)
+    return version, promote
+
+
 def champion(client: MlflowClient, name: str) -> Any | None:
     try:
         return client.get_model_version_by_alias(name, "champion")
@@ -288,7 +319,3 @@ def use(uri: str) -> None:
     """Point this process's fluent API (``mlflow.start_run``, model logging) at ``uri``."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-
-
-def parse_tags(items: Iterable[str]) -> dict[str, str]:
-    return dict(i.split("=", 1) for i in items)

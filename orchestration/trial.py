@@ -248,33 +248,30 @@ def _register(
     name = spec["registry"]["name"]
     tracking.use(tracker.uri)
     current = tracking.champion(tracker.client, name)
-    r2_old, why = math.nan, "no champion yet"
+    r2_old: float | None = None
+    why = "no champion yet"
     if current is not None:
         try:
             old = tracking.load_model(f"models:/{name}@champion")
             with torch.no_grad():
-                r2_old = float(np.mean(r2_per_output(seg.y, np.asarray(old(torch.as_tensor(raw))))))
+                pred = np.asarray(old(torch.as_tensor(raw)))
+            r2_old = float(np.mean(r2_per_output(seg.y, pred)))
             why = f"champion v{current.version} scores {r2_old:.4f} on the same session"
         except Exception as e:  # a champion for other data (other channels) cannot be compared
+            r2_old = math.nan
             why = f"champion v{current.version} cannot be evaluated on this data: {e}"[:500]
-    promote = current is None or (math.isfinite(r2_old) and r2_new > r2_old)
     tags = {
-        "heldout_r2": f"{r2_new:.6f}",
-        "champion_heldout_r2": f"{r2_old:.6f}",
         "eval": f"{subj.subject}/{test} of {spec['data']} ({spec['fingerprint']})",
         "sweep": spec["tracking"]["tags"].get("emg.sweep", ""),
-        "became_champion": str(promote).lower(),
         "reason": why,
     }
     example = raw[: min(len(raw), 64)]
-    _, version = tracking.log_model_version(run_id, pipe, example, name, tags)
-    if promote:
-        tracking.retry(tracker.client.set_registered_model_alias, name, "champion", version)
+    version, promote = tracking.register(run_id, pipe, example, name, r2_new, r2_old, tags)
     tracker.set_tags(run_id, {"registry.version": version, "registry.champion": str(promote)})
     return {
         "registry_version": int(version),
         "became_champion": bool(promote),
         "registered_r2": r2_new,
-        "champion_r2": r2_old,
+        "champion_r2": math.nan if r2_old is None else r2_old,
         "champion_reason": why,
     }

@@ -1,4 +1,4 @@
-"""orchestration.tracking against real MLflow backends: SQLite files and a real ``mlflow server``."""
+"""orchestration.tracking on real MLflow backends: SQLite files and a real ``mlflow server``."""
 
 from __future__ import annotations
 

@@ -229,7 +229,7 @@ class Sweep:
             f"MLflow {self.uri}"
         )
         status, code = "FINISHED", 0
-        handlers = _install_signals()
+        handlers = self._install_signals()
         try:
             self._check_subjects(state)
             for stage in self.space.stages:
@@ -241,13 +241,19 @@ class Sweep:
                 self._run_stage(stage, state, parent, tags)
             final = self._final(state, parent, tags)
             self._summary(state, final, time.time() - t0)
-        except Interrupted:
-            status, code = "KILLED", 130
-            _print(f"interrupted: runs ended KILLED; continue with --resume {sid}")
-        except Exception as e:
-            status, code = "FAILED", 1
-            self.tracker.set_tags(parent, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
-            _print(f"sweep failed: {type(e).__name__}: {e}")
+        except BaseException as e:
+            if not (self.stop or isinstance(e, Interrupted | KeyboardInterrupt)):
+                if not isinstance(e, Exception):
+                    raise
+                status, code = "FAILED", 1
+                self.tracker.set_tags(parent, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
+                _print(f"sweep failed: {type(e).__name__}: {e}")
+            else:
+                status, code = "KILLED", 130
+                _print(
+                    f"interrupted ({self.stop or 'SIGINT'}): open runs ended KILLED; "
+                    f"continue with --resume {sid}"
+                )
         finally:
             _restore_signals(handlers)
             self.tracker.end_orphans(exp, "emg.sweep", sid, "KILLED" if code else "FAILED")
@@ -307,7 +313,14 @@ class Sweep:
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
-        grid = tuner.fit()
+        self.in_tune = True
+        try:
+            grid = tuner.fit()
+        finally:
+            self.in_tune = False
+        if self.stop or grid.num_terminated + grid.num_errors < len(grid):
+            self.tracker.end(run, "KILLED")
+            raise Interrupted("the stage was interrupted")  # Tune saved it for --resume
         rows = _leaderboard(grid, points, self.space.metric, self.space.mode)
         ok = [r for r in rows if r["status"] == "ok"]
         board = Path(self.storage_local(sid)) / f"leaderboard-{stage.name}.csv"
@@ -399,6 +412,23 @@ class Sweep:
         return m
 
     # -- pieces ----------------------------------------------------------------------------------
+
+    def _install_signals(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT end the sweep cleanly: runs KILLED, Tune state saved for --resume.
+
+        Inside ``tuner.fit()`` Tune owns SIGINT (it stops the trials and saves the experiment),
+        so a SIGTERM there is handed to it as a SIGINT; elsewhere the handler raises.
+        """
+
+        def handler(signum: int, frame: Any) -> None:
+            self.stop = signal.Signals(signum).name
+            if self.in_tune:
+                signal.raise_signal(signal.SIGINT)
+                return
+            raise Interrupted(self.stop)
+
+        self.stop, self.in_tune = "", False
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _spec(self, mode: str, overrides: dict, key: str, parent: str, tags: dict) -> dict:
         """What a trial's workers need; JSON-able, so Tune can store and restore it."""
@@ -694,16 +724,6 @@ def _ui_command(uri: str) -> str:
 
 def _print(msg: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
-def _install_signals() -> dict[int, Any]:
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(signal.Signals(signum).name)
-
-    old = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        old[sig] = signal.signal(sig, handler)
-    return old
 
 
 def _restore_signals(old: dict[int, Any]) -> None:

@@ -66,8 +66,10 @@ class Options:
     tracking_uri: str | None = None
     experiment: str | None = None
     duration: float | None = None
+    sim_subjects: int | None = None
     cache: str | None = None
     registry_name: str | None = None
+    skip_final: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # tests: fault injection
 
 
@@ -135,9 +137,17 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--experiment", default=None, help="MLflow experiment name (default: the method)"
     )
     p.add_argument("--duration", type=float, default=None, help="seconds per simulated session")
+    p.add_argument(
+        "--sim-subjects", type=int, default=None, help="simulated users (simulator presets only)"
+    )
     p.add_argument("--cache", default=None, help="preprocessing cache folder (shared)")
     p.add_argument(
         "--registry-name", default=None, help="registered model name (default: the method)"
+    )
+    p.add_argument(
+        "--skip-final",
+        action="store_true",
+        help="stop after the stages: no retraining, held-out evaluation or registration",
     )
     a = p.parse_args(argv)
     return Options(
@@ -157,8 +167,10 @@ def parse(argv: Sequence[str] | None) -> Options:
         tracking_uri=a.tracking_uri,
         experiment=a.experiment,
         duration=a.duration,
+        sim_subjects=a.sim_subjects,
         cache=a.cache,
         registry_name=a.registry_name,
+        skip_final=a.skip_final,
     )
 
 
@@ -193,6 +205,8 @@ class Sweep:
         self.sim: dict[str, Any] = dict(SMOKE["sim"]) if opts.smoke else {}
         if opts.duration:
             self.sim["duration_s"] = opts.duration
+        if opts.sim_subjects:
+            self.sim["n_subjects"] = opts.sim_subjects
         self.cache = str(
             Path(opts.cache or os.environ.get("EMGCORE_CACHE", ".emgcore_cache")).resolve()
         )
@@ -239,7 +253,7 @@ class Sweep:
                     _print(f"stage {stage.name}: done in an earlier run, winner kept")
                     continue
                 self._run_stage(stage, state, parent, tags)
-            final = self._final(state, parent, tags)
+            final = {} if self.opts.skip_final else self._final(state, parent, tags)
             self._summary(state, final, time.time() - t0)
         except BaseException as e:
             if not (self.stop or isinstance(e, Interrupted | KeyboardInterrupt)):
@@ -313,6 +327,7 @@ class Sweep:
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
+        release_leaked_placement_groups()
         self.in_tune = True
         try:
             grid = tuner.fit()
@@ -401,8 +416,10 @@ class Sweep:
                 failure_config=ray.train.FailureConfig(max_failures=args["max_failures"]),
             ),
         )
+        release_leaked_placement_groups()
         result = trainer.fit()
         m = dict(result.metrics)
+        release_placement_group(m.get("placement_group", ""))
         state["final"] = {k: v for k, v in m.items() if isinstance(v, int | float | str | bool)}
         self._save_state(state)
         self.tracker.log_params(parent, {f"winner.{k}": v for k, v in winner.items()})
@@ -431,21 +448,22 @@ class Sweep:
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _spec(self, mode: str, overrides: dict, key: str, parent: str, tags: dict) -> dict:
-        """What a trial's workers need; JSON-able, so Tune can store and restore it."""
-        return {
-            "mode": mode,
-            "method": self.opts.method,
-            "config": self.config,
-            "overrides": dict(overrides),
-            "data": self.opts.data,
-            "sim": self.sim,
-            "cache": self.cache,
-            "subjects": list(self.subjects),
-            "threads": max(1, int(self.opts.cpus_per_worker)),
-            "fingerprint": self.fingerprint,
-            "registry": {"name": self.registry},
-            "fault": self.opts.extra.get("fault", {}),
-            "tracking": {
+        """What a trial's workers need (:func:`orchestration.trial.trial_spec`)."""
+        from orchestration.trial import trial_spec
+
+        return trial_spec(
+            mode=mode,
+            config=self.config,
+            overrides=overrides,
+            data=self.opts.data,
+            sim=self.sim,
+            cache=self.cache,
+            subjects=list(self.subjects),
+            threads=max(1, int(self.opts.cpus_per_worker)),
+            fingerprint=self.fingerprint,
+            registry=self.registry,
+            fault=self.opts.extra.get("fault"),
+            tracking={
                 "uri": self.uri,
                 "experiment_id": self.exp,
                 "parent": parent,
@@ -453,7 +471,7 @@ class Sweep:
                 "name": key.split("/", 1)[1],
                 "tags": tags,
             },
-        }
+        )
 
     def _trainer_args(self) -> dict[str, Any]:
         o = self.opts
@@ -561,15 +579,16 @@ class Sweep:
         lines = ["", f"== sweep {state['sweep_id']} ({seconds / 60:.1f} min) =="]
         for name, st in state["stages"].items():
             lines.append(f"  {name:<14} {metric} {st['score']:+.4f}  {st['winner']}")
-        lines.append(
-            f"  held-out R^2    {final['heldout_r2']:+.4f} +- {final['heldout_r2_std']:.4f} "
-            f"(subjects x seeds)"
-        )
-        champ = "became champion" if final.get("became_champion") else "champion unchanged"
-        lines.append(
-            f"  registry        {self.registry} v{final.get('registry_version')}: {champ} "
-            f"({final.get('champion_reason', '')})"
-        )
+        if final:
+            lines.append(
+                f"  held-out R^2    {final['heldout_r2']:+.4f} +- {final['heldout_r2_std']:.4f} "
+                f"(subjects x seeds)"
+            )
+            champ = "became champion" if final.get("became_champion") else "champion unchanged"
+            lines.append(
+                f"  registry        {self.registry} v{final.get('registry_version')}: {champ} "
+                f"({final.get('champion_reason', '')})"
+            )
         lines.append(f"  MLflow UI       {_ui_command(self.uri)}")
         lines.append(
             f"  experiment      {self.opts.experiment or self.opts.method}, "
@@ -611,7 +630,40 @@ def _driver(config: dict[str, Any]) -> None:
             callbacks=[TuneReportCallback()],
         ),
     )
-    trainer.fit()
+    result = trainer.fit()
+    release_placement_group(result.metrics.get("placement_group", ""))
+
+
+def release_placement_group(pg_hex: str) -> None:
+    """Remove a finished Train run's worker placement group if it is still there.
+
+    Ray 2.60's Train controller stops its placement-group cleaner before it removes the group,
+    and a Tune trial that returns can end the controller in between: the group then holds its
+    CPUs/GPUs forever and later trials wait on them. Removing a removed group is a no-op.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if not pg_hex:
+        return
+    state = ray.util.placement_group_table().get(pg_hex, {}).get("state")
+    if state in ("CREATED", "PENDING", "RESCHEDULING"):
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
+
+
+def release_leaked_placement_groups() -> int:
+    """Between stages no trial of this job runs: remove any of its groups still holding."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
+    leaked = [
+        pg
+        for pg, info in ray.util.placement_group_table().items()
+        if pg.endswith(job) and info["state"] == "CREATED"  # a group id ends with its job id
+    ]
+    for pg in leaked:
+        release_placement_group(pg)
+    return len(leaked)
 
 
 class _Progress:

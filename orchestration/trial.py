@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import tempfile
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import replace
@@ -53,6 +54,42 @@ from orchestration.search_space import apply
 
 PROGRESS = "progress.json"
 PIPELINE = "pipeline.pt"
+
+
+def trial_spec(
+    *,
+    mode: str,
+    config: str,
+    overrides: Mapping[str, Any],
+    data: str,
+    sim: Mapping[str, Any],
+    cache: str,
+    tracking: Mapping[str, Any],
+    subjects: list[str] | None = None,
+    threads: int = 1,
+    fingerprint: str = "",
+    registry: str = "kinembed",
+    fault: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a trial's workers receive (JSON-able, so Tune can store and restore it).
+
+    ``tracking``: ``uri``, ``experiment_id``, ``parent`` run id, run ``key``, ``name`` and
+    ``tags``. ``fault``: test-only fault injection (``kill_after_unit``, ``marker``).
+    """
+    return {
+        "mode": mode,
+        "config": config,
+        "overrides": dict(overrides),
+        "data": data,
+        "sim": dict(sim),
+        "cache": cache,
+        "subjects": list(subjects or []),
+        "threads": threads,
+        "fingerprint": fingerprint,
+        "registry": {"name": registry},
+        "fault": dict(fault or {}),
+        "tracking": dict(tracking),
+    }
 
 
 def build_config(spec: Mapping[str, Any]) -> ExperimentConfig:
@@ -97,6 +134,7 @@ def units(
 
 def train_loop(spec: dict[str, Any]) -> None:
     """Ray Train's per-worker function. ``spec`` is built by :mod:`orchestration.sweep`."""
+    t_start = time.perf_counter()
     rank = ray.train.get_context().get_world_rank()
     parallel = DataParallel.current()
     device = str(ray.train.torch.get_device())
@@ -130,9 +168,14 @@ def train_loop(spec: dict[str, Any]) -> None:
             if key in done:
                 continue
 
+            t_epoch = time.perf_counter()
+
             def on_epoch(epoch: int, m: Mapping[str, float], model: Any, i: int = i) -> None:
-                nonlocal step
+                nonlocal step, t_epoch
                 step += 1
+                now = time.perf_counter()
+                m = {**m, "epoch_s": now - t_epoch}  # wall time of the epoch, hooks included
+                t_epoch = now
                 if log is not None:
                     log.log(m, step)
                 ray.train.report({**m, "epoch": epoch, "unit": i, **_summary(done, spec)})
@@ -154,7 +197,7 @@ def train_loop(spec: dict[str, Any]) -> None:
                 log.flush()
             _report_unit(done, step, rank, spec, i, pipe_state)
             _maybe_fault(spec, i)
-        summary = _summary(done, spec)
+        summary = _summary(done, spec) | {"loop_s": time.perf_counter() - t_start}
         if log is not None:
             log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
             log.flush()
@@ -180,9 +223,12 @@ def _summary(done: Mapping[str, list[float]], spec: Mapping[str, Any]) -> dict[s
     """What the trial reports: its selection metric so far and how far it has come."""
     means = [float(np.mean(v)) for v in done.values()]
     metric = "heldout_r2" if spec["mode"] == "final" else "cv_r2"
+    pg = ray.util.get_current_placement_group()
     out: dict[str, Any] = {
         metric: float(np.mean(means)) if means else math.nan,
         "units_done": len(done),
+        # the driver removes it after fit: Ray 2.60 can leak it when Tune ends the trial
+        "placement_group": pg.id.hex() if pg is not None else "",
     }
     if spec["mode"] == "final" and means:
         out["heldout_r2_std"] = float(np.std(means))

@@ -264,7 +264,7 @@ def test_registered_champion_loads_and_reproduces_its_score(job):
     assert r2 == pytest.approx(float(champ.tags["heldout_r2"]), abs=1e-4)
 
 
-# -- faults ------------------------------------------------------------------------------------------
+# -- faults ---------------------------------------------------------------------------------
 
 FAULT_SPACE = """
 method: kinembed
@@ -322,7 +322,7 @@ def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
     assert "FAILED: " in text and "kinembed loss is nan" in text  # the stated reason
     assert "stage temperature: best cv_r2" in text and "1 failed" in text
 
-    c, exp, runs = _runs(f"sqlite:///{db}")
+    c, _, runs = _runs(f"sqlite:///{db}")
     assert "RUNNING" not in {r.info.status for r in runs}
     nan_run = next(r for r in runs if r.info.status == "FAILED")
     assert "NonFiniteLossError" in nan_run.data.tags["emg.error"]
@@ -350,3 +350,134 @@ def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
         json.loads((tmp_path / "ray_results").glob("*/sweep.json").__next__().read_text())["status"]
         == "FINISHED"
     )
+
+
+def _trial_spec(tmp_path: Path, uri: str, experiment_id: str, key: str, fault: dict) -> dict:
+    from orchestration.trial import trial_spec
+
+    return trial_spec(
+        mode="cv",
+        config="kinembed-smoke",
+        overrides={"kinembed.temperature": 0.2},
+        data="db8-like",
+        sim={"duration_s": 30.0, "n_subjects": 1},
+        cache=str(tmp_path / "cache"),
+        fault=fault,
+        tracking={
+            "uri": uri,
+            "experiment_id": experiment_id,
+            "parent": None,
+            "key": key,
+            "name": key,
+            "tags": {"emg.sweep": "test"},
+        },
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_killed_worker_resumes_from_checkpoint_with_the_same_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from orchestration import tracking
+    from orchestration.trial import train_loop
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    t = tracking.Tracker(uri)
+    exp = t.experiment("faults")
+    marker = tmp_path / "killed"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+        },
+    )
+    results = {}
+    try:
+        for name, fault in (
+            ("clean", {}),
+            ("killed", {"kill_after_unit": 0, "marker": str(marker)}),
+        ):
+            results[name] = TorchTrainer(
+                train_loop,
+                train_loop_config=_trial_spec(tmp_path, uri, exp, name, fault),
+                scaling_config=ray.train.ScalingConfig(num_workers=1),
+                run_config=ray.train.RunConfig(
+                    name=name,
+                    storage_path=str(tmp_path / "results"),
+                    failure_config=ray.train.FailureConfig(max_failures=1),
+                ),
+            ).fit()
+    finally:
+        ray.shutdown()
+    assert marker.exists()  # the worker really was SIGKILLed once
+    clean, killed = results["clean"].metrics, results["killed"].metrics
+    assert killed["units_done"] == clean["units_done"] == 2
+    assert killed["cv_r2"] == clean["cv_r2"]  # bit for bit: units are deterministic
+    run_id = t.find(exp, "killed")
+    assert t.status(run_id) == "FINISHED"
+    # unit 0 finished before the kill and was not run again after the restart
+    first_unit = [m for m in t.client.get_metric_history(run_id, "r2.s00/A1-to-A2")]
+    assert len(first_unit) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.mlflow
+def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
+    """Serve the sweep's MLflow store and read it the way a researcher does, in a real browser."""
+    import re
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_tracking import _free_port as free_port
+    from tests.test_tracking import start_server
+
+    _, exp, runs = _runs(job["uri"])
+    parent = next(r for r in runs if r.info.run_name.startswith("sweep "))
+    port = free_port()
+    server = start_server(job["uri"].removeprefix("sqlite:///"), str(tmp_path / "art"), port)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 2400, "height": 1200})
+            page.goto(
+                f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs"
+                "?workflowType=machine_learning",
+                wait_until="domcontentloaded",
+            )
+            page.get_by_text(re.compile(rf"^{len(runs)} matching runs")).wait_for(timeout=90_000)
+            # the metric columns a researcher compares runs on
+            page.get_by_role("button", name="Columns").click()
+            page.get_by_text("Metrics (").click()
+            page.keyboard.press("Escape")
+            headers = {h.inner_text().strip() for h in page.locator("[role=columnheader]").all()}
+            assert {"cv_r2", "heldout_r2", "heldout_r2_std", "best_cv_r2"} <= headers
+            # the sweep's parent run opens onto its stages and the final run
+            row = page.locator("[role=row]", has_text=parent.info.run_name)
+            row.locator("button").first.click()
+            page.get_by_text("stage loss").wait_for(timeout=30_000)
+            grid = page.locator("[role=grid], [role=treegrid]").first.inner_text()
+            browser.close()
+    finally:
+        server.terminate()
+    for name in ("final", "stage loss", "stage architecture", "stage widths", "stage optimisation"):
+        assert name in grid
+    assert repr(parent.data.metrics["heldout_r2"]) in grid  # the held-out score, in its column
+    assert re.search(r"kinembed\s+v1", grid)  # the registered model beside the final run

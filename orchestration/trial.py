@@ -203,6 +203,7 @@ def train_loop(spec: dict[str, Any]) -> None:
             log.flush()
             if spec["mode"] == "final":
                 assert pipe_state is not None
+                spec = {**spec, "_done": done}
                 summary |= _register(spec, cfg, subjects, sessions, tracker, run_id, pipe_state)
             tracker.set_tags(run_id, {"emg.status": "finished"})
             tracker.end(run_id, "FINISHED")
@@ -266,6 +267,49 @@ def _maybe_fault(spec: Mapping[str, Any], i: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _log_report(
+    spec: Mapping[str, Any],
+    cfg: ExperimentConfig,
+    subj: SubjectData,
+    sessions: tuple,
+    tracker: tracking.Tracker,
+    run_id: str,
+    trace: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The final run's artifacts: resolved config, emgcore's tables and figures (per-DoA R^2,
+    the registered model's held-out prediction trace, the per-subject spread)."""
+    import dataclasses
+
+    import yaml
+
+    from emgcore import report
+    from emgcore.experiment import ExperimentResult
+
+    train, test = sessions
+    done = spec["_done"]
+    res = ExperimentResult(cfg, subj.doa_names, tuple(train), test)
+    res.window_s = cfg.features.stride_ms / 1000
+    for key, r2 in done.items():
+        subject, seed = key.split("/seed")
+        res.rows.append(
+            {
+                "method": "kinembed",
+                "subject": subject,
+                "seed": int(seed),
+                **dict(zip(subj.doa_names, r2, strict=True)),
+                "mean": float(np.mean(r2)),
+                "cv_r2": math.nan,
+                "params": dict(spec["overrides"]),
+            }
+        )
+    res.traces[("kinembed", subj.subject)] = trace
+    with tempfile.TemporaryDirectory() as d:
+        report.write(res, d)
+        plain = json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+        (Path(d) / "config.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
+        tracking.retry(tracker.client.log_artifacts, run_id, d, "report")
+
+
 def _register(
     spec: Mapping[str, Any],
     cfg: ExperimentConfig,
@@ -290,7 +334,9 @@ def _register(
     pipe.eval()
     raw = fold.x_scale.inverse(seg.x)  # the raw window features the model takes
     with torch.no_grad():
-        r2_new = float(np.mean(r2_per_output(seg.y, pipe(torch.as_tensor(raw)).numpy())))
+        pred = pipe(torch.as_tensor(raw)).numpy()
+    r2_new = float(np.mean(r2_per_output(seg.y, pred)))
+    _log_report(spec, cfg, subj, sessions, tracker, run_id, (seg.y, pred))
     name = spec["registry"]["name"]
     tracking.use(tracker.uri)
     current = tracking.champion(tracker.client, name)

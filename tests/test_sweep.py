@@ -230,6 +230,13 @@ def test_mlflow_holds_the_run_tree_params_metrics_tags_artifacts(job):
     assert "cv_r2" in trial.data.metrics
     arts = {a.path for a in c.list_artifacts(pid, "leaderboards")}
     assert {f"leaderboards/leaderboard-{s}.csv" for s in stage_runs} <= arts
+    final = next(r for r in runs if r.info.run_name == "final")
+    report = {a.path for a in c.list_artifacts(final.info.run_id, "report")}
+    for name in ("config.yaml", "fig2_trace.png", "fig3_per_doa.png", "tables.txt", "scores.csv"):
+        assert f"report/{name}" in report, name
+    assert any(
+        a.path.endswith(".png") for a in c.list_artifacts(stage_runs["loss"].info.run_id, "plots")
+    )
     loss_board = c.download_artifacts(pid, "leaderboards/leaderboard-loss.csv")
     text = Path(loss_board).read_text()
     assert text.startswith("trial,overrides,cv_r2,status,error") and text.count("\n") == 3
@@ -464,7 +471,7 @@ def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
             )
             page.get_by_text(re.compile(rf"^{len(runs)} matching runs")).wait_for(timeout=90_000)
             # the metric columns a researcher compares runs on
-            page.get_by_role("button", name="Columns").click()
+            page.get_by_test_id("column-selection-dropdown").click()
             page.get_by_text("Metrics (").click()
             page.keyboard.press("Escape")
             headers = {h.inner_text().strip() for h in page.locator("[role=columnheader]").all()}

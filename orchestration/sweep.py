@@ -217,9 +217,9 @@ class Sweep:
     def run(self) -> int:
         import ray
 
+        state = self._open_state()
         self._start_ray()
         t0 = time.time()
-        state = self._open_state()
         sid = state["sweep_id"]
         exp = self.tracker.experiment(self.opts.experiment or self.opts.method)
         self.exp = exp
@@ -386,9 +386,7 @@ class Sweep:
     # -- the final model -------------------------------------------------------------------------
 
     def _final(self, state: dict, parent: str, tags: dict) -> dict[str, Any]:
-        import ray.train
-        from ray.train.torch import TorchTrainer
-
+        """Retrain the winner with every seed on all training sessions; register the model."""
         sid = state["sweep_id"]
         winner: dict[str, Any] = {}
         for stage in self.space.stages:
@@ -403,19 +401,7 @@ class Sweep:
         spec["subjects"] = state.get("subjects") or []
         spec["tracking"]["run_id"] = run
         _print(f"final: winner retrained with seeds {list(seeds)} -> held-out session")
-        args = self._trainer_args()
-        from orchestration.trial import train_loop
-
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config=spec,
-            scaling_config=ray.train.ScalingConfig(**args["scaling"]),
-            run_config=ray.train.RunConfig(
-                name=f"{sid}-final",
-                storage_path=f"{self.storage}/{sid}",
-                failure_config=ray.train.FailureConfig(max_failures=args["max_failures"]),
-            ),
-        )
+        trainer = make_trainer(spec, self._trainer_args(), f"{sid}-final", f"{self.storage}/{sid}")
         release_leaked_placement_groups()
         result = trainer.fit()
         m = dict(result.metrics)
@@ -526,6 +512,8 @@ class Sweep:
             if not path.exists():
                 raise EmgDataError("no such sweep", source=path, field="--resume")
             state = json.loads(path.read_text())
+            if state.get("status") == "FINISHED":
+                raise EmgDataError(f"sweep {sid} already finished", source=path, field="--resume")
             _print(f"resuming sweep {sid}")
         else:
             sid = f"{self.opts.method}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
@@ -602,12 +590,8 @@ class Sweep:
 
 def _driver(config: dict[str, Any]) -> None:
     """Launch one trial's TorchTrainer; its workers' reports reach Tune via TuneReportCallback."""
-    import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestration.trial import train_loop
 
     trial_id = ray.tune.get_context().get_trial_id()
     spec = json.loads(json.dumps(config["spec"]))
@@ -616,22 +600,35 @@ def _driver(config: dict[str, Any]) -> None:
     tr["key"] = f"{tr['key']}/{trial_id}"
     tr["name"] = f"trial {trial_id}"
     tr["tags"] = {**tr["tags"], "emg.trial": trial_id}
-    args = config["trainer"]
-    trainer = TorchTrainer(
+    # the trial id in the name (and nothing random): a restarted trial finds and resumes its
+    # own Train run, and never another's
+    trainer = make_trainer(
+        spec, config["trainer"], f"train-{trial_id}", spec["storage"], (TuneReportCallback(),)
+    )
+    result = trainer.fit()
+    release_placement_group(result.metrics.get("placement_group", ""))
+
+
+def make_trainer(
+    spec: dict[str, Any], args: dict[str, Any], name: str, storage: str, callbacks: tuple = ()
+) -> Any:
+    """A TorchTrainer over :func:`orchestration.trial.train_loop` for one trial's ``spec``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from orchestration.trial import train_loop
+
+    return TorchTrainer(
         train_loop,
         train_loop_config=spec,
         scaling_config=ray.train.ScalingConfig(**args["scaling"]),
         run_config=ray.train.RunConfig(
-            # the trial id in the name (and nothing random): a restarted trial finds and
-            # resumes its own Train run, and never another's
-            name=f"train-{trial_id}",
-            storage_path=spec["storage"],
+            name=name,
+            storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=args["max_failures"]),
-            callbacks=[TuneReportCallback()],
+            callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
-    release_placement_group(result.metrics.get("placement_group", ""))
 
 
 def release_placement_group(pg_hex: str) -> None:

@@ -74,7 +74,7 @@ def trial_spec(
     """What a trial's workers receive (JSON-able, so Tune can store and restore it).
 
     ``tracking``: ``uri``, ``experiment_id``, ``parent`` run id, run ``key``, ``name`` and
-    ``tags``. ``fault``: test-only fault injection (``kill_after_unit``, ``marker``).
+    ``tags``. ``fault``: test-only fault injection (``kill_in_unit``, ``at_epoch``, ``marker``).
     """
     return {
         "mode": mode,
@@ -179,6 +179,7 @@ def train_loop(spec: dict[str, Any]) -> None:
                 if log is not None:
                     log.log(m, step)
                 ray.train.report({**m, "epoch": epoch, "unit": i, **_summary(done, spec)})
+                _maybe_fault(spec, i, epoch)
 
             context = RunContext(hooks=(on_epoch,), parallel=parallel, device=device)
             fold = subj.fold(train, (ev,))
@@ -196,7 +197,6 @@ def train_loop(spec: dict[str, Any]) -> None:
                 log.log({f"r2.{key}": float(np.mean(done[key]))}, step)
                 log.flush()
             _report_unit(done, step, rank, spec, i, pipe_state)
-            _maybe_fault(spec, i)
         summary = _summary(done, spec) | {"loop_s": time.perf_counter() - t_start}
         if log is not None:
             log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
@@ -258,11 +258,14 @@ def _report_unit(
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _maybe_fault(spec: Mapping[str, Any], i: int) -> None:
-    """Fault injection for the tests: SIGKILL this worker once, after unit ``kill_after_unit``."""
+def _maybe_fault(spec: Mapping[str, Any], unit: int, epoch: int) -> None:
+    """Fault injection for the tests: SIGKILL this worker once, in ``kill_in_unit`` at epoch
+    ``at_epoch`` (later than the previous unit's checkpoint: a report returns before the
+    controller has registered its checkpoint, but the next reports wait for it)."""
     fault = spec.get("fault") or {}
     marker = Path(fault.get("marker", "/nonexistent"))
-    if fault.get("kill_after_unit") == i and not marker.exists():
+    hit = fault.get("kill_in_unit") == unit and fault.get("at_epoch", 2) == epoch
+    if hit and not marker.exists():
         marker.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
 

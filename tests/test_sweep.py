@@ -353,10 +353,12 @@ def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
         assert steps == sorted(set(steps)), "a completed trial was repeated"
     assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}
-    assert (
-        json.loads((tmp_path / "ray_results").glob("*/sweep.json").__next__().read_text())["status"]
-        == "FINISHED"
+    (state,) = (tmp_path / "ray_results").glob("*/sweep.json")
+    assert json.loads(state.read_text())["status"] == "FINISHED"
+    again = subprocess.run(
+        [*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
+    assert again.returncode == 2 and "already finished" in again.stderr
 
 
 def _trial_spec(tmp_path: Path, uri: str, experiment_id: str, key: str, fault: dict) -> dict:
@@ -408,7 +410,7 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_result(tmp_path, mo
     try:
         for name, fault in (
             ("clean", {}),
-            ("killed", {"kill_after_unit": 0, "marker": str(marker)}),
+            ("killed", {"kill_in_unit": 1, "at_epoch": 2, "marker": str(marker)}),
         ):
             results[name] = TorchTrainer(
                 train_loop,

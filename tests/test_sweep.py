@@ -473,7 +473,7 @@ def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
             )
             page.get_by_text(re.compile(rf"^{len(runs)} matching runs")).wait_for(timeout=90_000)
             # the metric columns a researcher compares runs on
-            page.get_by_test_id("column-selection-dropdown").click()
+            page.get_by_role("button", name="Columns", exact=True).click()
             page.get_by_text("Metrics (").click()
             page.keyboard.press("Escape")
             headers = {h.inner_text().strip() for h in page.locator("[role=columnheader]").all()}

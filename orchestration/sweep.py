@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -449,6 +450,7 @@ class Sweep:
             fingerprint=self.fingerprint,
             registry=self.registry,
             fault=self.opts.extra.get("fault"),
+            materialised=self.materialised,
             tracking={
                 "uri": self.uri,
                 "experiment_id": self.exp,
@@ -536,10 +538,9 @@ class Sweep:
 
     def _check_subjects(self, state: dict) -> None:
         """The space's subjects when the data has them; else every subject, said out loud."""
-        from emgcore.data import open_dataset
         from emgcore.recording import digest
 
-        recs = open_dataset(self.opts.data, **self.sim)
+        recs = self._load_data()
         have = sorted({r.subject for r in recs if r.kinematics is not None})
         wanted = [s for s in self.space.subjects if s in have]
         if self.space.subjects and len(wanted) < len(self.space.subjects):
@@ -552,6 +553,31 @@ class Sweep:
         state["subjects"] = self.subjects
         self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
         self.tracker.set_tags(state["parent"], {"emg.data_fingerprint": self.fingerprint})
+
+    def _load_data(self) -> list:
+        """The recordings; a simulated dataset is written once into the cache (BYOD format).
+
+        Trials then read that copy instead of each simulating it again (12 s of a 2-core
+        machine for one DB8-like subject with 10-minute sessions). A worker on a node that cannot
+        see the cache folder falls back to simulating.
+        """
+        from emgcore.data import PRESETS, load_byod, open_dataset, write_byod
+        from emgcore.data.byod import MANIFEST
+        from emgcore.recording import digest
+
+        self.materialised = ""
+        if self.opts.data not in PRESETS:
+            return open_dataset(self.opts.data)
+        folder = Path(self.cache) / "simulated" / f"{self.opts.data}-{digest(self.sim)[:12]}"
+        if not (folder / MANIFEST).exists():
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            write_byod(tmp, open_dataset(self.opts.data, **self.sim))
+            try:
+                tmp.replace(folder)  # atomic: a reader never sees half a dataset
+            except OSError:  # another sweep wrote the same copy first
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.materialised = str(folder)
+        return load_byod(folder)
 
     def _tags(self, sid: str, state: dict) -> dict[str, str]:
         return {

@@ -32,7 +32,8 @@ import numpy as np
 import ray.train
 import torch
 
-from emgcore.data import open_dataset
+from emgcore.data import load_byod, open_dataset
+from emgcore.data.byod import MANIFEST
 from emgcore.decoder import r2_per_output
 from emgcore.distributed import DataParallel
 from emgcore.experiment import (
@@ -70,11 +71,14 @@ def trial_spec(
     fingerprint: str = "",
     registry: str = "kinembed",
     fault: Mapping[str, Any] | None = None,
+    materialised: str = "",
 ) -> dict[str, Any]:
     """What a trial's workers receive (JSON-able, so Tune can store and restore it).
 
     ``tracking``: ``uri``, ``experiment_id``, ``parent`` run id, run ``key``, ``name`` and
-    ``tags``. ``fault``: test-only fault injection (``kill_in_unit``, ``at_epoch``, ``marker``).
+    ``tags``. ``materialised``: a BYOD copy of a simulated ``data``, read instead of
+    simulating again when this worker can see it. ``fault``: test-only fault injection
+    (``kill_in_unit``, ``at_epoch``, ``marker``).
     """
     return {
         "mode": mode,
@@ -88,6 +92,7 @@ def trial_spec(
         "fingerprint": fingerprint,
         "registry": {"name": registry},
         "fault": dict(fault or {}),
+        "materialised": materialised,
         "tracking": dict(tracking),
     }
 
@@ -103,7 +108,11 @@ def build_config(spec: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def load_subjects(spec: Mapping[str, Any], cfg: ExperimentConfig) -> tuple[list[SubjectData], Any]:
-    recs = open_dataset(spec["data"], **spec.get("sim", {}))
+    local = spec.get("materialised")
+    if local and (Path(local) / MANIFEST).exists():  # the sweep's copy of a simulated dataset
+        recs = load_byod(local)
+    else:
+        recs = open_dataset(spec["data"], **spec.get("sim", {}))
     subjects, train, test = prepare(recs, cfg, RecordingCache(spec.get("cache")))
     return subjects, (train, test)
 

@@ -68,6 +68,14 @@ class DataParallel:
 
         return all_reduce(t)
 
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every worker: for decisions that must match (when to report)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([float(flag)])
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """DDP with global-batch BatchNorm; the module itself when there is one worker."""
         if not self.active:

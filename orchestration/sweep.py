@@ -44,9 +44,9 @@ SMOKE = {
     "points_per_stage": 2,
     "seeds": (0, 1, 2),
 }
-# The Train controller polls workers this often (seconds); Ray's default (2 s) would make every
-# per-epoch report wait for the poll once epochs are shorter than that.
-POLL_S = "0.1"
+# The Train controller polls workers this often (seconds). A worker's report waits until the
+# previous one was polled, so this must stay under trial.REPORT_S; Ray's default is 2 s.
+POLL_S = "0.5"
 
 
 @dataclass
@@ -319,7 +319,12 @@ class Sweep:
             tuner = tune.Tuner(
                 driver,
                 param_space=param_space,
-                tune_config=tune.TuneConfig(max_concurrent_trials=self.concurrency),
+                # reuse_actors: a trial's driver process serves the next trial, one process
+                # start (and its imports) fewer per trial, and the Train controller it owns is
+                # never torn down mid-cleanup by the driver's exit
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=self.concurrency, reuse_actors=True
+                ),
                 run_config=tune.RunConfig(
                     name=stage.name,
                     storage_path=f"{self.storage}/{sid}",

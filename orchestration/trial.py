@@ -276,12 +276,13 @@ def _report_unit(
 
 def _maybe_fault(spec: Mapping[str, Any], unit: int, epoch: int) -> None:
     """Fault injection for the tests: SIGKILL this worker once, in ``kill_in_unit`` at epoch
-    ``at_epoch`` (later than the previous unit's checkpoint: a report returns before the
-    controller has registered its checkpoint, but the next reports wait for it)."""
+    ``at_epoch``, after the previous unit's checkpoint (a report returns before the controller
+    has registered its checkpoint, hence the pause)."""
     fault = spec.get("fault") or {}
     marker = Path(fault.get("marker", "/nonexistent"))
     hit = fault.get("kill_in_unit") == unit and fault.get("at_epoch", 2) == epoch
     if hit and not marker.exists():
+        time.sleep(2.0)  # past the controller's next poll: the last checkpoint is registered
         marker.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
 

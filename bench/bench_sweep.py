@@ -12,8 +12,8 @@
 
 Data: one simulated DB8-like subject with 10-minute sessions (epochs of ~45 batches of 256);
 30 epochs per fold, so a trial is ~25 s of worker time; stages of 6 trials, so the stage's own
-fixed cost (Tuner, leaderboard, plots) is shared as in a real stage (5 to 75 trials). Real trials are longer (up to 200 epochs
-on 5 subjects x 2 folds), so the fixed start-up cost weighs less there than here.
+fixed cost (Tuner, leaderboard, plots) is shared as in a real stage (5 to 75 trials). Real
+trials are longer (up to 200 epochs on 5 subjects x 2 folds): start-up weighs less there.
 """
 
 from __future__ import annotations

@@ -43,6 +43,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``sweep.py kinembed ARGS`` in ``cwd``: a quick run that should stop at its checks."""
+    return subprocess.run(
+        [sys.executable, str(SWEEP), "kinembed", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=_env(),
+    )
+
+
 def test_help_names_every_option():
     out = subprocess.run(
         [sys.executable, str(SWEEP), "--help"], capture_output=True, text=True, timeout=120
@@ -67,21 +79,7 @@ def test_help_names_every_option():
 @pytest.mark.mlflow
 def test_unreachable_tracking_server_is_a_one_line_error(tmp_path):
     port = _free_port()
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(SWEEP),
-            "kinembed",
-            "--smoke",
-            "--tracking-uri",
-            f"http://127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=_env(),
-    )
+    out = _sweep(tmp_path, "--smoke", "--tracking-uri", f"http://127.0.0.1:{port}")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "unreachable" in lines[0]
@@ -89,14 +87,7 @@ def test_unreachable_tracking_server_is_a_one_line_error(tmp_path):
 
 
 def test_unknown_stage_names_the_option(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(SWEEP), "kinembed", "--stages", "loss,nope"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=_env(),
-    )
+    out = _sweep(tmp_path, "--stages", "loss,nope")
     assert out.returncode == 2
     assert "--stages" in out.stderr and "nope" in out.stderr
 

@@ -319,12 +319,9 @@ class Sweep:
             tuner = tune.Tuner(
                 driver,
                 param_space=param_space,
-                # reuse_actors: a trial's driver process serves the next trial, one process
-                # start (and its imports) fewer per trial, and the Train controller it owns is
-                # never torn down mid-cleanup by the driver's exit
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=self.concurrency, reuse_actors=True
-                ),
+                # not reuse_actors: with a function trainable Ray 2.60 logs "Could not re-use
+                # actor ... requires reset_config()" and the stage can then hang (seen here)
+                tune_config=tune.TuneConfig(max_concurrent_trials=self.concurrency),
                 run_config=tune.RunConfig(
                     name=stage.name,
                     storage_path=f"{self.storage}/{sid}",

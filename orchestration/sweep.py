@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ SMOKE = {
 # The Train controller polls workers this often (seconds). A worker's report waits until the
 # previous one was polled, so this must stay under trial.REPORT_S; Ray's default is 2 s.
 POLL_S = "0.5"
+MAX_WORKER_FAILURES = 2  # a trial's workers may die this often; each restart resumes
 
 
 @dataclass
@@ -71,7 +72,6 @@ class Options:
     cache: str | None = None
     registry_name: str | None = None
     skip_final: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # tests: fault injection
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -451,7 +451,6 @@ class Sweep:
             threads=max(1, int(self.opts.cpus_per_worker)),
             fingerprint=self.fingerprint,
             registry=self.registry,
-            fault=self.opts.extra.get("fault"),
             materialised=self.materialised,
             tracking={
                 "uri": self.uri,
@@ -474,7 +473,7 @@ class Sweep:
                 "use_gpu": o.gpus_per_worker > 0,
                 "resources_per_worker": res,
             },
-            "max_failures": int(o.extra.get("max_failures", 2)),
+            "max_failures": MAX_WORKER_FAILURES,
         }
 
     def _start_ray(self) -> None:

@@ -219,8 +219,9 @@ def train_loop(spec: dict[str, Any]) -> None:
             log.flush()
             if spec["mode"] == "final":
                 assert pipe_state is not None
-                spec = {**spec, "_done": done}
-                summary |= _register(spec, cfg, subjects, sessions, tracker, run_id, pipe_state)
+                summary |= _register(
+                    spec, cfg, subjects, sessions, tracker, run_id, pipe_state, done
+                )
             tracker.set_tags(run_id, {"emg.status": "finished"})
             tracker.end(run_id, "FINISHED")
         # with a checkpoint, so these are the metrics Train's Result carries
@@ -295,6 +296,7 @@ def _log_report(
     tracker: tracking.Tracker,
     run_id: str,
     trace: tuple[np.ndarray, np.ndarray],
+    done: Mapping[str, list[float]],
 ) -> None:
     """The final run's artifacts: resolved config, emgcore's tables and figures (per-DoA R^2,
     the registered model's held-out prediction trace, the per-subject spread)."""
@@ -306,7 +308,6 @@ def _log_report(
     from emgcore.experiment import ExperimentResult
 
     train, test = sessions
-    done = spec["_done"]
     res = ExperimentResult(cfg, subj.doa_names, tuple(train), test)
     res.window_s = cfg.features.stride_ms / 1000
     for key, r2 in done.items():
@@ -338,6 +339,7 @@ def _register(
     tracker: tracking.Tracker,
     run_id: str,
     pipe_state: Mapping[str, torch.Tensor],
+    done: Mapping[str, list[float]],
 ) -> dict[str, Any]:
     """Log and register the first subject's pipeline; move ``champion`` only on improvement.
 
@@ -356,7 +358,7 @@ def _register(
     with torch.no_grad():
         pred = pipe(torch.as_tensor(raw)).numpy()
     r2_new = float(np.mean(r2_per_output(seg.y, pred)))
-    _log_report(spec, cfg, subj, sessions, tracker, run_id, (seg.y, pred))
+    _log_report(spec, cfg, subj, sessions, tracker, run_id, (seg.y, pred), done)
     name = spec["registry"]["name"]
     tracking.use(tracker.uri)
     current = tracking.champion(tracker.client, name)

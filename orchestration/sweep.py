@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emgcore.errors import EmgDataError
+from orchestration import launch, tracking
 from orchestration import search_space as spaces
-from orchestration import tracking
 
 SMOKE = {
     "config": "kinembed-smoke",
@@ -44,10 +44,6 @@ SMOKE = {
     "points_per_stage": 2,
     "seeds": (0, 1, 2),
 }
-# The Train controller polls workers this often (seconds). A worker's report waits until the
-# previous one was polled, so this must stay under trial.REPORT_S; Ray's default is 2 s.
-POLL_S = "0.5"
-MAX_WORKER_FAILURES = 2  # a trial's workers may die this often; each restart resumes
 
 
 @dataclass
@@ -301,7 +297,7 @@ class Sweep:
         trial_tags = {**tags, "emg.stage": stage.name}
         base_spec = self._spec("cv", fixed, stage_key, run, trial_tags)
         base_spec["storage"] = f"{self.storage}/{sid}/{stage.name}-train"
-        driver = tune.with_resources(_driver, {"CPU": 0, "memory": 2**20})
+        driver = tune.with_resources(launch.tune_driver, {"CPU": 0, "memory": 2**20})
         param_space = {
             "spec": base_spec,
             "trainer": self._trainer_args(),
@@ -330,7 +326,7 @@ class Sweep:
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
-        release_leaked_placement_groups()
+        launch.release_leaked_placement_groups()
         self.in_tune = True
         try:
             grid = tuner.fit()
@@ -404,11 +400,13 @@ class Sweep:
         spec["subjects"] = state.get("subjects") or []
         spec["tracking"]["run_id"] = run
         _print(f"final: winner retrained with seeds {list(seeds)} -> held-out session")
-        trainer = make_trainer(spec, self._trainer_args(), f"{sid}-final", f"{self.storage}/{sid}")
-        release_leaked_placement_groups()
+        trainer = launch.make_trainer(
+            spec, self._trainer_args(), f"{sid}-final", f"{self.storage}/{sid}"
+        )
+        launch.release_leaked_placement_groups()
         result = trainer.fit()
         m = dict(result.metrics)
-        release_placement_group(m.get("placement_group", ""))
+        launch.release_placement_group(m.get("placement_group", ""))
         state["final"] = {k: v for k, v in m.items() if isinstance(v, int | float | str | bool)}
         self._save_state(state)
         self.tracker.log_params(parent, {f"winner.{k}": v for k, v in winner.items()})
@@ -473,26 +471,22 @@ class Sweep:
                 "use_gpu": o.gpus_per_worker > 0,
                 "resources_per_worker": res,
             },
-            "max_failures": MAX_WORKER_FAILURES,
+            "max_failures": launch.MAX_WORKER_FAILURES,
         }
 
     def _start_ray(self) -> None:
         import ray
 
-        env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": POLL_S}
         address = self.opts.address or os.environ.get("RAY_ADDRESS")
-        root = str(Path(__file__).resolve().parent.parent)
-        runtime_env = {"env_vars": env | {"PYTHONPATH": root}}
         if address:
             # in a `ray job submit` the job's working dir is already on every worker's path
-            runtime_env = {"env_vars": env}
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False)
         else:
+            local = launch.local_cluster_options()
+            root = str(Path(__file__).resolve().parent.parent)
+            local["runtime_env"]["env_vars"]["PYTHONPATH"] = root
             ray.init(
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                runtime_env=runtime_env,
-                log_to_driver=False,
+                include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, **local
             )
         res = ray.cluster_resources()
         o = self.opts
@@ -610,84 +604,6 @@ class Sweep:
             f"run 'sweep {state['sweep_id']}'"
         )
         print("\n".join(lines), flush=True)
-
-
-# -- the Tune driver (one per trial) ------------------------------------------------------------
-
-
-def _driver(config: dict[str, Any]) -> None:
-    """Launch one trial's TorchTrainer; its workers' reports reach Tune via TuneReportCallback."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    trial_id = ray.tune.get_context().get_trial_id()
-    spec = json.loads(json.dumps(config["spec"]))
-    spec["overrides"] = {**spec["overrides"], **config["overrides"]}
-    tr = spec["tracking"]
-    tr["key"] = f"{tr['key']}/{trial_id}"
-    tr["name"] = f"trial {trial_id}"
-    tr["tags"] = {**tr["tags"], "emg.trial": trial_id}
-    # the trial id in the name (and nothing random): a restarted trial finds and resumes its
-    # own Train run, and never another's
-    trainer = make_trainer(
-        spec, config["trainer"], f"train-{trial_id}", spec["storage"], (TuneReportCallback(),)
-    )
-    result = trainer.fit()
-    release_placement_group(result.metrics.get("placement_group", ""))
-
-
-def make_trainer(
-    spec: dict[str, Any], args: dict[str, Any], name: str, storage: str, callbacks: tuple = ()
-) -> Any:
-    """A TorchTrainer over :func:`orchestration.trial.train_loop` for one trial's ``spec``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from orchestration.trial import train_loop
-
-    return TorchTrainer(
-        train_loop,
-        train_loop_config=spec,
-        scaling_config=ray.train.ScalingConfig(**args["scaling"]),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=args["max_failures"]),
-            callbacks=list(callbacks),
-        ),
-    )
-
-
-def release_placement_group(pg_hex: str) -> None:
-    """Remove a finished Train run's worker placement group if it is still there.
-
-    Ray 2.60's Train controller stops its placement-group cleaner before it removes the group,
-    and a Tune trial that returns can end the controller in between: the group then holds its
-    CPUs/GPUs forever and later trials wait on them. Removing a removed group is a no-op.
-    """
-    import ray
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    if not pg_hex:
-        return
-    state = ray.util.placement_group_table().get(pg_hex, {}).get("state")
-    if state in ("CREATED", "PENDING", "RESCHEDULING"):
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
-
-
-def release_leaked_placement_groups() -> int:
-    """Between stages no trial of this job runs: remove any of its groups still holding."""
-    import ray
-
-    job = ray.get_runtime_context().get_job_id()
-    leaked = [
-        pg
-        for pg, info in ray.util.placement_group_table().items()
-        if pg.endswith(job) and info["state"] == "CREATED"  # a group id ends with its job id
-    ]
-    for pg in leaked:
-        release_placement_group(pg)
-    return len(leaked)
 
 
 class _Progress:

@@ -54,7 +54,12 @@ from orchestration import tracking
 from orchestration.search_space import apply
 
 PROGRESS = "progress.json"
-REPORT_S = 1.0  # least time between two epoch reports to Train (MLflow gets every epoch)
+# Least time between two epoch reports to Train; MLflow gets every epoch. Each report is a
+# barrier through Train's sync actor, a controller poll and a hop through Tune's queue actor:
+# at 1 s, two concurrent trials lost ~6% of their epoch speed to it on 2 cores (bench_sweep.py).
+# It must exceed Train's controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default):
+# a report waits until the previous one was polled.
+REPORT_S = 5.0
 PIPELINE = "pipeline.pt"
 
 
@@ -189,9 +194,8 @@ def train_loop(spec: dict[str, Any]) -> None:
                 t_epoch = now
                 if log is not None:
                     log.log(m, step)  # every epoch
-                # Train/Tune get the latest epoch at most every REPORT_S: a report per short
-                # epoch keeps the controller, the Tune queue and the driver busy (measured: a
-                # quarter of a core per trial at 0.2 s epochs). The workers must agree.
+                # Train/Tune get the latest epoch at most every REPORT_S (see there); the
+                # workers must agree, as a report is a collective
                 if parallel.agree(now - t_report >= REPORT_S):
                     t_report = now
                     ray.train.report({**m, "epoch": epoch, "unit": i, **_summary(done, spec)})

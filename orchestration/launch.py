@@ -1,0 +1,113 @@
+"""How one trial reaches Ray Train: the Tune driver, the TorchTrainer it runs, and cleanup.
+
+Every Tune trial actor imports this module to run :func:`tune_driver`, and every Train worker
+imports it to find :func:`train_loop`. So it imports nothing heavy at module level: MLflow,
+emgcore and the sweep's own modules would cost each trial ~2 s of CPU before it starts, which on a
+2-core laptop is CPU that concurrent trials would otherwise train with. The worker pulls in
+:mod:`orchestration.trial` only when it starts training.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_WORKER_FAILURES = 2  # a trial's workers may die this often; each restart resumes
+
+
+def local_cluster_options() -> dict[str, Any]:
+    """``ray.init`` options for the in-process laptop cluster, beyond Ray's defaults.
+
+    Both switch off cluster machinery that a single-node laptop cluster pays for on every trial
+    and cannot use; each was measured with ``bench/bench_sweep.py`` (2 concurrent trials on 2
+    cores). A cluster reached through ``--address`` keeps its own settings.
+
+    - Ray's per-process metrics export (no Prometheus scrapes a laptop): ~5% of each
+      concurrent trial's epoch speed.
+    - Train's preemption watcher, one more actor per trial that polls for spot-node
+      preemption, which a single node cannot have: ~1.5 s of CPU per trial start.
+    """
+    return {
+        "_system_config": {"enable_metrics_collection": False},
+        "runtime_env": {"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}},
+    }
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The Train workers' entry point: :func:`orchestration.trial.train_loop`, imported here."""
+    from orchestration.trial import train_loop as run
+
+    run(config)
+
+
+def tune_driver(config: dict[str, Any]) -> None:
+    """Launch one trial's TorchTrainer; its workers' reports reach Tune via TuneReportCallback."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    spec = json.loads(json.dumps(config["spec"]))
+    spec["overrides"] = {**spec["overrides"], **config["overrides"]}
+    tr = spec["tracking"]
+    tr["key"] = f"{tr['key']}/{trial_id}"
+    tr["name"] = f"trial {trial_id}"
+    tr["tags"] = {**tr["tags"], "emg.trial": trial_id}
+    # the trial id in the name (and nothing random): a restarted trial finds and resumes its
+    # own Train run, and never another's
+    trainer = make_trainer(
+        spec, config["trainer"], f"train-{trial_id}", spec["storage"], (TuneReportCallback(),)
+    )
+    result = trainer.fit()
+    release_placement_group(result.metrics.get("placement_group", ""))
+
+
+def make_trainer(
+    spec: dict[str, Any], args: dict[str, Any], name: str, storage: str, callbacks: tuple = ()
+) -> Any:
+    """A TorchTrainer over :func:`train_loop` for one trial's ``spec``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=spec,
+        scaling_config=ray.train.ScalingConfig(**args["scaling"]),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=args["max_failures"]),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def release_placement_group(pg_hex: str) -> None:
+    """Remove a finished Train run's worker placement group if it is still there.
+
+    Ray 2.60's Train controller stops its placement-group cleaner before it removes the group,
+    and a Tune trial that returns can end the controller in between: the group then holds its
+    CPUs/GPUs forever and later trials wait on them. Removing a removed group is a no-op.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if not pg_hex:
+        return
+    state = ray.util.placement_group_table().get(pg_hex, {}).get("state")
+    if state in ("CREATED", "PENDING", "RESCHEDULING"):
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
+
+
+def release_leaked_placement_groups() -> int:
+    """Between stages no trial of this job runs: remove any of its groups still holding."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id()
+    leaked = [
+        pg
+        for pg, info in ray.util.placement_group_table().items()
+        if pg.endswith(job) and info["state"] == "CREATED"  # a group id ends with its job id
+    ]
+    for pg in leaked:
+        release_placement_group(pg)
+    return len(leaked)

@@ -1,4 +1,5 @@
-"""Cross-modal losses: symmetric NT-Xent, Soft-NT-Xent and VICReg.
+"""Cross-modal losses: KinEMbed's NT-Xent, Soft-NT-Xent and VICReg; CPEP's CLIP loss; EMBridge's
+InfoNCE with soft targets (label smoothing, SoftCLIP-style instance targets, CASCLe).
 
 Every loss takes the local batch plus an optional ``gather`` function and ``rank``. ``gather(t)``
 must return the concatenation of ``t`` over all workers in rank order and be differentiable, its
@@ -11,6 +12,7 @@ the single-process loss on that batch, value and gradient.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -114,3 +116,103 @@ def vicreg(
         off = cov - torch.diag(torch.diag(cov))
         covariance = covariance + off.square().sum() / e
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+# -- CPEP and EMBridge ---------------------------------------------------------------------------
+
+SIMILARITIES = ("cosine", "l1", "l2")
+
+
+def clip_loss(
+    u: Tensor,
+    v: Tensor,
+    logit_scale: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    gather: Gather | None = None,
+    rank: int = 0,
+) -> Tensor:
+    """CPEP's symmetric InfoNCE of L2-normalised ``u, v (N, d)`` with a learnable temperature.
+
+    ``logits = exp(logit_scale) u v^T`` (``logit_scale = log(1/tau)``, clamped at ``log 100`` as
+    in CLIP); the mean of the EMG->pose and pose->EMG cross-entropies against the diagonal.
+    ``label_smoothing`` spreads that much of each target uniformly over the global batch (CPEP-LS).
+    """
+    gather = gather or _identity
+    n = u.shape[0]
+    scale = logit_scale.clamp(max=math.log(100.0)).exp()
+    all_u, all_v = gather(u), gather(v)
+    target = torch.arange(n, device=u.device) + rank * n
+    ls = label_smoothing
+    return 0.5 * (
+        F.cross_entropy(scale * u @ all_v.T, target, label_smoothing=ls)
+        + F.cross_entropy(scale * v @ all_u.T, target, label_smoothing=ls)
+    )
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """``-1/N sum_ij t_ij log softmax(logits)_ij`` for target rows ``t (N, M)`` summing to 1."""
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def one_hot_targets(
+    n: int, n_global: int, rank: int, smoothing: float, device: torch.device
+) -> Tensor:
+    """``(n, n_global)`` diagonal targets of this rank's rows, with label smoothing."""
+    t = torch.full((n, n_global), smoothing / n_global, device=device)
+    t[torch.arange(n, device=device), torch.arange(n, device=device) + rank * n] += 1.0 - smoothing
+    return t
+
+
+def _affinity(v: Tensor, centroids: Tensor, metric: str) -> Tensor:
+    """Pose-cluster affinities ``(N, N_c)``, larger = closer.
+
+    ``cosine``: ``v C^T`` (EMBridge's default, unit vectors). The paper's L1/L2 alternatives
+    need an affinity that is positive and falls with distance for eq. 3's sparsify-then-multiply
+    to keep its meaning; we use ``1 / (1 + distance)`` (the paper does not say which).
+    """
+    if metric == "cosine":
+        return v @ centroids.T
+    p = 1.0 if metric == "l1" else 2.0
+    return 1.0 / (1.0 + torch.cdist(v, centroids, p=p))
+
+
+def cascle_targets(
+    v: Tensor,
+    v_all: Tensor,
+    centroids: Tensor,
+    top_k: int,
+    tau: float,
+    *,
+    rank: int = 0,
+    metric: str = "cosine",
+) -> Tensor:
+    """CASCLe soft targets (EMBridge eqs. 3-4): ``(n, N_global)``, rows sum to 1, own pair 0.
+
+    ``v (n, d)``: this worker's pose embeddings; ``v_all (N_global, d)`` the global batch;
+    ``centroids (N_c, d)``: k-means centres of the frozen pose embeddings (L2-normalised).
+    Affinities to the centres keep each row's ``top_k`` largest (eq. 3); ``S = A_local A_all^T``;
+    the own pair is removed and the rest soft-maxed at ``tau`` (eq. 4).
+    """
+    if metric not in SIMILARITIES:
+        raise ValueError(f"similarity {metric!r} is not one of {SIMILARITIES}")
+    k = min(top_k, centroids.shape[0])
+
+    def sparse(a: Tensor) -> Tensor:
+        top = a.topk(k, dim=1)
+        return torch.zeros_like(a).scatter_(1, top.indices, top.values)
+
+    s = sparse(_affinity(v, centroids, metric)) @ sparse(_affinity(v_all, centroids, metric)).T
+    n = v.shape[0]
+    own = torch.arange(n, device=v.device)
+    s[own, own + rank * n] = -math.inf  # k != i in eq. 4's sum
+    return torch.softmax(s / tau, dim=1)
+
+
+def softclip_targets(v: Tensor, v_all: Tensor, tau: float) -> Tensor:
+    """SoftCLIP-style instance-level soft targets: ``softmax_j(v_i . v_j / tau)``, own pair kept.
+
+    Our adaptation of Gao et al. (2023) to frozen pose embeddings (EMBridge Table 3): targets from
+    pose-pose cosine similarity of instances, where CASCLe uses community affinities.
+    """
+    return torch.softmax(v @ v_all.T / tau, dim=1)

@@ -21,3 +21,12 @@ def real_data() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip(f"real recordings not available: set {REAL_DATA_ENV} to ../shared/data")
     return Path(root)
+
+
+@pytest.fixture(scope="session")
+def emg2pose_sim() -> list:
+    """A small emg2pose-like corpus: 6 users (2 train, 2 val, 2 test), 2 sessions, every stage,
+    4 s per recording (two 2-s windows)."""
+    from emgcore.data import preset, simulate
+
+    return simulate(preset("emg2pose-like", n_subjects=6, duration_s=4.0, sessions=("s0", "s1")))

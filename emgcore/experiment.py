@@ -21,7 +21,6 @@ Choices the paper leaves open (written here so they sit next to the code):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from emgcore.baselines import (
     Segments,
     arima_forecast,
 )
+from emgcore.config import build
 from emgcore.decoder import Decoder, DecoderConfig, fit_decoder, r2_per_output
 from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError, MissingFieldError
@@ -84,57 +84,9 @@ class ExperimentConfig:
             raise InvalidValueError("needs at least one seed", field="seeds")
 
 
-_SECTIONS: dict[str, type] = {
-    "kinembed": KinEmbedConfig,
-    "decoder": DecoderConfig,
-    "features": FeatureConfig,
-    "ae": AEConfig,
-}
-
-
-def tuplify(v: Any) -> Any:
-    """YAML lists (nested too) as tuples, the form frozen configs hold."""
-    if isinstance(v, list):
-        return tuple(tuplify(i) for i in v)
-    return v
-
-
 def config_from_dict(d: Mapping[str, Any], source: str | Path | None = None) -> ExperimentConfig:
     """Build an :class:`ExperimentConfig`; unknown or ill-typed keys name the file and key."""
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    kwargs: dict[str, Any] = {}
-    for key, value in d.items():
-        if key not in known:
-            raise InvalidValueError(
-                f"unknown key; known: {sorted(known)}", source=source, field=key
-            )
-        if key in _SECTIONS:
-            cls = _SECTIONS[key]
-            if not isinstance(value, Mapping):
-                raise InvalidValueError("must be a mapping", source=source, field=key)
-            names = {f.name for f in dataclasses.fields(cls)}
-            if unknown := set(value) - names:
-                raise InvalidValueError(
-                    f"unknown key(s) {sorted(unknown)}; known: {sorted(names)}",
-                    source=source,
-                    field=key,
-                )
-            try:
-                kwargs[key] = cls(**{k: tuplify(v) for k, v in value.items()})
-            except (TypeError, ValueError) as e:
-                raise InvalidValueError(str(e), source=source, field=key) from e
-        elif key == "cebra_grid":
-            kwargs[key] = {k: tuple(v) for k, v in value.items()}
-        elif key == "preprocessing":
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = tuplify(value)
-    try:
-        return ExperimentConfig(**kwargs)
-    except InvalidValueError as e:
-        raise InvalidValueError(e.message, source=source, field=e.field) from e
-    except (TypeError, ValueError) as e:
-        raise InvalidValueError(str(e), source=source, field="config") from e
+    return build(ExperimentConfig, d, source=source)
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"

@@ -153,6 +153,21 @@ def score(enc: Encoders, splits: Mapping[str, PairedWindows], cfg: PoseAlignConf
     return rows
 
 
+def tune_score(enc: Encoders, tune: PairedWindows, cfg: PoseAlignConfig, method: str) -> float:
+    """Hyper-parameter selection metric ``tune_zs_bacc``: ``method``'s zero-shot balanced
+    accuracy on the tune subset (poses of the same subset as the bank), averaged over the
+    in-distribution and unseen class sets. The tune users appear in no other subset."""
+    accs = []
+    for classes in (cfg.gestures.in_dist, cfg.gestures.unseen):
+        y = tune.labels(classes)
+        sel = torch.as_tensor(y >= 0)
+        bank = batched(enc.pose[method], tune.pose[sel])
+        q = batched(enc.retrieve[method], tune.emg[sel])
+        pred = zero_shot(q, bank, y[y >= 0], k=cfg.zero_shot_k, n_classes=len(classes))
+        accs.append(class_scores(y[y >= 0], pred, len(classes)).balanced_accuracy)
+    return float(np.mean(accs))
+
+
 def run(recordings: Sequence[Recording], cfg: PoseAlignConfig = PoseAlignConfig()) -> list[dict]:
     """Splits, training and scores on one process: the rows of Table 2 for these data."""
     splits = gesture_splits(recordings, cfg.gestures)

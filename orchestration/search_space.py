@@ -31,12 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emgcore.config import override, tuplify
 from emgcore.errors import InvalidValueError
-from emgcore.experiment import ExperimentConfig, config_from_dict, tuplify
+from emgcore.experiment import ExperimentConfig
+from emgcore.posealign import PoseAlignConfig
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # method name -> the configuration dataclass its search space addresses
-CONFIGS: dict[str, type] = {"kinembed": ExperimentConfig}
+CONFIGS: dict[str, type] = {
+    "kinembed": ExperimentConfig,
+    "mae": PoseAlignConfig,  # the pose-alignment family shares one config
+    "cpep": PoseAlignConfig,
+    "embridge": PoseAlignConfig,
+}
 _TOP = {"method", "metric", "mode", "subjects", "stages"}
 _STAGE = {"name", "grid", "choice", "fixed", "inherit", "budget"}
 
@@ -188,13 +195,6 @@ def _check_values(cls: type, overrides: Mapping[str, Any], path: Path, where: st
         raise InvalidValueError(f"invalid value: {e}", source=path, field=where) from e
 
 
-def apply(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+def apply(cfg: Any, overrides: Mapping[str, Any]) -> Any:
     """``cfg`` with dotted-key overrides, rebuilt through the config loader (values checked)."""
-    data = dataclasses.asdict(cfg)
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = list(value) if isinstance(value, tuple) else value
-    return config_from_dict(data)
+    return override(cfg, overrides)

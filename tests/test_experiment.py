@@ -53,7 +53,7 @@ def test_every_bundled_preset_loads(name) -> None:
 @pytest.mark.parametrize(
     "text,field",
     [
-        ("kinembed: {embed_dims: 8}\n", "kinembed"),
+        ("kinembed: {embed_dims: 8}\n", "kinembed.embed_dims"),
         ("kinembed: {variant: transformer}\n", "kinembed"),
         ("method: [pca]\n", "method"),
         ("methods: [pca, umap]\n", "methods"),

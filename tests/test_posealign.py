@@ -8,7 +8,15 @@ from emgcore.cpep import CPEPConfig
 from emgcore.embridge import EMBridgeConfig
 from emgcore.gestures import GestureConfig, gesture_splits
 from emgcore.mae import MAEConfig
-from emgcore.posealign import ALIGNED, METHODS, PoseAlignConfig, as_table, score, train_all
+from emgcore.posealign import (
+    ALIGNED,
+    METHODS,
+    PoseAlignConfig,
+    as_table,
+    score,
+    train_all,
+    tune_score,
+)
 
 TINY = {"dim": 32, "depth": 2, "decoder_depth": 1, "heads": 4, "epochs": 2, "batch_size": 32}
 
@@ -47,3 +55,5 @@ def test_every_method_is_trained_and_scored(emg2pose_sim) -> None:
     # the upper bound reads poses, which the simulator draws per stage: well above chance (0.25)
     assert by[("pose_mae_upper_bound", "in_dist")]["lp_bacc"] > 0.5
     assert np.isfinite(by[("embridge", "unseen")]["zs_bacc"])
+    for m in ALIGNED:
+        assert 0.0 <= tune_score(enc, splits["tune"], cfg, m) <= 1.0

@@ -8,7 +8,7 @@ import pytest
 
 from emgcore.errors import InvalidValueError
 from emgcore.experiment import ExperimentConfig
-from orchestration.search_space import SEARCH_SPACES_DIR, apply, load, path_for
+from orchestration.search_space import CONFIGS, SEARCH_SPACES_DIR, apply, load, path_for
 
 SPACES = sorted(SEARCH_SPACES_DIR.glob("*.yaml"))
 
@@ -27,12 +27,14 @@ def test_kinembed_space_is_the_papers_four_stages() -> None:
 def test_every_key_of_every_space_is_a_config_field(path: Path) -> None:
     """Loading checks each key; applying every value proves they build a valid config."""
     space = load(path)
+    base = CONFIGS[space.method]()
     for stage in space.stages:
         for key, values in {**stage.grid, **stage.choice}.items():
             for v in values:
-                cfg = apply(ExperimentConfig(), {**stage.fixed, key: v})
-                section, leaf = key.split(".")
-                assert getattr(getattr(cfg, section), leaf) == v
+                node = apply(base, {**stage.fixed, key: v})
+                for part in key.split("."):
+                    node = getattr(node, part)
+                assert node == v
 
 
 @pytest.mark.parametrize(
@@ -61,3 +63,16 @@ def test_apply_overrides_nested_fields_and_checks_values() -> None:
     assert cfg.kinembed.lr == ExperimentConfig().kinembed.lr
     with pytest.raises(InvalidValueError):
         apply(ExperimentConfig(), {"kinembed.batch_size": -1})
+
+
+def test_pose_family_spaces() -> None:
+    mae = load(path_for("mae"))
+    assert len(mae.stage("patch_mask").grid_points()) == 27  # CPEP Fig. 3: S_emg x S_pose x r
+    emb = load(path_for("embridge"))
+    assert [s.name for s in emb.stages] == [
+        "soft_targets", "queries", "weights", "reconstruction", "similarity", "zero_shot_k",
+    ]  # fmt: skip
+    assert emb.stage("queries").grid["embridge.n_queries"] == (8, 16, 32)
+    assert emb.metric == load(path_for("cpep")).metric == "tune_zs_bacc"
+    with pytest.raises(InvalidValueError, match=r"embridge\.cascle\.topk"):
+        apply(CONFIGS["embridge"](), {"embridge.cascle.topk": 3})

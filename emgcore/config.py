@@ -77,3 +77,21 @@ def override(cfg: T, overrides: Mapping[str, Any], source: str | Path | None = N
             )
         node[last] = value
     return build(type(cfg), data, source=source)
+
+
+def load_yaml(cls: type[T], path: str | Path | None) -> T:
+    """``cls`` from the YAML file at ``path`` (``None``: the defaults, the papers' values)."""
+    if path is None:
+        return cls()
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise InvalidValueError("config file not found", source=path, field="config") from e
+    except yaml.YAMLError as e:
+        raise InvalidValueError(f"not valid YAML: {e}", source=path, field="config") from e
+    if not isinstance(data, Mapping):
+        raise InvalidValueError("top level must be a mapping", source=path, field="config")
+    return build(cls, data, source=path)

@@ -42,7 +42,7 @@ from emgcore.baselines import (
     Segments,
     arima_forecast,
 )
-from emgcore.config import build
+from emgcore.config import build, load_yaml
 from emgcore.decoder import Decoder, DecoderConfig, fit_decoder, r2_per_output
 from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError, MissingFieldError
@@ -110,20 +110,7 @@ def resolve_config(spec: str | Path | None) -> Path | None:
 
 def load_config(path: str | Path | None) -> ExperimentConfig:
     """The YAML file at ``path`` (``None``: all defaults, i.e. the paper's configuration)."""
-    if path is None:
-        return ExperimentConfig()
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as e:
-        raise InvalidValueError("config file not found", source=path, field="config") from e
-    except yaml.YAMLError as e:
-        raise InvalidValueError(f"not valid YAML: {e}", source=path, field="config") from e
-    if not isinstance(data, Mapping):
-        raise InvalidValueError("top level must be a mapping", source=path, field="config")
-    return config_from_dict(data, source=path)
+    return load_yaml(ExperimentConfig, path)
 
 
 # -- data ----------------------------------------------------------------------------------------

@@ -59,12 +59,17 @@ class GestureConfig:
     # finger freeform are held out too, and left out of the evaluation)
     extra_held_out: tuple[str, ...] = ("FingerFreeform",)
     tune_users: int = 3  # val-split users reserved for hyper-parameter tuning
+    pretrain_fraction: float = 1.0  # data efficiency (EMBridge Fig. 3c): sessions kept per stage
     val_users: int = 2  # simulator only: users given the val split
     test_users: int = 2  # simulator only: users given the test split
 
     @property
     def held_out(self) -> frozenset[str]:
         return frozenset(s for g in self.unseen.values() for s in g) | set(self.extra_held_out)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.pretrain_fraction <= 1.0:
+            raise ValueError(f"pretrain_fraction must be in (0, 1], got {self.pretrain_fraction}")
 
     def pipeline(self) -> Pipeline:
         low, high = self.band_hz
@@ -185,10 +190,28 @@ def gesture_splits(
     out = {}
     for role in ROLES:
         recs = [r for r in recordings if role in role_of(r)]
+        if role == "pretrain" and cfg.pretrain_fraction < 1.0:
+            recs = subsample_sessions(recs, cfg.pretrain_fraction)
         if not recs:
             raise InvalidValueError(f"the {role!r} subset is empty", field=f"gestures.{role}")
         out[role] = windows(recs, cfg)
     return out
+
+
+def subsample_sessions(recordings: Sequence[Recording], fraction: float, seed: int = 0) -> list:
+    """Keep ``ceil(fraction * n)`` of each stage's ``n`` recordings (sessions), drawn uniformly
+    with a fixed seed: EMBridge's data-efficiency protocol ("uniformly downsample sessions
+    within each gesture class")."""
+    rng = np.random.default_rng(seed)
+    by_stage: dict[str, list[Recording]] = {}
+    for r in recordings:
+        by_stage.setdefault(str(r.meta.get("stage")), []).append(r)
+    keep: set[int] = set()
+    for stage in sorted(by_stage):
+        group = by_stage[stage]
+        n = max(1, int(np.ceil(fraction * len(group))))
+        keep |= {id(group[i]) for i in rng.choice(len(group), n, replace=False)}
+    return [r for r in recordings if id(r) in keep]
 
 
 def rotate_channels(x: Tensor, gen: torch.Generator, max_shift: int = 1) -> Tensor:

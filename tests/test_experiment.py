@@ -47,7 +47,11 @@ def test_paper_preset_is_the_dataclass_defaults() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
 def test_every_bundled_preset_loads(name) -> None:
-    assert isinstance(load_config(resolve_config(name)), ExperimentConfig)
+    from emgcore.config import load_yaml
+    from emgcore.posealign import PoseAlignConfig
+
+    cls = PoseAlignConfig if name.startswith("posealign") else ExperimentConfig
+    assert isinstance(load_yaml(cls, resolve_config(name)), cls)
 
 
 @pytest.mark.parametrize(

@@ -82,3 +82,14 @@ def test_channel_rotation_rolls_the_ring_by_at_most_one() -> None:
         (shift,) = [s for s in (-1, 0, 1) if torch.equal(out[b], torch.roll(x[b], s, dims=-1))]
         seen.add(shift)
     assert seen == {-1, 0, 1}
+
+
+def test_pretrain_fraction_keeps_a_share_of_each_stages_sessions(recordings) -> None:
+    full = gesture_splits(recordings, GestureConfig(tune_users=1))["pretrain"]
+    half = gesture_splits(recordings, GestureConfig(tune_users=1, pretrain_fraction=0.5))
+    part = half["pretrain"]
+    for stage in set(full.stage):  # 2 users x 2 sessions = 4 recordings per stage -> 2 kept
+        assert (part.stage == stage).sum() * 2 == (full.stage == stage).sum()
+    assert len(half["eval"]) == len(gesture_splits(recordings, GestureConfig(tune_users=1))["eval"])
+    with pytest.raises(ValueError, match="pretrain_fraction"):
+        GestureConfig(pretrain_fraction=0.0)

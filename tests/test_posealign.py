@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from emgcore.cpep import CPEPConfig
@@ -57,3 +59,40 @@ def test_every_method_is_trained_and_scored(emg2pose_sim) -> None:
     assert np.isfinite(by[("embridge", "unseen")]["zs_bacc"])
     for m in ALIGNED:
         assert 0.0 <= tune_score(enc, splits["tune"], cfg, m) <= 1.0
+
+
+def test_report_writes_tables_and_figures(emg2pose_sim, tmp_path) -> None:
+    from PIL import Image
+
+    from emgcore.posereport import evaluate, write
+
+    cfg = replace(tiny_config(), methods=("cpep", "emg_mae"))
+    splits = gesture_splits(emg2pose_sim, cfg.gestures)
+    enc = train_all(splits["pretrain"], cfg)
+    rep = evaluate(enc, splits, cfg, shots=(1, 2), draws=2, tsne_points=40)
+    assert set(rep.zs_unseen) == {"cpep"} and set(rep.few_shot) == {"cpep", "emg_mae"}
+    assert set(rep.per_user_f1["cpep"]) == set(splits["eval"].user)
+    for curve in rep.few_shot["emg_mae"].values():
+        assert set(curve) == {1, 2} and all(0 <= m <= 1 and s >= 0 for m, s in curve.values())
+    paths = write(rep, tmp_path)
+    for key in ("confusion", "per_user", "few_shot", "tsne_cpep"):
+        with Image.open(paths[key]) as im:
+            assert im.size[0] > 300
+    f1 = (tmp_path / "zs_unseen_f1.csv").read_text()
+    assert "counting_wiggling" in f1
+    assert "cpep" in paths["table"].read_text()
+
+
+def test_cli_writes_the_report(tmp_path, capsys) -> None:
+    from emgcore.__main__ import main
+
+    out = tmp_path / "out"
+    args = ["posealign", "--config", "posealign-smoke", "--methods", "cpep", "--out", str(out)]
+    assert main([*args, "--sim-subjects", "6", "--duration", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "windows: pretrain" in printed and "cpep" in printed
+    assert (out / "table2.txt").exists() and (out / "zs_unseen_confusion.png").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("embridge: {n_query: 3}\n")
+    assert main(["posealign", "--config", str(bad), "--out", str(out)]) == 2
+    assert "embridge.n_query" in capsys.readouterr().err

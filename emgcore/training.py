@@ -98,6 +98,12 @@ def fit(
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
         sched.step()
+        if parallel.active:  # each worker's losses are its shard's: report the global batch's
+            keys = sorted(sums)
+            dev = params[0].device  # NCCL reduces on the GPU
+            vals = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=dev)
+            total = parallel.all_reduce(vals).cpu()
+            sums = dict(zip(keys, (total / parallel.world_size).tolist(), strict=True))
         epoch_metrics = {f"train_{k}": v / per_epoch for k, v in sums.items()}
         epoch_metrics["lr"] = sched.get_last_lr()[0]
         if validate is not None:

@@ -1,4 +1,6 @@
-"""Data parallelism for real: 2 Ray Train workers x 128 == 1 worker x 256, loss and gradients.
+"""Data parallelism for real: 2 Ray Train workers x 128 == 1 worker x 256, loss and gradients
+(KinEMbed), and 2 x 16 == 1 x 32 for CPEP and EMBridge (global-batch negatives, CASCLe targets,
+MPRL masks drawn for the global batch).
 
 A simulated 2-node Ray cluster (``ray.cluster_utils.Cluster``, one CPU per node, so the two
 workers land on different nodes) runs gloo DDP through ``TorchTrainer``. Each worker computes one
@@ -55,8 +57,63 @@ def _worker(config: dict) -> None:
     ray.train.report({"train_loss": hist.epochs[-1]["train_loss"]})
 
 
-@pytest.mark.parametrize("loss", ["nt_xent", "vicreg"])
-def test_two_workers_equal_one_big_batch(loss, tmp_path, monkeypatch):
+def _pose_worker(config: dict) -> None:
+    """CPEP / EMBridge: the first global batch's loss and gradients, then 2 epochs of training."""
+    import ray.train
+    import torch.nn.functional as F
+
+    from emgcore.cpep import CPEP, CPEPConfig, train_cpep
+    from emgcore.distributed import DataParallel
+    from emgcore.embridge import EMBridge, EMBridgeConfig, pose_token_mask, train_embridge
+    from emgcore.mae import MAE, MAEConfig
+    from emgcore.nn import seeded
+
+    par = DataParallel.current()
+    g = torch.Generator().manual_seed(0)
+    x, pose = torch.randn(96, 200, 4, generator=g), torch.randn(96, 200, 3, generator=g)
+    small = {"dim": 16, "depth": 4, "decoder_depth": 1, "heads": 2}
+    with seeded(0):
+        emg_enc = MAE(MAEConfig(patch=20, **small), 4, 200).encoder
+        pose_enc = MAE(MAEConfig(patch=40, **small), 3, 200).encoder
+    common = {"batch_size": 32, "epochs": 2, "lr": 1e-3}
+    with seeded(1):  # the head, queries and cross-attention start from the same draw
+        if config["method"] == "cpep":
+            cfg = CPEPConfig(cascle_alpha=0.5, label_smoothing=0.1, **common)
+            model = CPEP(cfg, emg_enc, pose_enc)
+        else:
+            cfg = EMBridgeConfig(n_queries=4, **common)
+            model = EMBridge(cfg, emg_enc, pose_enc, heads=2)
+    model.centroids = F.normalize(torch.randn(6, 16, generator=g), dim=1)
+    net = par.wrap(model)
+    idx = par.shard(torch.arange(32))  # the first global batch
+    extra = ()
+    if config["method"] == "embridge":
+        extra = (pose_token_mask(32, 5, 0.5, torch.Generator().manual_seed(1))[idx],)
+    loss, _ = net(x[idx], pose[idx], *extra, gather=par.gather, rank=par.rank)
+    loss.backward()
+    total = par.all_reduce(loss.detach()) / par.world_size
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    train = train_cpep if config["method"] == "cpep" else train_embridge
+    kw = {} if config["method"] == "cpep" else {"heads": 2}
+    trained, fit = train(cfg, emg_enc, pose_enc, x, pose, seed=3, parallel=par, **kw)
+    if par.rank == 0:
+        with torch.no_grad():
+            z = trained.eval().embed_emg(x[:40])
+        losses = torch.tensor([e["train_loss"] for e in fit.epochs])
+        torch.save(
+            {"loss": total, **{f"grad.{k}": v for k, v in grads.items()}, "z": z, "fit": losses},
+            os.path.join(config["out"], f"w{par.world_size}.pt"),
+        )
+    ray.train.report({"train_loss": fit.epochs[-1]["train_loss"]})
+
+
+@pytest.mark.parametrize(
+    "worker,option",
+    [(_worker, {"loss": "nt_xent"}), (_worker, {"loss": "vicreg"}),
+     (_pose_worker, {"method": "cpep"}), (_pose_worker, {"method": "embridge"})],
+    ids=["kinembed-nt_xent", "kinembed-vicreg", "cpep", "embridge"],
+)  # fmt: skip
+def test_two_workers_equal_one_big_batch(worker, option, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     import ray
     import ray.train
@@ -72,8 +129,8 @@ def test_two_workers_equal_one_big_batch(loss, tmp_path, monkeypatch):
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         for workers in (1, 2):
             TorchTrainer(
-                _worker,
-                train_loop_config={"out": str(tmp_path), "loss": loss},
+                worker,
+                train_loop_config={"out": str(tmp_path), **option},
                 scaling_config=ray.train.ScalingConfig(num_workers=workers),
                 run_config=ray.train.RunConfig(name=f"ddp{workers}", storage_path=str(tmp_path)),
             ).fit()

@@ -98,9 +98,14 @@ def train_all(
     heads = cfg.emg_mae.heads
     if "cpep" in cfg.methods:
         cpep, _ = train_cpep(
-            cfg.cpep, emg_mae.encoder, pose_mae.encoder, train.emg, train.pose,
-            hooks=hooks.get("cpep", ()), **kw,
-        )  # fmt: skip
+            cfg.cpep,
+            emg_mae.encoder,
+            pose_mae.encoder,
+            train.emg,
+            train.pose,
+            hooks=hooks.get("cpep", ()),
+            **kw,
+        )
         out.models["cpep"] = cpep
         out.emg["cpep"] = out.retrieve["cpep"] = cpep.embed_emg
         out.pose["cpep"] = cpep.embed_pose
@@ -111,9 +116,15 @@ def train_all(
         if name not in cfg.methods:
             continue
         model, _ = train_embridge(
-            ecfg, emg_mae.encoder, pose_mae.encoder, train.emg, train.pose, heads=heads,
-            hooks=hooks.get(name, ()), **kw,
-        )  # fmt: skip
+            ecfg,
+            emg_mae.encoder,
+            pose_mae.encoder,
+            train.emg,
+            train.pose,
+            heads=heads,
+            hooks=hooks.get(name, ()),
+            **kw,
+        )
         out.models[name] = model
         out.emg[name], out.retrieve[name] = model.embed_emg, model.queries
         out.pose[name] = model.embed_pose

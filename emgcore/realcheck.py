@@ -93,6 +93,8 @@ def run(recordings: Sequence[Recording], cfg: MyoCheckConfig = MyoCheckConfig())
     return {
         **out,
         "mae_loss": [e["train_loss"] for e in fit.epochs],
-        "summary": {k: (float(np.mean(list(v.values()))), float(np.std(list(v.values()))))
-                    for k, v in out.items()},
-    }  # fmt: skip
+        "summary": {
+            k: (float(np.mean(list(v.values()))), float(np.std(list(v.values()))))
+            for k, v in out.items()
+        },
+    }

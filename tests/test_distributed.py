@@ -109,10 +109,14 @@ def _pose_worker(config: dict) -> None:
 
 @pytest.mark.parametrize(
     "worker,option",
-    [(_worker, {"loss": "nt_xent"}), (_worker, {"loss": "vicreg"}),
-     (_pose_worker, {"method": "cpep"}), (_pose_worker, {"method": "embridge"})],
+    [
+        (_worker, {"loss": "nt_xent"}),
+        (_worker, {"loss": "vicreg"}),
+        (_pose_worker, {"method": "cpep"}),
+        (_pose_worker, {"method": "embridge"}),
+    ],
     ids=["kinembed-nt_xent", "kinembed-vicreg", "cpep", "embridge"],
-)  # fmt: skip
+)
 def test_two_workers_equal_one_big_batch(worker, option, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     import ray

@@ -59,9 +59,9 @@ def ref_vicreg(a, b, lam=25.0, mu=25.0, nu=1.0, eps=1e-4):
     return lam * inv + mu * var + nu * cov
 
 
-def unit(n, e, seed):
+def unit(n, e, seed, grad=True):
     g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, e, generator=g, dtype=D), dim=1).requires_grad_(True)
+    return F.normalize(torch.randn(n, e, generator=g, dtype=D), dim=1).requires_grad_(grad)
 
 
 def grads(fn, *tensors):

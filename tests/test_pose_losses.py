@@ -16,20 +16,7 @@ from emgcore.losses import (
     soft_cross_entropy,
     softclip_targets,
 )
-
-D = torch.float64
-
-
-def unit(n, e, seed, grad=True):
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, e, generator=g, dtype=D), dim=1).requires_grad_(grad)
-
-
-def grads(fn, *tensors):
-    for t in tensors:
-        t.grad = None
-    fn().backward()
-    return [t.grad.clone() for t in tensors]
+from tests.test_losses import D, grads, unit
 
 
 def ref_clip(u, v, logit_scale, eps):

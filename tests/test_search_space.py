@@ -70,8 +70,13 @@ def test_pose_family_spaces() -> None:
     assert len(mae.stage("patch_mask").grid_points()) == 27  # CPEP Fig. 3: S_emg x S_pose x r
     emb = load(path_for("embridge"))
     assert [s.name for s in emb.stages] == [
-        "soft_targets", "queries", "weights", "reconstruction", "similarity", "zero_shot_k",
-    ]  # fmt: skip
+        "soft_targets",
+        "queries",
+        "weights",
+        "reconstruction",
+        "similarity",
+        "zero_shot_k",
+    ]
     assert emb.stage("queries").grid["embridge.n_queries"] == (8, 16, 32)
     assert emb.metric == load(path_for("cpep")).metric == "tune_zs_bacc"
     with pytest.raises(InvalidValueError, match=r"embridge\.cascle\.topk"):

@@ -101,6 +101,17 @@ class PairedWindows:
             self.session[keep],
         )
 
+    def to(self, device: torch.device | str) -> PairedWindows:
+        """The same windows with their tensors on ``device``."""
+        return PairedWindows(
+            self.emg.to(device),
+            self.pose.to(device),
+            self.valid.to(device),
+            self.stage,
+            self.user,
+            self.session,
+        )
+
     def labels(self, classes: Mapping[str, tuple[str, ...]]) -> np.ndarray:
         """Class index of every window's stage under ``classes`` (-1: in none of them)."""
         of = {s: i for i, stages in enumerate(classes.values()) for s in stages}

@@ -39,7 +39,7 @@ def evaluate(
     splits: Mapping[str, PairedWindows],
     cfg: PoseAlignConfig,
     *,
-    shots: Sequence[int] = (5, 10, 20, 40),
+    shots: Sequence[int] = (5, 10, 20, 40, 80),
     draws: int = 5,
     tsne_points: int = 400,
 ) -> PoseReport:
@@ -67,9 +67,16 @@ def evaluate(
             keep = torch.as_tensor(y_ev >= 0)
             z_tr, z_ev = batched(emb, probe.emg).numpy(), batched(emb, ev.emg[keep]).numpy()
             rep.few_shot[name][task] = few_shot(
-                z_tr, y_tr, z_ev, y_ev[y_ev >= 0], shots, len(classes), draws=draws, seed=cfg.seed
+                z_tr,
+                y_tr,
+                z_ev,
+                y_ev[y_ev >= 0],
+                shots,
+                len(classes),
+                draws=draws,
+                seed=cfg.seeds[0],
             )
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seeds[0])
     idx = np.flatnonzero(sel)
     idx = np.sort(rng.choice(idx, min(tsne_points, len(idx)), replace=False))
     for name in enc.retrieve:

@@ -33,11 +33,20 @@ def local_cluster_options() -> dict[str, Any]:
     }
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """The Train workers' entry point: :func:`orchestration.trial.train_loop`, imported here."""
-    from orchestration.trial import train_loop as run
+# sweep method -> the module whose ``train_loop`` its Train workers run
+WORKERS = {
+    "kinembed": "orchestration.trial",
+    "mae": "orchestration.pose_trial",
+    "cpep": "orchestration.pose_trial",
+    "embridge": "orchestration.pose_trial",
+}
 
-    run(config)
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The Train workers' entry point: the method's ``train_loop``, imported here."""
+    import importlib
+
+    importlib.import_module(WORKERS[config.get("method", "kinembed")]).train_loop(config)
 
 
 def tune_driver(config: dict[str, Any]) -> None:

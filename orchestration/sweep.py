@@ -1,10 +1,13 @@
-"""Staged hyper-parameter sweep: ``python orchestration/sweep.py kinembed``.
+"""Staged hyper-parameter sweep: ``python orchestration/sweep.py kinembed | mae | cpep | embridge``.
 
 One Ray Tune experiment per stage of ``search_spaces/<method>.yaml``; each trial is a Ray Train
-``TorchTrainer`` run of the emgcore code path (:mod:`orchestration.trial`), launched by a small
-Tune driver function. Each stage fixes the winners of the stages it inherits from. After the last
-stage the winner is retrained on all training sessions with every seed, scored on the held-out
-session, logged to MLflow and registered; the ``champion`` alias moves only on improvement.
+``TorchTrainer`` run of the emgcore code path (:mod:`orchestration.trial` for KinEMbed,
+:mod:`orchestration.pose_trial` for the pose-alignment family), launched by a small Tune driver
+function. Each stage fixes the winners of the stages it inherits from. After the last stage the
+winner is retrained with every seed, scored on the held-out data (KinEMbed: the held-out
+session; the pose family: the evaluation users), logged to MLflow and registered; the
+``champion`` alias moves only on improvement. ``cpep`` and ``embridge`` start from the registered
+``mae-emg@champion`` and ``mae-pose@champion`` (pre-training them first when missing).
 
 Laptop: local Ray in-process, MLflow in ``./mlflow.db``, Ray results in ``./ray_results``.
 Cluster: the same command through ``ray job submit``, with ``RAY_ADDRESS``/``--address``,
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -38,18 +42,44 @@ from emgcore.errors import EmgDataError
 from orchestration import launch, tracking
 from orchestration import search_space as spaces
 
-SMOKE = {
-    "config": "kinembed-smoke",
-    "sim": {"duration_s": 30.0, "n_subjects": 1},
-    "points_per_stage": 2,
-    "seeds": (0, 1, 2),
-}
+SMOKE = {"points_per_stage": 2, "seeds": (0, 1, 2)}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a method's sweep needs to know about it beyond its search space."""
+
+    config: str  # default base preset
+    smoke_config: str  # --smoke preset
+    data: str  # default --data (a simulator preset)
+    smoke_sim: dict  # --smoke simulator size
+    final_metric: str  # what the final run reports (mean, and ``_std`` over seeds)
+    final_label: str  # how the summary screen names it
+
+
+KINEMBED = Family(
+    "kinembed-sim",
+    "kinembed-smoke",
+    "db8-like",
+    {"duration_s": 30.0, "n_subjects": 1},
+    "heldout_r2",
+    "held-out R^2",
+)
+POSE = Family(  # 6 users: 2 train, 2 val (1 tune), 2 test; every stage, 4 s each
+    "posealign-sim",
+    "posealign-smoke",
+    "emg2pose-like",
+    {"duration_s": 4.0, "n_subjects": 6},
+    "eval_zs_bacc",
+    "eval zero-shot",
+)
+FAMILIES = {"kinembed": KINEMBED, "mae": POSE, "cpep": POSE, "embridge": POSE}
 
 
 @dataclass
 class Options:
     method: str
-    data: str = "db8-like"
+    data: str = ""  # empty: the method's simulator preset
     config: str | None = None
     space: str | None = None
     stages: tuple[str, ...] = ()
@@ -79,22 +109,23 @@ def parse(argv: Sequence[str] | None) -> Options:
     p.add_argument("method", choices=sorted(spaces.CONFIGS), help="which method's search space")
     p.add_argument(
         "--data",
-        default="db8-like",
-        help="simulator preset or dataset path (default: db8-like, the simulator)",
+        default="",
+        help="simulator preset or dataset path (default: the simulator: db8-like for kinembed, "
+        "emg2pose-like for mae, cpep and embridge)",
     )
     p.add_argument(
         "--config",
         default=None,
-        help="base config: YAML file or bundled preset (default: kinembed-sim; "
-        "kinembed-smoke with --smoke)",
+        help="base config: YAML file or bundled preset (default: kinembed-sim or "
+        "posealign-sim; kinembed-smoke or posealign-smoke with --smoke)",
     )
     p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/)")
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny budget: 1 simulated subject of 30 s sessions, 2 points per stage, the "
-        "kinembed-smoke preset; every stage still runs (a few minutes on 2 cores)",
+        help="tiny budget: a small simulated dataset, 2 points per stage, the method's smoke "
+        "preset; every stage still runs (a few minutes on 2 cores)",
     )
     p.add_argument(
         "--resume",
@@ -195,11 +226,17 @@ class Sweep:
         tracking.check_reachable(self.uri)  # one line and exit 2 when down
         self.tracker = tracking.Tracker(self.uri)
         self.storage = _storage(opts.storage_path)
-        self.config = opts.config or ("kinembed-smoke" if opts.smoke else "kinembed-sim")
-        from emgcore.experiment import load_config, resolve_config
+        self.family = FAMILIES[opts.method]
+        fam = self.family
+        if not opts.data:
+            self.opts = opts = dataclasses.replace(opts, data=fam.data)
+        self.config = opts.config or (fam.smoke_config if opts.smoke else fam.config)
+        from emgcore.config import load_yaml
+        from emgcore.experiment import resolve_config
 
-        self.base = load_config(resolve_config(self.config))  # fails early on a bad config
-        self.sim: dict[str, Any] = dict(SMOKE["sim"]) if opts.smoke else {}
+        # fails early on a bad config
+        self.base = load_yaml(spaces.CONFIGS[opts.method], resolve_config(self.config))
+        self.sim: dict[str, Any] = dict(fam.smoke_sim) if opts.smoke else {}
         if opts.duration:
             self.sim["duration_s"] = opts.duration
         if opts.sim_subjects:
@@ -208,6 +245,7 @@ class Sweep:
             Path(opts.cache or os.environ.get("EMGCORE_CACHE", ".emgcore_cache")).resolve()
         )
         self.registry = opts.registry_name or opts.method
+        self.mae: dict[str, str] = {}  # CPEP / EMBridge: the registered MAEs they start from
 
     # -- the whole sweep -------------------------------------------------------------------------
 
@@ -243,6 +281,7 @@ class Sweep:
         handlers = self._install_signals()
         try:
             self._check_subjects(state)
+            self.mae = self._mae_dependency(state, parent, tags)
             for stage in self.space.stages:
                 if self.opts.stages and stage.name not in self.opts.stages:
                     continue
@@ -382,6 +421,41 @@ class Sweep:
             points = [points[0], points[-1]]  # both ends of the grid
         return [{k: list(v) if isinstance(v, tuple) else v for k, v in p.items()} for p in points]
 
+    # -- what CPEP and EMBridge start from ---------------------------------------------------
+
+    def _mae_dependency(self, state: dict, parent: str, tags: dict) -> dict[str, str]:
+        """``{"emg": uri, "pose": uri}``: the registered MAE champions a CPEP / EMBridge sweep
+        starts from, pinned to their versions (a champion that moves mid-sweep changes nothing).
+        When either is missing the MAEs are pre-trained first with the base config (one seed,
+        scored and registered as ``sweep.py mae``'s final would)."""
+        if self.opts.method not in ("cpep", "embridge"):
+            return {}
+        if state.get("mae"):
+            return state["mae"]
+        sid = state["sweep_id"]
+        found = {k: tracking.champion(self.tracker.client, f"mae-{k}") for k in ("emg", "pose")}
+        if any(v is None for v in found.values()):
+            _print("no mae-emg@champion / mae-pose@champion: pre-training the MAEs first")
+            key = f"{sid}/mae-pretraining"
+            run_tags = {**tags, "emg.stage": "mae-pretraining"}
+            run = self.tracker.open_run(self.exp, key, "mae pre-training", run_tags, parent=parent)
+            spec = self._spec("final", {}, key, run, run_tags)
+            spec |= {"method": "mae", "registry": {"name": "mae"}, "seeds": [self.base.seeds[0]]}
+            spec["tracking"]["run_id"] = run
+            trainer = launch.make_trainer(
+                spec, self._trainer_args(), f"{sid}-mae", f"{self.storage}/{sid}"
+            )
+            launch.release_leaked_placement_groups()
+            m = dict(trainer.fit().metrics)
+            launch.release_placement_group(m.get("placement_group", ""))
+            found = {k: tracking.champion(self.tracker.client, f"mae-{k}") for k in found}
+        mae = {k: f"models:/mae-{k}/{v.version}" for k, v in found.items()}
+        self.tracker.log_params(parent, {f"mae.{k}": uri for k, uri in mae.items()})
+        _print(f"starting from {mae['emg']} and {mae['pose']}")
+        state["mae"] = mae
+        self._save_state(state)
+        return mae
+
     # -- the final model -------------------------------------------------------------------------
 
     def _final(self, state: dict, parent: str, tags: dict) -> dict[str, Any]:
@@ -411,7 +485,8 @@ class Sweep:
         self._save_state(state)
         self.tracker.log_params(parent, {f"winner.{k}": v for k, v in winner.items()})
         logger = self.tracker.logger(parent)
-        logger.log({"heldout_r2": m["heldout_r2"], "heldout_r2_std": m["heldout_r2_std"]}, 0)
+        metric = self.family.final_metric
+        logger.log({metric: m[metric], f"{metric}_std": m[f"{metric}_std"]}, 0)
         logger.flush()
         return m
 
@@ -438,7 +513,8 @@ class Sweep:
         """What a trial's workers need (:func:`orchestration.trial.trial_spec`)."""
         from orchestration.trial import trial_spec
 
-        return trial_spec(
+        spec = trial_spec(
+            method=self.opts.method,
             mode=mode,
             config=self.config,
             overrides=overrides,
@@ -459,6 +535,7 @@ class Sweep:
                 "tags": tags,
             },
         )
+        return spec | {"mae": self.mae}
 
     def _trainer_args(self) -> dict[str, Any]:
         o = self.opts
@@ -589,15 +666,14 @@ class Sweep:
         for name, st in state["stages"].items():
             lines.append(f"  {name:<14} {metric} {st['score']:+.4f}  {st['winner']}")
         if final:
+            m, label = self.family.final_metric, self.family.final_label
             lines.append(
-                f"  held-out R^2    {final['heldout_r2']:+.4f} +- {final['heldout_r2_std']:.4f} "
-                f"(subjects x seeds)"
+                f"  {label:<15} {final[m]:+.4f} +- {final[m + '_std']:.4f} "
+                f"({'subjects x ' if m == 'heldout_r2' else ''}seeds)"
             )
             champ = "became champion" if final.get("became_champion") else "champion unchanged"
-            lines.append(
-                f"  registry        {self.registry} v{final.get('registry_version')}: {champ} "
-                f"({final.get('champion_reason', '')})"
-            )
+            what = final.get("registered") or f"{self.registry} v{final.get('registry_version')}"
+            lines.append(f"  registry        {what}: {champ} ({final.get('champion_reason', '')})")
         lines.append(f"  MLflow UI       {_ui_command(self.uri)}")
         lines.append(
             f"  experiment      {self.opts.experiment or self.opts.method}, "

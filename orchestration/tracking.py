@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -257,8 +257,14 @@ def log_model_version(
     input_example: Any,
     name: str,
     tags: Mapping[str, str],
+    extra_files: Sequence[str | Path] = (),
 ) -> tuple[str, str]:
-    """Log ``model`` (torch) in run ``run_id`` and register it; returns ``(model uri, version)``."""
+    """Log ``model`` (torch) in run ``run_id`` and register it; returns ``(model uri, version)``.
+
+    MLflow 3 stores the traced graph (``pt2``: nothing runs on load, but only ``forward``
+    survives); ``extra_files`` travel with it, e.g. weights and the config that rebuilds the
+    full module (:func:`model_files` finds them again).
+    """
     import mlflow.pytorch
 
     with mlflow.start_run(run_id=run_id):
@@ -267,6 +273,7 @@ def log_model_version(
             model,
             name="model",
             input_example=input_example,
+            extra_files=[str(f) for f in extra_files] or None,
         )
     version = retry(mlflow.register_model, info.model_uri, name, tags=dict(tags))
     return info.model_uri, str(version.version)
@@ -280,22 +287,25 @@ def register(
     score: float,
     champion_score: float | None,
     tags: Mapping[str, str],
+    metric: str = "heldout_r2",
+    extra_files: Sequence[str | Path] = (),
 ) -> tuple[str, bool]:
     """Log and register ``model``; move ``name@champion`` to it only if it is better.
 
     ``score`` and ``champion_score`` must come from the same held-out evaluation;
     ``champion_score`` is None when there is no champion yet and NaN when the champion could not
-    be evaluated on that data (then the alias stays). Returns ``(version, became champion)``.
+    be evaluated on that data (then the alias stays). Both are tagged as ``metric`` and
+    ``champion_<metric>``. Returns ``(version, became champion)``.
     """
     promote = champion_score is None or (math.isfinite(champion_score) and score > champion_score)
     old = math.nan if champion_score is None else champion_score
     all_tags = {
-        "heldout_r2": f"{score:.6f}",
-        "champion_heldout_r2": f"{old:.6f}",
+        metric: f"{score:.6f}",
+        f"champion_{metric}": f"{old:.6f}",
         "became_champion": str(promote).lower(),
         **tags,
     }
-    _, version = log_model_version(run_id, model, input_example, name, all_tags)
+    _, version = log_model_version(run_id, model, input_example, name, all_tags, extra_files)
     if promote:
         client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
         retry(client.set_registered_model_alias, name, "champion", version)
@@ -313,6 +323,13 @@ def load_model(uri: str) -> Any:
     import mlflow.pytorch
 
     return retry(mlflow.pytorch.load_model, uri)
+
+
+def model_files(uri: str) -> Path:
+    """The folder holding a logged model's ``extra_files`` (downloaded when remote)."""
+    import mlflow.artifacts
+
+    return Path(retry(mlflow.artifacts.download_artifacts, artifact_uri=uri)) / "extra_files"
 
 
 def use(uri: str) -> None:

@@ -66,6 +66,7 @@ PIPELINE = "pipeline.pt"
 def trial_spec(
     *,
     mode: str,
+    method: str = "kinembed",
     config: str,
     overrides: Mapping[str, Any],
     data: str,
@@ -87,6 +88,7 @@ def trial_spec(
     (``kill_in_unit``, ``at_epoch``, ``marker``).
     """
     return {
+        "method": method,
         "mode": mode,
         "config": config,
         "overrides": dict(overrides),

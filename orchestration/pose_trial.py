@@ -1,0 +1,290 @@
+"""What a pose-alignment trial's Ray Train workers run (``sweep.py mae | cpep | embridge``).
+
+A trial trains, on the pre-training windows, the MAEs and the method its sweep selects (``mae``
+sweeps judge the MAEs by the CPEP they enable, as CPEP Fig. 3 does), then reports the selection
+metric ``tune_zs_bacc``: zero-shot balanced accuracy on the tune subset. The final run retrains
+the winner once per seed, scores zero-shot on the evaluation subset (``eval_zs_bacc``, mean +-
+std over seeds), logs emgcore's tables and figures, and registers the model:
+
+* ``cpep`` / ``embridge``: the aligned EMG embedder (:class:`emgcore.posealign.Embedder`); the
+  champion moves only if it scores better on the same evaluation subset (the champion is loaded
+  and scored again here, like for like).
+* ``mae``: the two encoders, as ``mae-emg`` and ``mae-pose``, judged by that CPEP score; a
+  champion registered on other data (another fingerprint) cannot be compared and keeps its alias.
+
+Unlike KinEMbed's units there is no mid-trial checkpoint: a restarted worker retrains the trial
+from its seed, which reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from emgcore.config import load_yaml
+from emgcore.data import load_byod, open_dataset
+from emgcore.data.byod import MANIFEST
+from emgcore.distributed import DataParallel
+from emgcore.experiment import resolve_config
+from emgcore.gestures import PairedWindows, gesture_splits
+from emgcore.posealign import (
+    Embedder,
+    Encoders,
+    PoseAlignConfig,
+    load_model,
+    save_model,
+    train_all,
+    zero_shot_score,
+)
+from orchestration import tracking
+from orchestration.search_space import apply
+
+TARGET = {"mae": "cpep", "cpep": "cpep", "embridge": "embridge"}  # sweep -> method it scores
+REPORT_S = 5.0  # as orchestration.trial.REPORT_S
+
+
+def build_config(spec: Mapping[str, Any]) -> PoseAlignConfig:
+    cfg = apply(load_yaml(PoseAlignConfig, resolve_config(spec["config"])), spec["overrides"])
+    cfg = replace(cfg, methods=(TARGET[spec["method"]],))
+    if spec.get("seeds"):
+        cfg = replace(cfg, seeds=tuple(spec["seeds"]))
+    return cfg
+
+
+def load_splits(spec: Mapping[str, Any], cfg: PoseAlignConfig) -> dict[str, PairedWindows]:
+    local = spec.get("materialised")
+    if local and (Path(local) / MANIFEST).exists():  # the sweep's copy of a simulated dataset
+        recs = load_byod(local)
+    else:
+        recs = open_dataset(spec["data"], **spec.get("sim", {}))
+    return gesture_splits(recs, cfg.gestures)
+
+
+def train_loop(spec: dict[str, Any]) -> None:
+    """Ray Train's per-worker function for the pose-alignment family."""
+    t_start = time.perf_counter()
+    rank = ray.train.get_context().get_world_rank()
+    parallel = DataParallel.current()
+    torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+    cfg = build_config(spec)
+    splits = load_splits(spec, cfg)
+    device = ray.train.torch.get_device()
+    if device.type != "cpu":  # training reads the pre-training windows on the accelerator
+        splits = {**splits, "pretrain": splits["pretrain"].to(device)}
+    method = TARGET[spec["method"]]
+    tr = spec["tracking"]
+    tracker = tracking.Tracker(tr["uri"]) if rank == 0 else None
+    run_id = None
+    if tracker is not None:
+        run_id = tracker.open_run(
+            tr["experiment_id"], tr["key"], tr["name"], tr["tags"], tr["parent"]
+        )
+        tracker.log_params(run_id, tracking.flatten(cfg) | {"trial.workers": parallel.world_size})
+    log = tracker.logger(run_id) if tracker is not None else None
+    step, t_report = 0, -math.inf
+
+    def hook_for(name: str):
+        def on_epoch(epoch: int, metrics: Mapping[str, float], model: Any) -> None:
+            nonlocal step, t_report
+            step += 1
+            if log is not None:
+                log.log({f"{name}.{k}": v for k, v in metrics.items()}, step)
+            now = time.perf_counter()
+            if parallel.agree(now - t_report >= REPORT_S):
+                t_report = now
+                ray.train.report({"model": name, "epoch": epoch, **metrics})
+
+        return (on_epoch,)
+
+    hooks = {name: hook_for(name) for name in ("emg_mae", "pose_mae", method)}
+    pretrained = _pretrained(spec)
+    if tracker is not None and spec.get("mae"):
+        tracker.set_tags(run_id, {f"emg.mae.{k}": v for k, v in spec["mae"].items()})
+    try:
+        if spec["mode"] == "final":
+            summary = _final(spec, cfg, splits, hooks, parallel, tracker, run_id, rank, pretrained)
+        else:
+            enc = _cpu(
+                train_all(
+                    splits["pretrain"], cfg, hooks=hooks, parallel=parallel, pretrained=pretrained
+                )
+            )
+            score = zero_shot_score(enc.retrieve[method], enc.pose[method], splits["tune"], cfg)
+            summary = {"tune_zs_bacc": score}
+        summary |= {"loop_s": time.perf_counter() - t_start, "done": True, **_placement()}
+        if log is not None:
+            log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
+            log.flush()
+            tracker.set_tags(run_id, {"emg.status": "finished"})
+            tracker.end(run_id, "FINISHED")
+        _report_last(summary, rank)
+    except BaseException as e:
+        if tracker is not None and run_id is not None:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED"
+            if log is not None:
+                log.flush(raise_errors=False)
+            tracker.set_tags(run_id, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
+            tracker.end(run_id, status)
+        traceback.print_exc()
+        raise
+
+
+def _final(
+    spec: Mapping[str, Any],
+    cfg: PoseAlignConfig,
+    splits: Mapping[str, PairedWindows],
+    hooks: Mapping[str, Any],
+    parallel: DataParallel,
+    tracker: tracking.Tracker | None,
+    run_id: str | None,
+    rank: int,
+    pretrained: tuple[Any, Any] | None,
+) -> dict[str, Any]:
+    """Retrain per seed, score on ``eval``; rank 0 logs the report and registers the model."""
+    from emgcore.posereport import evaluate, write
+
+    method = TARGET[spec["method"]]
+    scores, first = [], None
+    for seed in cfg.seeds:
+        enc = _cpu(
+            train_all(
+                splits["pretrain"], replace(cfg, seeds=(seed,)), hooks=hooks, parallel=parallel
+            )
+        )
+        scores.append(zero_shot_score(enc.retrieve[method], enc.pose[method], splits["eval"], cfg))
+        first = first or enc
+    out: dict[str, Any] = {
+        "eval_zs_bacc": float(np.mean(scores)),
+        "eval_zs_bacc_std": float(np.std(scores)),
+        "scores": ",".join(f"{s:.6f}" for s in scores),
+    }
+    if rank != 0 or tracker is None or run_id is None or first is None:
+        return out
+    with tempfile.TemporaryDirectory() as d:
+        write(evaluate(first, splits, cfg, draws=3), d)
+        for f in sorted(Path(d).iterdir()):
+            tracker.log_artifact(run_id, f, "report")
+    out |= _register(spec, cfg, splits["eval"], first, tracker, run_id, out["eval_zs_bacc"])
+    return out
+
+
+def _register(
+    spec: Mapping[str, Any],
+    cfg: PoseAlignConfig,
+    ev: PairedWindows,
+    enc: Encoders,
+    tracker: tracking.Tracker,
+    run_id: str,
+    score: float,
+) -> dict[str, Any]:
+    """Register the final model(s); ``champion`` moves only on a better like-for-like score."""
+    tracking.use(tracker.uri)
+    sweep_method, method = spec["method"], TARGET[spec["method"]]
+    example = ev.emg[:4].numpy()
+    tags = {
+        "eval": f"eval subset of {spec['data']} ({spec['fingerprint']})",
+        "sweep": spec["tracking"]["tags"].get("emg.sweep", ""),
+    }
+    if sweep_method == "mae":
+        models = {
+            f"{spec['registry']['name']}-emg": ("mae-emg", enc.emg_encoder, example),
+            f"{spec['registry']['name']}-pose": ("mae-pose", enc.pose_encoder, ev.pose[:4].numpy()),
+        }
+    else:
+        models = {spec["registry"]["name"]: (method, Embedder(enc.models[method]).eval(), example)}
+    out: dict[str, Any] = {}
+    for name, (kind, model, ex) in models.items():
+        old, why = _champion_score(tracker, name, sweep_method, ev, cfg, tags["eval"])
+        with tempfile.TemporaryDirectory() as d:
+            files = save_model(kind, cfg, enc, d)  # weights + config: rebuilt on load
+            version, promote = tracking.register(
+                run_id,
+                model,
+                ex,
+                name,
+                score,
+                old,
+                {**tags, "reason": why},
+                metric="eval_zs_bacc",
+                extra_files=files,
+            )
+        tracker.set_tags(run_id, {f"registry.{name}.version": version})
+        out |= {
+            "registry_version": int(version),
+            "became_champion": bool(promote),
+            "champion_reason": why,
+            "registered": ",".join(filter(None, [out.get("registered", ""), f"{name} v{version}"])),
+        }
+    return out
+
+
+def _champion_score(
+    tracker: tracking.Tracker,
+    name: str,
+    sweep_method: str,
+    ev: PairedWindows,
+    cfg: PoseAlignConfig,
+    eval_tag: str,
+) -> tuple[float | None, str]:
+    """The current champion's score on the same evaluation: ``None`` (no champion), NaN (it
+    cannot be compared), else the number, with the reason in words."""
+    current = tracking.champion(tracker.client, name)
+    if current is None:
+        return None, "no champion yet"
+    if sweep_method == "mae":  # encoders alone cannot be scored: the recorded CPEP score
+        if current.tags.get("eval") != eval_tag:
+            return math.nan, f"champion v{current.version} was scored on other data"
+        old = float(current.tags.get("eval_zs_bacc", "nan"))
+        return old, f"champion v{current.version} scored {old:.4f} on the same evaluation"
+    try:
+        champ = load_model(tracking.model_files(f"models:/{name}@champion"))
+        with torch.no_grad():
+            old = zero_shot_score(champ.retrieve, champ.embed_pose, ev, cfg)
+        return old, f"champion v{current.version} scores {old:.4f} on the same evaluation"
+    except Exception as e:  # other channels or window length: not comparable
+        return math.nan, f"champion v{current.version} cannot be evaluated here: {e}"[:500]
+
+
+def _report_last(summary: Mapping[str, Any], rank: int) -> None:
+    """The trial's result. With a (tiny) checkpoint: Train V2's ``Result.metrics`` are those of
+    the latest checkpointed report, and the sweep reads the final run's numbers from there."""
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            (Path(d) / "summary.json").write_text(json.dumps(summary, default=str))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(dict(summary), checkpoint=checkpoint)
+
+
+def _pretrained(spec: Mapping[str, Any]) -> tuple[Any, Any] | None:
+    """The registered MAE encoders a CPEP / EMBridge sweep starts from (``spec["mae"]``: model
+    URIs pinned to versions by the sweep), or None to pre-train them in the trial."""
+    uris = spec.get("mae") or {}
+    if not uris:
+        return None
+    tracking.use(spec["tracking"]["uri"])
+    return tuple(load_model(tracking.model_files(uris[k])) for k in ("emg", "pose"))
+
+
+def _cpu(enc: Encoders) -> Encoders:
+    """Evaluate on the CPU: scoring batches come from CPU tensors."""
+    for m in enc.models.values():
+        m.cpu()
+    return enc
+
+
+def _placement() -> dict[str, str]:
+    pg = ray.util.get_current_placement_group()
+    return {"placement_group": pg.id.hex() if pg is not None else ""}

@@ -1,0 +1,67 @@
+"""``sweep.py mae | cpep`` end to end on local Ray: trials selected by tune_zs_bacc, the final
+retrain per seed, the report artifacts, and the registry (``mae-emg``/``mae-pose``, ``cpep``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_sweep import SWEEP, _client, _env
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.mlflow]
+
+
+def _run(tmp: Path, method: str, stage: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SWEEP), method, "--smoke", "--stages", stage,
+         "--cache", str(tmp / "cache")],
+        capture_output=True, text=True, timeout=1500, cwd=tmp, env=_env(),
+    )  # fmt: skip
+
+
+def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
+    mae = _run(tmp_path, "mae", "pose_mask")
+    assert mae.returncode == 0, mae.stdout[-3000:] + mae.stderr[-3000:]
+    assert "eval zero-shot" in mae.stdout and "mae-emg" in mae.stdout
+    cpep = _run(tmp_path, "cpep", "design")
+    assert cpep.returncode == 0, cpep.stdout[-3000:] + cpep.stderr[-3000:]
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = _client(uri)
+    for name in ("mae-emg", "mae-pose", "cpep"):
+        champ = c.get_model_version_by_alias(name, "champion")
+        assert champ.tags["became_champion"] == "true"
+        assert 0.0 <= float(champ.tags["eval_zs_bacc"]) <= 1.0
+    exp = c.get_experiment_by_name("cpep")
+    runs = c.search_runs([exp.experiment_id], max_results=100)
+    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    assert len(trials) == 2 and all("tune_zs_bacc" in r.data.metrics for r in trials)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    final = next(r for r in runs if r.info.run_name == "final")
+    names = {a.path for a in c.list_artifacts(final.info.run_id, "report")}
+    assert {"report/table2.txt", "report/zs_unseen_confusion.png"} <= names
+
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from emgcore.posealign import load_model
+    from orchestration import tracking
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    served = mlflow.pytorch.load_model("models:/cpep@champion")  # the traced graph: forward
+    full = load_model(tracking.model_files("models:/cpep@champion"))  # rebuilt from weights
+    x = torch.randn(4, 4000, 16)  # the traced graph keeps the input example's batch of 4
+    with torch.no_grad():
+        z = served(x)
+        assert torch.allclose(z, full(x), atol=1e-5)
+        assert full.embed_pose(torch.randn(4, 4000, 20)).shape == z.shape
+    assert z.shape[0] == 4 and np.allclose(z.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    # the cpep sweep started from the MAEs the mae sweep registered, and says so
+    parent = next(r for r in runs if r.info.run_name.startswith("sweep"))
+    assert parent.data.params["mae.emg"] == "models:/mae-emg/1"

@@ -85,14 +85,10 @@ def train_loop(spec: dict[str, Any]) -> None:
         splits = {**splits, "pretrain": splits["pretrain"].to(device)}
     method = TARGET[spec["method"]]
     tr = spec["tracking"]
-    tracker = tracking.Tracker(tr["uri"]) if rank == 0 else None
-    run_id = None
-    if tracker is not None:
-        run_id = tracker.open_run(
-            tr["experiment_id"], tr["key"], tr["name"], tr["tags"], tr["parent"]
-        )
-        tracker.log_params(run_id, tracking.flatten(cfg) | {"trial.workers": parallel.world_size})
-    log = tracker.logger(run_id) if tracker is not None else None
+    tracker, run_id, log = None, None, None
+    if rank == 0:
+        params = tracking.flatten(cfg) | {"trial.workers": parallel.world_size}
+        tracker, run_id, log = tracking.open_trial_run(tr, params)
     step, t_report = 0, -math.inf
 
     def hook_for(name: str):
@@ -131,12 +127,8 @@ def train_loop(spec: dict[str, Any]) -> None:
             tracker.end(run_id, "FINISHED")
         _report_last(summary, rank)
     except BaseException as e:
-        if tracker is not None and run_id is not None:
-            status = "KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED"
-            if log is not None:
-                log.flush(raise_errors=False)
-            tracker.set_tags(run_id, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
-            tracker.end(run_id, status)
+        if tracker is not None and run_id is not None and log is not None:
+            tracking.end_with_error(tracker, run_id, log, e)
         traceback.print_exc()
         raise
 

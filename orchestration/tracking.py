@@ -251,6 +251,28 @@ class MetricLogger:
             del self.buffer[: len(chunk)]
 
 
+def open_trial_run(
+    tr: Mapping[str, Any], params: Mapping[str, Any]
+) -> tuple[Tracker, str, MetricLogger]:
+    """A trial's run (rank 0): found again by its key or created under its parent, with params.
+
+    ``tr`` is a trial spec's ``tracking``: ``uri``, ``experiment_id``, ``key``, ``name``,
+    ``tags``, ``parent``.
+    """
+    tracker = Tracker(tr["uri"])
+    run_id = tracker.open_run(tr["experiment_id"], tr["key"], tr["name"], tr["tags"], tr["parent"])
+    tracker.log_params(run_id, params)
+    return tracker, run_id, tracker.logger(run_id)
+
+
+def end_with_error(tracker: Tracker, run_id: str, log: MetricLogger, e: BaseException) -> None:
+    """End a trial's run on an exception: KILLED for interrupts, else FAILED, with the error."""
+    status = "KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED"
+    log.flush(raise_errors=False)
+    tracker.set_tags(run_id, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
+    tracker.end(run_id, status)
+
+
 def log_model_version(
     run_id: str,
     model: Any,

@@ -30,6 +30,7 @@ from torch import Tensor
 from emgcore.errors import InvalidValueError
 from emgcore.preprocessing import BandPass, InstanceNorm, Notch, Pipeline
 from emgcore.recording import Recording
+from emgcore.windows import RecordingCache
 
 IN_DIST: dict[str, tuple[str, ...]] = {  # EMBridge A.2.2, in-distribution classes 0-3
     "thumb_swipes": ("ThumbsSwipesWholeHand",),
@@ -118,8 +119,14 @@ class PairedWindows:
         return np.array([of.get(s, -1) for s in self.stage], dtype=np.int64)
 
 
-def windows(recordings: Sequence[Recording], cfg: GestureConfig) -> PairedWindows:
-    """Non-overlapping windows of every recording, preprocessed (see the module docstring)."""
+def windows(
+    recordings: Sequence[Recording], cfg: GestureConfig, cache: RecordingCache | None = None
+) -> PairedWindows:
+    """Non-overlapping windows of every recording, preprocessed (see the module docstring).
+
+    With ``cache`` the filtered recordings come from (and go to) the on-disk preprocessing cache,
+    so the trials of a sweep filter each recording once between them.
+    """
     pipe = cfg.pipeline()
     emg, pose, valid, stage, user, session = [], [], [], [], [], []
     for rec in recordings:
@@ -133,7 +140,7 @@ def windows(recordings: Sequence[Recording], cfg: GestureConfig) -> PairedWindow
         k = rec.n_samples // n
         if k == 0:
             continue
-        r = pipe.apply(rec)
+        r = cache.get(rec, pipe) if cache is not None else pipe.apply(rec)
         x = np.asarray(r.emg[: k * n], np.float32).reshape(k, n, -1)
         emg.append(pipe.apply_windows(x))  # instance normalisation, per window
         pose.append(np.asarray(r.kinematics[: k * n], np.float32).reshape(k, n, -1))
@@ -174,7 +181,9 @@ def assign_splits(recordings: Sequence[Recording], cfg: GestureConfig) -> dict[i
 
 
 def gesture_splits(
-    recordings: Sequence[Recording], cfg: GestureConfig = GestureConfig()
+    recordings: Sequence[Recording],
+    cfg: GestureConfig = GestureConfig(),
+    cache: RecordingCache | None = None,
 ) -> dict[str, PairedWindows]:
     """The five subsets of Table 1 (see the module docstring), keyed by :data:`ROLES`."""
     split = assign_splits(recordings, cfg)
@@ -205,7 +214,7 @@ def gesture_splits(
             recs = subsample_sessions(recs, cfg.pretrain_fraction)
         if not recs:
             raise InvalidValueError(f"the {role!r} subset is empty", field=f"gestures.{role}")
-        out[role] = windows(recs, cfg)
+        out[role] = windows(recs, cfg, cache)
     return out
 
 

@@ -60,7 +60,8 @@ def windows(recordings: Sequence[Recording], cfg: MyoCheckConfig, th: Thresholds
         starts = window_starts(len(emg), cfg.window, cfg.stride)
         if not len(starts):
             continue
-        xs.append(np.stack([emg[s : s + cfg.window] for s in starts]))
+        view = np.lib.stride_tricks.sliding_window_view(emg, cfg.window, axis=0)  # (T', C, L)
+        xs.append(view[starts].transpose(0, 2, 1).copy())  # (N, L, C)
         ys.append(np.asarray(rec.labels["gesture"])[starts + cfg.window - 1])
         subs += [rec.subject] * len(starts)
         f = extract(emg, rec.fs, starts, cfg.window, th, bands_hz=())  # (N, C * 11)

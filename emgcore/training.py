@@ -3,8 +3,7 @@
 A method supplies ``step(idx, gen) -> (loss, metrics)`` for a batch of sample indices; the loop
 owns the rest: AdamW over the trainable parameters, cosine annealing with warm restarts (stepped
 per epoch), gradient clipping, shuffles and random draws from one explicit generator, a
-NaN/inf guard that names where it happened, per-epoch hooks, and optional validation with the
-best weights kept.
+NaN/inf guard that names where it happened, and per-epoch hooks.
 
 Under :class:`emgcore.distributed.DataParallel` with several workers every worker draws the
 same shuffles and the same random draws for the *global* batch (``cfg.batch_size``) and trains
@@ -14,7 +13,6 @@ and contrastive negatives come from all workers through the step's ``gather``.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,11 +40,9 @@ class Schedule(Protocol):
 
 @dataclass
 class Fit:
-    """What :func:`fit` returns: per-epoch metrics and the epoch whose weights were kept."""
+    """What :func:`fit` returns: per-epoch metrics (global-batch means) and the step count."""
 
     epochs: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_val: float = math.inf
     steps: int = 0
 
 
@@ -60,14 +56,11 @@ def fit(
     gen: torch.Generator,
     hooks: Sequence[EpochHook] = (),
     parallel: DataParallel | None = None,
-    validate: Callable[[], float] | None = None,
 ) -> Fit:
     """Train ``model`` for ``cfg.epochs`` over ``n`` samples; ``name`` labels errors.
 
     ``step(idx, gen)`` gets the *global* batch's sample indices (``(B,)``, the same on every
     worker) and the generator; it shards with ``parallel.shard`` and returns the local loss.
-    ``validate()``, if given, scores the model after every epoch (lower is better) and the best
-    epoch's weights are restored at the end.
     """
     parallel = parallel or DataParallel()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -78,7 +71,7 @@ def fit(
         raise ValueError(f"{name}: {n} training samples cannot make a batch of 2")
     parallel.local_batch(batch)  # fails early, naming the field, if it does not divide
     per_epoch = max(1, n // batch)  # drop the ragged tail: negatives and statistics per batch
-    out, best = Fit(), None
+    out = Fit()
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gen, device=gen.device)
@@ -106,17 +99,9 @@ def fit(
             sums = dict(zip(keys, (total / parallel.world_size).tolist(), strict=True))
         epoch_metrics = {f"train_{k}": v / per_epoch for k, v in sums.items()}
         epoch_metrics["lr"] = sched.get_last_lr()[0]
-        if validate is not None:
-            val = validate()
-            epoch_metrics["val_loss"] = val
-            if val < out.best_val - 1e-9:
-                out.best_val, out.best_epoch = val, epoch
-                best = copy.deepcopy(model.state_dict())
         out.epochs.append(epoch_metrics)
         for hook in hooks:
             hook(epoch, epoch_metrics, model)
-    if best is not None:
-        model.load_state_dict(best)
     model.eval()
     return out
 

@@ -33,20 +33,20 @@ def local_cluster_options() -> dict[str, Any]:
     }
 
 
-# sweep method -> the module whose ``train_loop`` its Train workers run
-WORKERS = {
-    "kinembed": "orchestration.trial",
-    "mae": "orchestration.pose_trial",
-    "cpep": "orchestration.pose_trial",
-    "embridge": "orchestration.pose_trial",
-}
+# Least time between two epoch reports to Train from a trial's workers; MLflow gets every epoch.
+# Each report is a barrier through Train's sync actor, a controller poll and a hop through Tune's
+# queue actor: at 1 s, two concurrent trials lost ~6% of their epoch speed to it on 2 cores
+# (bench_sweep.py). It must exceed Train's controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s
+# by default): a report waits until the previous one was polled.
+REPORT_S = 5.0
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """The Train workers' entry point: the method's ``train_loop``, imported here."""
+    """The Train workers' entry point: ``train_loop`` of the spec's ``worker`` module, imported
+    here (KinEMbed's :mod:`orchestration.trial` unless the spec names another)."""
     import importlib
 
-    importlib.import_module(WORKERS[config.get("method", "kinembed")]).train_loop(config)
+    importlib.import_module(config.get("worker", "orchestration.trial")).train_loop(config)
 
 
 def tune_driver(config: dict[str, Any]) -> None:

@@ -34,8 +34,6 @@ import ray.train.torch
 import torch
 
 from emgcore.config import load_yaml
-from emgcore.data import load_byod, open_dataset
-from emgcore.data.byod import MANIFEST
 from emgcore.distributed import DataParallel
 from emgcore.experiment import resolve_config
 from emgcore.gestures import PairedWindows, gesture_splits
@@ -48,11 +46,12 @@ from emgcore.posealign import (
     train_all,
     zero_shot_score,
 )
-from orchestration import tracking
+from emgcore.windows import RecordingCache
+from orchestration import launch, tracking
 from orchestration.search_space import apply
+from orchestration.trial import load_recordings
 
 TARGET = {"mae": "cpep", "cpep": "cpep", "embridge": "embridge"}  # sweep -> method it scores
-REPORT_S = 5.0  # as orchestration.trial.REPORT_S
 
 
 def build_config(spec: Mapping[str, Any]) -> PoseAlignConfig:
@@ -64,12 +63,8 @@ def build_config(spec: Mapping[str, Any]) -> PoseAlignConfig:
 
 
 def load_splits(spec: Mapping[str, Any], cfg: PoseAlignConfig) -> dict[str, PairedWindows]:
-    local = spec.get("materialised")
-    if local and (Path(local) / MANIFEST).exists():  # the sweep's copy of a simulated dataset
-        recs = load_byod(local)
-    else:
-        recs = open_dataset(spec["data"], **spec.get("sim", {}))
-    return gesture_splits(recs, cfg.gestures)
+    cache = RecordingCache(spec.get("cache"))  # trials share the filtered recordings
+    return gesture_splits(load_recordings(spec), cfg.gestures, cache)
 
 
 def train_loop(spec: dict[str, Any]) -> None:
@@ -98,7 +93,7 @@ def train_loop(spec: dict[str, Any]) -> None:
             if log is not None:
                 log.log({f"{name}.{k}": v for k, v in metrics.items()}, step)
             now = time.perf_counter()
-            if parallel.agree(now - t_report >= REPORT_S):
+            if parallel.agree(now - t_report >= launch.REPORT_S):
                 t_report = now
                 ray.train.report({"model": name, "epoch": epoch, **metrics})
 

@@ -55,6 +55,7 @@ class Family:
     smoke_sim: dict  # --smoke simulator size
     final_metric: str  # what the final run reports (mean, and ``_std`` over seeds)
     final_label: str  # how the summary screen names it
+    worker: str  # the module whose ``train_loop`` the trials' Train workers run
 
 
 KINEMBED = Family(
@@ -64,6 +65,7 @@ KINEMBED = Family(
     {"duration_s": 30.0, "n_subjects": 1},
     "heldout_r2",
     "held-out R^2",
+    "orchestration.trial",
 )
 POSE = Family(  # 6 users: 2 train, 2 val (1 tune), 2 test; every stage, 4 s each
     "posealign-sim",
@@ -72,6 +74,7 @@ POSE = Family(  # 6 users: 2 train, 2 val (1 tune), 2 test; every stage, 4 s eac
     {"duration_s": 4.0, "n_subjects": 6},
     "eval_zs_bacc",
     "eval zero-shot",
+    "orchestration.pose_trial",
 )
 FAMILIES = {"kinembed": KINEMBED, "mae": POSE, "cpep": POSE, "embridge": POSE}
 
@@ -442,12 +445,7 @@ class Sweep:
             spec = self._spec("final", {}, key, run, run_tags)
             spec |= {"method": "mae", "registry": {"name": "mae"}, "seeds": [self.base.seeds[0]]}
             spec["tracking"]["run_id"] = run
-            trainer = launch.make_trainer(
-                spec, self._trainer_args(), f"{sid}-mae", f"{self.storage}/{sid}"
-            )
-            launch.release_leaked_placement_groups()
-            m = dict(trainer.fit().metrics)
-            launch.release_placement_group(m.get("placement_group", ""))
+            self._fit_once(spec, f"{sid}-mae", sid)
             found = {k: tracking.champion(self.tracker.client, f"mae-{k}") for k in found}
         mae = {k: f"models:/mae-{k}/{v.version}" for k, v in found.items()}
         self.tracker.log_params(parent, {f"mae.{k}": uri for k, uri in mae.items()})
@@ -474,13 +472,7 @@ class Sweep:
         spec["subjects"] = state.get("subjects") or []
         spec["tracking"]["run_id"] = run
         _print(f"final: winner retrained with seeds {list(seeds)} -> held-out session")
-        trainer = launch.make_trainer(
-            spec, self._trainer_args(), f"{sid}-final", f"{self.storage}/{sid}"
-        )
-        launch.release_leaked_placement_groups()
-        result = trainer.fit()
-        m = dict(result.metrics)
-        launch.release_placement_group(m.get("placement_group", ""))
+        m = self._fit_once(spec, f"{sid}-final", sid)
         state["final"] = {k: v for k, v in m.items() if isinstance(v, int | float | str | bool)}
         self._save_state(state)
         self.tracker.log_params(parent, {f"winner.{k}": v for k, v in winner.items()})
@@ -491,6 +483,14 @@ class Sweep:
         return m
 
     # -- pieces ----------------------------------------------------------------------------------
+
+    def _fit_once(self, spec: dict, name: str, sid: str) -> dict[str, Any]:
+        """One TorchTrainer run outside Tune (final retrain, MAE pre-training): its metrics."""
+        trainer = launch.make_trainer(spec, self._trainer_args(), name, f"{self.storage}/{sid}")
+        launch.release_leaked_placement_groups()
+        m = dict(trainer.fit().metrics)
+        launch.release_placement_group(m.get("placement_group", ""))
+        return m
 
     def _install_signals(self) -> dict[int, Any]:
         """SIGTERM/SIGINT end the sweep cleanly: runs KILLED, Tune state saved for --resume.
@@ -515,6 +515,7 @@ class Sweep:
 
         spec = trial_spec(
             method=self.opts.method,
+            worker=self.family.worker,
             mode=mode,
             config=self.config,
             overrides=overrides,

@@ -50,16 +50,10 @@ from emgcore.experiment import (
     resolve_config,
 )
 from emgcore.windows import RecordingCache
-from orchestration import tracking
+from orchestration import launch, tracking
 from orchestration.search_space import apply
 
 PROGRESS = "progress.json"
-# Least time between two epoch reports to Train; MLflow gets every epoch. Each report is a
-# barrier through Train's sync actor, a controller poll and a hop through Tune's queue actor:
-# at 1 s, two concurrent trials lost ~6% of their epoch speed to it on 2 cores (bench_sweep.py).
-# It must exceed Train's controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default):
-# a report waits until the previous one was polled.
-REPORT_S = 5.0
 PIPELINE = "pipeline.pt"
 
 
@@ -67,6 +61,7 @@ def trial_spec(
     *,
     mode: str,
     method: str = "kinembed",
+    worker: str = "orchestration.trial",
     config: str,
     overrides: Mapping[str, Any],
     data: str,
@@ -89,6 +84,7 @@ def trial_spec(
     """
     return {
         "method": method,
+        "worker": worker,
         "mode": mode,
         "config": config,
         "overrides": dict(overrides),
@@ -115,12 +111,17 @@ def build_config(spec: Mapping[str, Any]) -> ExperimentConfig:
     return cfg
 
 
-def load_subjects(spec: Mapping[str, Any], cfg: ExperimentConfig) -> tuple[list[SubjectData], Any]:
+def load_recordings(spec: Mapping[str, Any]) -> list:
+    """The trial's data: the sweep's BYOD copy of a simulated dataset when this worker can see
+    it, else the dataset itself (simulated again, or loaded from its path)."""
     local = spec.get("materialised")
-    if local and (Path(local) / MANIFEST).exists():  # the sweep's copy of a simulated dataset
-        recs = load_byod(local)
-    else:
-        recs = open_dataset(spec["data"], **spec.get("sim", {}))
+    if local and (Path(local) / MANIFEST).exists():
+        return load_byod(local)
+    return open_dataset(spec["data"], **spec.get("sim", {}))
+
+
+def load_subjects(spec: Mapping[str, Any], cfg: ExperimentConfig) -> tuple[list[SubjectData], Any]:
+    recs = load_recordings(spec)
     subjects, train, test = prepare(recs, cfg, RecordingCache(spec.get("cache")))
     return subjects, (train, test)
 
@@ -192,9 +193,9 @@ def train_loop(spec: dict[str, Any]) -> None:
                 t_epoch = now
                 if log is not None:
                     log.log(m, step)  # every epoch
-                # Train/Tune get the latest epoch at most every REPORT_S (see there); the
+                # Train/Tune get the latest epoch at most every launch.REPORT_S (see there); the
                 # workers must agree, as a report is a collective
-                if parallel.agree(now - t_report >= REPORT_S):
+                if parallel.agree(now - t_report >= launch.REPORT_S):
                     t_report = now
                     ray.train.report({**m, "epoch": epoch, "unit": i, **_summary(done, spec)})
                 _maybe_fault(spec, i, epoch)

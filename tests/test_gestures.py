@@ -39,6 +39,19 @@ def test_windows_are_two_seconds_instance_normalised_and_paired(recordings) -> N
     assert list(w.stage[:2]) == [first.meta["stage"]] * 2
 
 
+def test_cached_preprocessing_gives_the_same_windows(recordings, tmp_path) -> None:
+    from emgcore.windows import RecordingCache
+
+    cache = RecordingCache(tmp_path / "cache")
+    a = windows(recordings[:4], GestureConfig())
+    b = windows(recordings[:4], GestureConfig(), cache)
+    c = windows(recordings[:4], GestureConfig(), cache)  # now read back from disk
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    for w in (b, c):
+        assert torch.allclose(w.emg, a.emg, atol=1e-5) and torch.equal(w.pose, a.pose)
+        assert torch.equal(w.valid, a.valid) and list(w.stage) == list(a.stage)
+
+
 def test_splits_follow_table_1(splits) -> None:
     assert set(splits) == set(ROLES)
     users = {r: set(splits[r].user) for r in ROLES}

@@ -109,15 +109,29 @@ def _kinembed_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(pairs: Sequence[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` pairs as config overrides; values are read as YAML."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. gestures.tune_users=1")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def _posealign(args: argparse.Namespace) -> int:
-    from emgcore.config import load_yaml
+    from emgcore.config import load_yaml, override
     from emgcore.data import open_dataset
     from emgcore.experiment import resolve_config
     from emgcore.gestures import gesture_splits
     from emgcore.posealign import PoseAlignConfig, train_all
     from emgcore.posereport import evaluate, write
 
-    cfg = load_yaml(PoseAlignConfig, resolve_config(args.config))
+    path = resolve_config(args.config)
+    cfg = override(load_yaml(PoseAlignConfig, path), _settings(args.set), source=path)
     if args.methods:
         cfg = replace(cfg, methods=tuple(args.methods.split(",")))
     overrides = {
@@ -179,12 +193,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     merge.add_argument("runs", nargs="+", help="output folders of kinembed runs")
     merge.add_argument("--out", required=True, help="output folder")
     pa = sub.add_parser("posealign", help="MAE, PoseT, CPEP, EMBridge: gesture LP / zero-shot")
-    pa.add_argument("--data", default="emg2pose-like", help="simulator preset or emg2pose folder")
+    pa.add_argument(
+        "--data",
+        default="emg2pose-like",
+        help="simulator preset, emg2pose folder, or NinaPro DB2 + DB7 folder (with --config "
+        "posealign-ninapro)",
+    )
     pa.add_argument(
         "--config",
         default="posealign-sim",
         help="YAML file or a bundled preset: posealign-sim, posealign-smoke (default: "
         "posealign-sim; the papers' sizes are PoseAlignConfig's defaults)",
+    )
+    pa.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value (dotted key, YAML value), e.g. gestures.tune_users=1; "
+        "repeatable",
     )
     pa.add_argument("--out", default="posealign_results", help="output folder")
     pa.add_argument("--methods", default=None, help="comma-separated: emg_mae,poset,cpep,...")

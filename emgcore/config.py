@@ -47,13 +47,24 @@ def build(
         elif isinstance(value, Mapping):
             kwargs[name] = {k: tuplify(v) for k, v in value.items()}
         else:
-            kwargs[name] = tuplify(value)
+            kwargs[name] = _number(typ, tuplify(value), source, where)
     try:
         return cls(**kwargs)
     except InvalidValueError as e:
         raise InvalidValueError(e.message, source=source, field=e.field) from e
     except (TypeError, ValueError) as e:
         raise InvalidValueError(str(e), source=source, field=key or "config") from e
+
+
+def _number(typ: Any, value: Any, source: str | Path | None, where: str) -> Any:
+    """A float field's value as a float: PyYAML reads ``1e-4`` (no dot) as a string."""
+    if typ is not float or isinstance(value, bool) or not isinstance(value, str | int):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        msg = f"expected a number, got {value!r}"
+        raise InvalidValueError(msg, source=source, field=where) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

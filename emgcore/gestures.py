@@ -16,6 +16,19 @@ Splits (Table 1), from each recording's ``split`` (emg2pose ``metadata.csv``: tr
 Recordings without a ``split`` (the simulator) get one by user: the last ``test_users`` users
 are test, the ``val_users`` before them val, the rest train; train users' recordings of held-out
 stages are dropped, as emg2pose's training users never perform them.
+
+The NinaPro benchmark (``benchmark="ninapro"``, EMBridge Sec. 3) labels every sample instead of
+every recording: windows lie inside one repetition of one movement, and a window's stage is the
+movement's exercise code (``"B1"``, ``"C15"``, ``"rest"``; see :mod:`emgcore.data.ninapro`).
+
+* ``pretrain``: every DB2 window except the unseen movements' ("the entire DB2 dataset ...
+  except gestures 1, 5, 10 and 15 from exercise B").
+* DB7, in-distribution and unseen movements only: ``tune`` is ``tune_users`` subjects drawn
+  with ``split_seed`` (the paper has no tune subset; ours keeps hyper-parameter choice off the
+  evaluation users); the other subjects' sessions (subject x repetition) of each movement are
+  divided at random, ``probe_fraction`` to ``probe_train_in`` / ``probe_train_unseen`` and the
+  rest to ``eval`` ("within each gesture, sessions were randomly divided into probe-training and
+  evaluation sets"), so unlike emg2pose the probe and eval users overlap, as in the paper.
 """
 
 from __future__ import annotations
@@ -27,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emgcore.errors import InvalidValueError
+from emgcore.data.ninapro import GLOVE_18
+from emgcore.errors import InvalidValueError, MissingFieldError
 from emgcore.preprocessing import BandPass, InstanceNorm, Notch, Pipeline
 from emgcore.recording import Recording
 from emgcore.windows import RecordingCache
@@ -44,7 +58,15 @@ UNSEEN: dict[str, tuple[str, ...]] = {  # unseen classes 0-3
     "counting": ("CountingUpDownFaceSideAway",),
     "counting_wiggling": ("CountingUpDownFingerWigglingSpreading",),
 }
+# NinaPro (EMBridge Sec. 3): exercise C's grasps 1, 5, 10 and 15 in-distribution, exercise B's
+# movements 1, 5, 10 and 15 unseen. The paper prints "gestures 1, 5, 10, and 10 from exercise C",
+# a typo for a fourth distinct grasp; we take 15, the same ids as exercise B's.
+NINAPRO_IN_DIST = {f"C{i}": (f"C{i}",) for i in (1, 5, 10, 15)}
+NINAPRO_UNSEEN = {f"B{i}": (f"B{i}",) for i in (1, 5, 10, 15)}
+# DB2's 22-sensor glove and DB7's 18-sensor glove share these 18 sensors (DB2 adds the 4 DIPs).
+NINAPRO_JOINTS = GLOVE_18
 ROLES = ("pretrain", "probe_train_in", "tune", "probe_train_unseen", "eval")
+BENCHMARKS = ("emg2pose", "ninapro")
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,13 @@ class GestureConfig:
     pretrain_fraction: float = 1.0  # data efficiency (EMBridge Fig. 3c): sessions kept per stage
     val_users: int = 2  # simulator only: users given the val split
     test_users: int = 2  # simulator only: users given the test split
+    benchmark: str = "emg2pose"  # emg2pose | ninapro: how Table 1's subsets are drawn
+    joints: tuple[str, ...] = ()  # pose channels by name; () = all the recordings have
+    # "recording": standardise every joint over its recording, for gloves whose raw sensor
+    # units differ between devices and calibrations (NinaPro DB2 vs DB7)
+    pose_norm: str = "none"
+    probe_fraction: float = 0.5  # ninapro: share of each movement's sessions for probe-training
+    split_seed: int = 0  # ninapro: the tune users and the probe/eval division
 
     @property
     def held_out(self) -> frozenset[str]:
@@ -71,6 +100,12 @@ class GestureConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.pretrain_fraction <= 1.0:
             raise ValueError(f"pretrain_fraction must be in (0, 1], got {self.pretrain_fraction}")
+        if not 0.0 < self.probe_fraction < 1.0:
+            raise ValueError(f"probe_fraction must be in (0, 1), got {self.probe_fraction}")
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
+        if self.pose_norm not in ("none", "recording"):
+            raise ValueError(f"pose_norm must be 'none' or 'recording', got {self.pose_norm!r}")
 
     def pipeline(self) -> Pipeline:
         low, high = self.band_hz
@@ -125,30 +160,37 @@ def windows(
     """Non-overlapping windows of every recording, preprocessed (see the module docstring).
 
     With ``cache`` the filtered recordings come from (and go to) the on-disk preprocessing cache,
-    so the trials of a sweep filter each recording once between them.
+    so the trials of a sweep filter each recording once between them. Whole recordings are
+    filtered before they are cut, so no window carries a filter's edge transient.
     """
     pipe = cfg.pipeline()
     emg, pose, valid, stage, user, session = [], [], [], [], [], []
+    width = None
     for rec in recordings:
         if rec.kinematics is None:
             raise InvalidValueError("paired windows need kinematics", source=rec.source)
-        if "stage" not in rec.meta:
-            raise InvalidValueError(
-                "recording has no stage label", source=rec.source, field="stage"
-            )
         n = round(cfg.window_s * rec.fs)
-        k = rec.n_samples // n
-        if k == 0:
+        starts, st, se = _window_starts(rec, n)
+        if len(starts) == 0:
             continue
         r = cache.get(rec, pipe) if cache is not None else pipe.apply(rec)
-        x = np.asarray(r.emg[: k * n], np.float32).reshape(k, n, -1)
-        emg.append(pipe.apply_windows(x))  # instance normalisation, per window
-        pose.append(np.asarray(r.kinematics[: k * n], np.float32).reshape(k, n, -1))
-        v = np.ones(k * n, bool) if r.valid is None else np.asarray(r.valid[: k * n], bool)
-        valid.append(v.reshape(k, n))
-        stage += [str(rec.meta["stage"])] * k
-        user += [rec.subject] * k
-        session += [rec.session] * k
+        idx = starts[:, None] + np.arange(n)  # (k, n) sample indices
+        emg.append(pipe.apply_windows(np.asarray(r.emg, np.float32)[idx]))  # instance norm
+        kin = _pose(r, cfg)
+        if width is not None and kin.shape[1] != width:
+            raise InvalidValueError(
+                f"{kin.shape[1]} pose channels where earlier recordings have {width}; pick a "
+                "shared set with gestures.joints",
+                source=rec.source,
+                field="kinematics",
+            )
+        width = kin.shape[1]
+        pose.append(kin[idx])
+        v = np.ones(r.n_samples, bool) if r.valid is None else np.asarray(r.valid, bool)
+        valid.append(v[idx])
+        stage.append(st)
+        user.append(np.full(len(starts), rec.subject))
+        session.append(se)
     if not emg:
         raise InvalidValueError(f"no recording is as long as one {cfg.window_s} s window")
     cat = np.concatenate
@@ -156,10 +198,58 @@ def windows(
         torch.from_numpy(cat(emg).astype(np.float32, copy=False)),
         torch.from_numpy(cat(pose)),
         torch.from_numpy(cat(valid)),
-        np.array(stage),
-        np.array(user),
-        np.array(session),
+        cat(stage).astype(str),
+        cat(user).astype(str),
+        cat(session).astype(str),
     )
+
+
+def _window_starts(rec: Recording, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First sample, stage and session of each ``n``-sample window of ``rec``: back to back over
+    a recording of one stage (emg2pose), or inside each run of one repetition of one named
+    movement (NinaPro; the window's session is ``<session>/rep<r>``)."""
+    if "stage" in rec.meta:
+        k = rec.n_samples // n
+        return np.arange(k) * n, np.full(k, str(rec.meta["stage"])), np.full(k, rec.session)
+    names = rec.label_names.get("gesture")
+    if "gesture" not in rec.labels or not names:
+        raise MissingFieldError(
+            "recording has neither a stage nor named gesture labels to cut windows by",
+            source=rec.source,
+            field="stage",
+        )
+    g = np.asarray(rec.labels["gesture"])
+    rep = np.asarray(rec.labels.get("repetition", np.zeros_like(g)))
+    if g.max() >= len(names):
+        raise InvalidValueError(
+            f"gesture id {g.max()} has no name ({len(names)} names)",
+            source=rec.source,
+            field="gesture",
+        )
+    bounds = np.r_[0, np.flatnonzero((np.diff(g) != 0) | (np.diff(rep) != 0)) + 1, len(g)]
+    first, k = bounds[:-1], np.diff(bounds) // n  # each run's first sample and window count
+    run = np.repeat(np.arange(len(k)), k)  # (N,) the run of every window
+    nth = np.arange(len(run)) - np.repeat(np.cumsum(k) - k, k)  # its index within the run
+    starts = first[run] + nth * n
+    session = np.char.add(f"{rec.session}/rep", rep[starts].astype(str))
+    return starts, np.asarray(names)[g[starts]], session
+
+
+def _pose(rec: Recording, cfg: GestureConfig) -> np.ndarray:
+    """The recording's joint angles ``(T, J)``: ``cfg.joints`` by name, ``cfg.pose_norm``."""
+    kin = np.asarray(rec.kinematics, np.float32)
+    if cfg.joints:
+        missing = [j for j in cfg.joints if j not in rec.joint_names]
+        if missing:
+            raise MissingFieldError(
+                f"no joint(s) {missing}; the recording has {list(rec.joint_names)}",
+                source=rec.source,
+                field="gestures.joints",
+            )
+        kin = kin[:, [rec.joint_names.index(j) for j in cfg.joints]]
+    if cfg.pose_norm == "recording":
+        kin = (kin - kin.mean(axis=0)) / (kin.std(axis=0) + 1e-6)
+    return kin
 
 
 def assign_splits(recordings: Sequence[Recording], cfg: GestureConfig) -> dict[int, str]:
@@ -186,6 +276,26 @@ def gesture_splits(
     cache: RecordingCache | None = None,
 ) -> dict[str, PairedWindows]:
     """The five subsets of Table 1 (see the module docstring), keyed by :data:`ROLES`."""
+    split = _ninapro_splits if cfg.benchmark == "ninapro" else _emg2pose_splits
+    out = split(recordings, cfg, cache)
+    if cfg.pretrain_fraction < 1.0:
+        out["pretrain"] = subsample_sessions(out["pretrain"], cfg.pretrain_fraction)
+    for role in ROLES:
+        if len(out[role]) == 0:
+            raise InvalidValueError(f"the {role!r} subset is empty", field=f"gestures.{role}")
+    return out
+
+
+def _emg2pose_splits(
+    recordings: Sequence[Recording], cfg: GestureConfig, cache: RecordingCache | None
+) -> dict[str, PairedWindows]:
+    if unstaged := [r for r in recordings if "stage" not in r.meta]:
+        raise MissingFieldError(
+            "the emg2pose benchmark needs one stage per recording; for NinaPro DB2/DB7 set "
+            "gestures.benchmark: ninapro (preset posealign-ninapro)",
+            source=unstaged[0].source,
+            field="stage",
+        )
     split = assign_splits(recordings, cfg)
     held = cfg.held_out
     in_stages = {s for g in cfg.in_dist.values() for s in g}
@@ -194,7 +304,7 @@ def gesture_splits(
     tune_users = set(val_users[: cfg.tune_users])
 
     def role_of(r: Recording) -> list[str]:
-        s, st = split[id(r)], str(r.meta.get("stage"))
+        s, st = split[id(r)], str(r.meta["stage"])
         if s == "train":
             if st in held:
                 return []
@@ -210,28 +320,73 @@ def gesture_splits(
     out = {}
     for role in ROLES:
         recs = [r for r in recordings if role in role_of(r)]
-        if role == "pretrain" and cfg.pretrain_fraction < 1.0:
-            recs = subsample_sessions(recs, cfg.pretrain_fraction)
         if not recs:
             raise InvalidValueError(f"the {role!r} subset is empty", field=f"gestures.{role}")
         out[role] = windows(recs, cfg, cache)
     return out
 
 
-def subsample_sessions(recordings: Sequence[Recording], fraction: float, seed: int = 0) -> list:
-    """Keep ``ceil(fraction * n)`` of each stage's ``n`` recordings (sessions), drawn uniformly
-    with a fixed seed: EMBridge's data-efficiency protocol ("uniformly downsample sessions
-    within each gesture class")."""
-    rng = np.random.default_rng(seed)
-    by_stage: dict[str, list[Recording]] = {}
+def _ninapro_splits(
+    recordings: Sequence[Recording], cfg: GestureConfig, cache: RecordingCache | None
+) -> dict[str, PairedWindows]:
+    by_db: dict[str, list[Recording]] = {}
     for r in recordings:
-        by_stage.setdefault(str(r.meta.get("stage")), []).append(r)
-    keep: set[int] = set()
-    for stage in sorted(by_stage):
-        group = by_stage[stage]
-        n = max(1, int(np.ceil(fraction * len(group))))
-        keep |= {id(group[i]) for i in rng.choice(len(group), n, replace=False)}
-    return [r for r in recordings if id(r) in keep]
+        by_db.setdefault(str(r.meta.get("database")), []).append(r)
+    if "db2" not in by_db or "db7" not in by_db:
+        raise InvalidValueError(
+            "the NinaPro benchmark pre-trains on DB2 and evaluates on DB7; the data hold "
+            f"{sorted(by_db)}",
+            field="gestures.benchmark",
+        )
+    pre = windows(by_db["db2"], cfg, cache)
+    pre = pre.select(~np.isin(pre.stage, sorted(cfg.held_out)))
+    in_stages = sorted({s for g in cfg.in_dist.values() for s in g})
+    unseen_stages = sorted({s for g in cfg.unseen.values() for s in g})
+    ev = windows(by_db["db7"], cfg, cache)
+    ev = ev.select(np.isin(ev.stage, in_stages + unseen_stages))
+    rng = np.random.default_rng(cfg.split_seed)
+    users = np.unique(ev.user)
+    if len(users) <= cfg.tune_users:
+        raise InvalidValueError(
+            f"{len(users)} DB7 subjects cannot give {cfg.tune_users} tune subjects and leave "
+            "any to probe and evaluate on",
+            field="gestures.tune_users",
+        )
+    tune = np.isin(ev.user, rng.choice(users, cfg.tune_users, replace=False))
+    unit = _units(ev)
+    probe = np.zeros(len(ev), bool)
+    for stage in np.unique(ev.stage[~tune]):
+        here = ~tune & (ev.stage == stage)
+        units = np.unique(unit[here])
+        n = min(max(1, round(cfg.probe_fraction * len(units))), len(units) - 1)
+        probe |= here & np.isin(unit, rng.choice(units, n, replace=False))
+    return {
+        "pretrain": pre,
+        "probe_train_in": ev.select(probe & np.isin(ev.stage, in_stages)),
+        "tune": ev.select(tune),
+        "probe_train_unseen": ev.select(probe & np.isin(ev.stage, unseen_stages)),
+        "eval": ev.select(~tune & ~probe),
+    }
+
+
+def _units(w: PairedWindows) -> np.ndarray:
+    """Every window's session as one string: ``user`` + separator + ``session``."""
+    return np.char.add(np.char.add(w.user.astype(str), "\x1f"), w.session.astype(str))
+
+
+def subsample_sessions(w: PairedWindows, fraction: float, seed: int = 0) -> PairedWindows:
+    """Keep ``ceil(fraction * n)`` of each stage's ``n`` sessions (user x session), drawn
+    uniformly with a fixed seed: EMBridge's data-efficiency protocol ("uniformly downsample
+    sessions within each gesture class")."""
+    rng = np.random.default_rng(seed)
+    unit = _units(w)
+    keep = np.zeros(len(w), bool)
+    for stage in np.unique(w.stage):
+        here = w.stage == stage
+        units = np.unique(unit[here])
+        n = max(1, int(np.ceil(fraction * len(units))))
+        keep |= here & np.isin(unit, rng.choice(units, n, replace=False))
+    return w.select(keep)
 
 
 def rotate_channels(x: Tensor, gen: torch.Generator, max_shift: int = 1) -> Tensor:

@@ -30,3 +30,12 @@ def emg2pose_sim() -> list:
     from emgcore.data import preset, simulate
 
     return simulate(preset("emg2pose-like", n_subjects=6, duration_s=4.0, sessions=("s0", "s1")))
+
+
+@pytest.fixture(scope="session")
+def ninapro_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """NinaPro-format ``DB2/`` (2 subjects x exercises B, C, D) and ``DB7/`` (5 subjects x B, C)
+    files of simulated people, for EMBridge's DB2 -> DB7 benchmark (see make_fixtures)."""
+    from tests.make_fixtures import write_ninapro_benchmark
+
+    return write_ninapro_benchmark(tmp_path_factory.mktemp("ninapro"), 2, 5, seconds=30.0)

@@ -84,9 +84,74 @@ def ninapro_arrays(db: str, n: int = 4000, seed: int = 0) -> dict[str, np.ndarra
 
 def write_ninapro(path: Path, db: str, **arrays: np.ndarray) -> Path:
     """Write a NinaPro-format MATLAB v5 file; ``arrays`` override or add variables."""
-    data = ninapro_arrays(db) | arrays
+    data = ninapro_arrays(db, n=len(arrays["emg"]) if "emg" in arrays else 4000) | arrays
     scipy.io.savemat(path, data, format="5")
     return path
+
+
+# The simulated hand movement standing in for each NinaPro movement of the EMBridge benchmark:
+# per database, per exercise file, movement number within the exercise -> simulator gesture.
+NINAPRO_MOVEMENTS = {
+    "B": {1: "index_flexion", 2: "middle_flexion", 5: "thumb_abduction", 10: "wrist_flexion"}
+    | {15: "hand_open"},
+    "C": {1: "cylindrical_grip", 2: "claw", 5: "lateral_grip", 10: "tripod_grip", 15: "hand_close"},
+    "D": {1: "ring_little_flexion"},
+}
+
+
+def write_ninapro_benchmark(
+    root: Path, db2_subjects: int = 2, db7_subjects: int = 4, seconds: float = 40.0
+) -> Path:
+    """``root/DB2`` and ``root/DB7``: simulated people performing :data:`NINAPRO_MOVEMENTS`,
+    written as NinaPro files (database-wide movement ids, 22- or 18-sensor glove in raw units
+    that differ between the two gloves, 50 Hz mains)."""
+    from emgcore.data.ninapro import GLOVE_18, GLOVE_22, SPECS
+    from emgcore.data.simulator import SimConfig, simulate_recording
+
+    people = {"db2": (db2_subjects, 1.3, 20.0), "db7": (db7_subjects, 1.0, 0.0)}
+    for db, (n_subjects, gain, offset) in people.items():
+        spec = SPECS[db]
+        folder = root / db.upper()
+        folder.mkdir(parents=True, exist_ok=True)
+        for e, letter in enumerate(spec.exercises, start=1):
+            movements = NINAPRO_MOVEMENTS[letter]
+            cfg = SimConfig(
+                layout="ring12",
+                kinematics="joints20",
+                gestures=tuple(movements.values()),
+                hold_s=2.5,
+                rest_s=1.0,
+                free_fraction=0.0,
+                duration_s=seconds,
+                mains_hz=50.0,
+                sessions=("A1",),
+                seed={"db2": 0, "db7": 1}[db],
+            )
+            ids = np.zeros(len(cfg.gesture_names), np.int64)  # simulator id -> NinaPro id
+            for number, gesture in movements.items():
+                ids[cfg.gesture_names.index(gesture)] = spec.offset(e) + number
+            for subject in range(n_subjects):
+                rec = simulate_recording(cfg, subject, 0)
+                angles = dict(zip(GLOVE_18, rec.kinematics.T[:18], strict=True))
+                for finger in ("index", "middle", "ring", "little"):  # DIP follows PIP
+                    angles[f"{finger}_dip"] = 0.7 * angles[f"{finger}_pip"]
+                names = GLOVE_22 if spec.n_glove == 22 else GLOVE_18
+                glove = gain * np.stack([angles[n] for n in names], axis=1) + offset
+                gesture = ids[rec.labels["gesture"]][:, None].astype(np.float64)
+                rep = rec.labels["repetition"][:, None].astype(np.float64)
+                write_ninapro(
+                    folder / f"S{subject + 1}_E{e}_A1.mat",
+                    db,
+                    emg=rec.emg.astype(np.float64),
+                    glove=glove.astype(np.float64),
+                    stimulus=gesture,
+                    restimulus=gesture,
+                    repetition=rep,
+                    rerepetition=rep,
+                    subject=np.array([[subject + 1.0]]),
+                    exercise=np.array([[float(e)]]),
+                )
+    return root
 
 
 if __name__ == "__main__":

@@ -31,3 +31,15 @@ def test_dotted_overrides() -> None:
     assert cfg.emg_mae.patch == 100 and cfg.embridge.cascle.tau == 0.5
     with pytest.raises(InvalidValueError, match=r"emg_mae\.patches"):
         override(PoseAlignConfig(), {"emg_mae.patches": 100})
+
+
+def test_yaml_exponents_become_floats_and_bad_numbers_name_the_key(tmp_path) -> None:
+    from emgcore.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("emg_mae: {lr: 1e-4, weight_decay: 0}\n")  # PyYAML: "1e-4" is a string
+    cfg = load_yaml(PoseAlignConfig, path)
+    assert cfg.emg_mae.lr == 1e-4 and isinstance(cfg.emg_mae.weight_decay, float)
+    path.write_text("emg_mae: {lr: fast}\n")
+    with pytest.raises(InvalidValueError, match=r"emg_mae\.lr.*expected a number, got 'fast'"):
+        load_yaml(PoseAlignConfig, path)

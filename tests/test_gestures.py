@@ -1,15 +1,23 @@
-"""Paired windows and Table 1's gesture splits, on the emg2pose-like simulator and on real-format
-emg2pose files (metadata.csv decides the split there)."""
+"""Paired windows and Table 1's gesture splits, on the emg2pose-like simulator, on real-format
+emg2pose files (metadata.csv decides the split there) and on NinaPro DB2/DB7-format files."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from emgcore.errors import InvalidValueError
+from emgcore.config import load_yaml
+from emgcore.data import open_dataset
+from emgcore.errors import InvalidValueError, MissingFieldError
+from emgcore.experiment import resolve_config
 from emgcore.gestures import (
     IN_DIST,
+    NINAPRO_IN_DIST,
+    NINAPRO_JOINTS,
+    NINAPRO_UNSEEN,
     ROLES,
     UNSEEN,
     GestureConfig,
@@ -17,6 +25,7 @@ from emgcore.gestures import (
     rotate_channels,
     windows,
 )
+from emgcore.posealign import PoseAlignConfig
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +115,88 @@ def test_pretrain_fraction_keeps_a_share_of_each_stages_sessions(recordings) -> 
     assert len(half["eval"]) == len(gesture_splits(recordings, GestureConfig(tune_users=1))["eval"])
     with pytest.raises(ValueError, match="pretrain_fraction"):
         GestureConfig(pretrain_fraction=0.0)
+
+
+# -- NinaPro DB2 -> DB7 ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ninapro(ninapro_root):
+    return open_dataset(ninapro_root)
+
+
+@pytest.fixture(scope="module")
+def ninapro_cfg() -> GestureConfig:
+    return load_yaml(PoseAlignConfig, resolve_config("posealign-ninapro")).gestures
+
+
+def test_ninapro_preset_is_the_papers_split(ninapro_cfg) -> None:
+    assert ninapro_cfg.benchmark == "ninapro" and ninapro_cfg.mains_hz == 50.0
+    assert dict(ninapro_cfg.in_dist) == NINAPRO_IN_DIST
+    assert dict(ninapro_cfg.unseen) == NINAPRO_UNSEEN
+    assert ninapro_cfg.joints == NINAPRO_JOINTS and len(NINAPRO_JOINTS) == 18
+
+
+def test_ninapro_windows_lie_inside_one_repetition_of_one_movement(ninapro, ninapro_cfg) -> None:
+    rec = next(r for r in ninapro if r.meta["database"] == "db2" and r.meta["exercise"] == 2)
+    w = windows([rec], ninapro_cfg)
+    g, rep = rec.labels["gesture"], rec.labels["repetition"]
+    names = rec.label_names["gesture"]
+    # the reference: walk the runs of one label and one repetition, windows back to back
+    n = round(ninapro_cfg.window_s * rec.fs)
+    bounds = np.r_[0, np.flatnonzero(np.diff(g) | np.diff(rep)) + 1, len(g)]
+    starts = [s for a, b in itertools.pairwise(bounds) for s in range(a, b - n + 1, n)]
+    assert len(starts) == len(w) > 0
+    assert [names[g[s]] for s in starts] == list(w.stage)
+    assert list(w.session) == [f"A1/rep{rep[s]}" for s in starts]
+    # cut after filtering the whole recording, then instance-normalised per window
+    pipe = ninapro_cfg.pipeline()
+    filtered = np.asarray(pipe.apply(rec).emg, np.float32)
+    want = pipe.apply_windows(np.stack([filtered[s : s + n] for s in starts[:3]]))
+    np.testing.assert_allclose(w.emg[:3].numpy(), want, atol=1e-5)
+    assert {s[0] for s in w.stage} <= {"C", "r"}  # exercise C's grasps, or rest
+    # the pose: the 18 shared sensors, each standardised over its recording
+    assert w.pose.shape[2] == 18
+
+
+def test_ninapro_splits_follow_the_paper(ninapro, ninapro_cfg) -> None:
+    s = gesture_splits(ninapro, ninapro_cfg)
+    pre, tune, ev = s["pretrain"], s["tune"], s["eval"]
+    assert set(pre.user) == {"S1", "S2"} and len(pre) > 0  # DB2's subjects
+    assert not set(pre.stage) & {"B1", "B5", "B10", "B15"}  # unseen movements left out
+    assert {"C1", "C5", "C10", "C15", "B2", "D1"} <= set(pre.stage)  # the rest is kept
+    db7_users = {f"S{i}" for i in range(1, 6)}
+    assert len(set(tune.user)) == 3 and set(tune.user) < db7_users
+    probe_users = set(s["probe_train_in"].user) | set(s["probe_train_unseen"].user)
+    assert not set(tune.user) & (probe_users | set(ev.user))
+    # within each movement, sessions (subject x repetition) go to probe-training or to eval
+    for role, classes in (
+        ("probe_train_in", NINAPRO_IN_DIST),
+        ("probe_train_unseen", NINAPRO_UNSEEN),
+    ):
+        probe = s[role]
+        assert set(probe.stage) == set(classes)
+        assert not {*zip(probe.user, probe.session, probe.stage, strict=True)} & {
+            *zip(ev.user, ev.session, ev.stage, strict=True)
+        }
+    assert set(ev.stage) == set(NINAPRO_IN_DIST) | set(NINAPRO_UNSEEN)
+    assert set(ev.labels(NINAPRO_IN_DIST)) == {-1, 0, 1, 2, 3}
+    # each recording's glove channels are standardised (DB2's glove reads 1.3 x + 20)
+    for role in ("pretrain", "eval"):
+        assert abs(float(s[role].pose.mean())) < 0.5
+
+
+def test_ninapro_benchmark_errors_name_the_fix(ninapro, ninapro_cfg) -> None:
+    from dataclasses import replace
+
+    db7 = [r for r in ninapro if r.meta["database"] == "db7"]
+    with pytest.raises(InvalidValueError, match=r"pre-trains on DB2 and evaluates on DB7"):
+        gesture_splits(db7, ninapro_cfg)
+    with pytest.raises(MissingFieldError, match=r"gestures.benchmark: ninapro") as info:
+        gesture_splits(ninapro, GestureConfig())
+    assert "S1_E1_A1.mat" in str(info.value)
+    with pytest.raises(MissingFieldError, match=r"no joint\(s\) \['index_dip'\]") as info:
+        gesture_splits(ninapro, replace(ninapro_cfg, joints=("index_mcp", "index_dip")))
+    assert "DB7" in str(info.value)
+    with pytest.raises(InvalidValueError, match=r"22 pose channels where earlier recordings"):
+        windows(db7[:1] + ninapro[:1], replace(ninapro_cfg, joints=()))
+    with pytest.raises(InvalidValueError, match=r"5 DB7 subjects cannot give 5 tune"):
+        gesture_splits(ninapro, replace(ninapro_cfg, tune_users=5))

@@ -20,7 +20,7 @@ from emgcore.data import (
     write_emg2pose,
 )
 from emgcore.data.emg2pose import DTYPE, JOINTS
-from emgcore.data.ninapro import DB8_DOA_MATRIX
+from emgcore.data.ninapro import DB8_DOA_MATRIX, GLOVE_18, SPECS
 from emgcore.errors import (
     EmgDataError,
     FormatError,
@@ -215,6 +215,55 @@ def test_ninapro_missing_key_and_bad_name(tmp_path: Path) -> None:
     junk.write_bytes(b"not a mat file at all" * 10)
     with pytest.raises(FormatError, match=r"S1_E1_A3.mat"):
         load_ninapro(junk)
+
+
+@pytest.mark.parametrize(
+    ("db", "exercise", "file_ids", "want"),
+    [
+        ("db2", 2, [0, 1, 5, 23], [0, 18, 22, 40]),  # exercise C numbered from 1: shifted
+        ("db2", 2, [0, 18, 22, 40], [0, 18, 22, 40]),  # database-wide already: kept
+        ("db2", 3, [0, 1, 9], [0, 41, 49]),  # exercise D
+        ("db7", 1, [0, 1, 17], [0, 1, 17]),  # exercise B starts at 1 either way
+        ("db4", 2, [0, 13, 29], [0, 13, 29]),  # DB4's B follows its exercise A (12 movements)
+    ],
+)
+def test_movement_ids_are_database_wide_and_named(tmp_path, db, exercise, file_ids, want) -> None:
+    stim = np.repeat(file_ids, 4000 // len(file_ids) + 1)[:4000, None].astype(float)
+    path = write_ninapro(tmp_path / f"S2_E{exercise}_A1.mat", db, restimulus=stim)
+    rec = load_ninapro(path)
+    ids = np.unique(rec.labels["gesture"])
+    assert ids.tolist() == want
+    names = [rec.label_names["gesture"][i] for i in ids]
+    letter = SPECS[db].exercises[exercise - 1]
+    assert names[0] == "rest" and all(n[0] == letter for n in names[1:])
+    assert names[1:] == [f"{letter}{i - SPECS[db].offset(exercise)}" for i in want[1:]]
+
+
+@pytest.mark.parametrize(
+    ("ids", "match"),
+    [([0, 18, 20], "fit both"), ([0, 3, 30], "fit neither"), ([0, 50], "fit neither")],
+)
+def test_movement_ids_that_fit_no_numbering_are_an_error(tmp_path, ids, match) -> None:
+    stim = np.repeat(ids, 4000 // len(ids) + 1)[:4000, None].astype(float)
+    path = write_ninapro(tmp_path / "S1_E2_A1.mat", "db2", restimulus=stim)
+    with pytest.raises(InvalidValueError, match=match) as info:
+        load_ninapro(path)
+    assert "S1_E2_A1.mat" in str(info.value) and "'restimulus'" in str(info.value)
+
+
+def test_gloves_are_named_and_db2_db7_share_eighteen_sensors(tmp_path: Path) -> None:
+    db2 = load_ninapro(write_ninapro(tmp_path / "S1_E1_A1.mat", "db2"))
+    db7 = load_ninapro(write_ninapro(tmp_path / "S2_E1_A1.mat", "db7"))
+    assert len(db2.joint_names) == 22 and len(db7.joint_names) == 18
+    assert set(db7.joint_names) < set(db2.joint_names)
+    assert set(db2.joint_names) - set(db7.joint_names) == {
+        f"{f}_dip" for f in ("index", "middle", "ring", "little")
+    }
+    # DB8's 18 columns carry the same names under KinEMbed's DoA matrix: index MCP / PIP
+    assert np.flatnonzero(DB8_DOA_MATRIX[2]).tolist() == [
+        GLOVE_18.index("index_mcp"),
+        GLOVE_18.index("index_pip"),
+    ]
 
 
 # -- bring your own data ------------------------------------------------------------------------

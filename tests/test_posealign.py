@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 
+from emgcore.config import to_dict
 from emgcore.cpep import CPEPConfig
 from emgcore.embridge import EMBridgeConfig
 from emgcore.gestures import GestureConfig, gesture_splits
@@ -81,6 +83,33 @@ def test_report_writes_tables_and_figures(emg2pose_sim, tmp_path) -> None:
     f1 = (tmp_path / "zs_unseen_f1.csv").read_text()
     assert "counting_wiggling" in f1
     assert "cpep" in paths["table"].read_text()
+
+
+def test_ninapro_db2_to_db7_benchmark_runs_end_to_end(ninapro_root, tmp_path, capsys) -> None:
+    """EMBridge's second benchmark through the CLI: DB2 pre-training, DB7 probes and zero-shot,
+    the tiny models of posealign-smoke with the NinaPro split of posealign-ninapro."""
+    from emgcore.__main__ import main
+    from emgcore.config import load_yaml
+    from emgcore.experiment import resolve_config
+
+    cfg = load_yaml(PoseAlignConfig, resolve_config("posealign-ninapro"))
+    sizes = load_yaml(PoseAlignConfig, resolve_config("posealign-smoke"))
+    out = tmp_path / "out"
+    args = ["posealign", "--data", str(ninapro_root), "--out", str(out)]
+    args += ["--config", "posealign-ninapro", "--methods", "cpep,embridge"]
+    for section in ("emg_mae", "pose_mae", "cpep", "embridge"):
+        args += ["--set", f"{section}={json.dumps(to_dict(getattr(sizes, section)))}"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "windows: pretrain" in printed
+    table = (out / "table2.txt").read_text()
+    assert "cpep" in table and "embridge" in table
+    # the pose upper bound separates the simulated movements (chance 0.25)
+    scores = (out / "scores.csv").read_text()
+    assert "pose_mae_upper_bound" in scores
+    assert cfg.gestures.benchmark == "ninapro"
+    assert main([*args, "--set", "embridge.n_query=3"]) == 2
+    assert "embridge.n_query" in capsys.readouterr().err
 
 
 def test_cli_writes_the_report(tmp_path, capsys) -> None:

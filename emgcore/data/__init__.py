@@ -57,10 +57,11 @@ def open_dataset(spec: str | Path, **preset_overrides: object) -> list[Recording
         return load_myoarmband(path)
     elif (path / "arraymap.mat").exists():
         return load_flexemg(path)
-    elif mats := sorted(path.glob("S*_E*_A*.mat")):
-        return [load_ninapro(m) for m in mats]
+    elif mats := sorted(path.glob("S*_E*_A*.mat")) or sorted(path.glob("*/S*_E*_A*.mat")):
+        return [load_ninapro(m) for m in mats]  # one folder, or one per database (DB2/, DB7/)
     raise FormatError(
         "cannot tell the format: expected an emg2pose folder (metadata.csv), a BYOD folder "
-        "(sessions.csv), NinaPro S*_E*_A*.mat files, myoarmband or flexemg",
+        "(sessions.csv), NinaPro S*_E*_A*.mat files (here or one folder down), myoarmband or "
+        "flexemg",
         source=path,
     )

@@ -5,6 +5,18 @@ be sliced on disk, so only the variables needed are read (``variable_names``; DB
 columns are skipped). DB8's 18 CyberGlove channels map to KinEMbed's 5 degrees of actuation with
 the matrix of its eq. 6 (Krasoulis et al. 2019). ``restimulus``/``rerepetition`` (relabelled to
 the actual movement) become the ``gesture``/``repetition`` labels.
+
+Movement ids. NinaPro numbers movements per database across its exercises (A: 12 basic finger
+movements, B: 17 isometric/isotonic hand and wrist movements, C: 23 grasps, D: 9 force
+patterns): DB2's exercise files E1, E2, E3 are B, C, D with ids 1-17, 18-40, 41-49. Some copies
+of the files number each exercise from 1 instead. ``gesture`` labels are always the database-wide
+id (exercise-local files are shifted, detected from the label range), and
+``label_names["gesture"]`` names every id by exercise letter and number within it (``"C5"`` is
+the fifth grasp), which is how the papers refer to them (EMBridge Sec. 3: "gestures 1, 5, 10 and
+15 from exercise B").
+
+Glove columns are named after the CyberGlove II sensors (18- or 22-sensor model, the
+manufacturer's order) so that DB2's 22 and DB7's 18 sensors can be matched by name.
 """
 
 from __future__ import annotations
@@ -44,19 +56,67 @@ DOA_NAMES = (
 )
 
 
+# CyberGlove II sensors in the order the glove streams them (manufacturer's reference manual).
+# The 18-sensor model has no distal (DIP) sensors on the four fingers.
+GLOVE_22 = (
+    "thumb_rotation",
+    "thumb_mcp",
+    "thumb_ip",
+    "thumb_index_abduction",
+    "index_mcp",
+    "index_pip",
+    "index_dip",
+    "middle_mcp",
+    "middle_pip",
+    "middle_dip",
+    "middle_index_abduction",
+    "ring_mcp",
+    "ring_pip",
+    "ring_dip",
+    "ring_middle_abduction",
+    "little_mcp",
+    "little_pip",
+    "little_dip",
+    "little_ring_abduction",
+    "palm_arch",
+    "wrist_flexion",
+    "wrist_abduction",
+)
+GLOVE_18 = tuple(n for n in GLOVE_22 if not n.endswith("_dip"))
+
+# Exercises and their movement counts; per database, the exercise letter of each E<e> file.
+EXERCISE_SIZE = {"A": 12, "B": 17, "C": 23, "D": 9}
+
+
 @dataclass(frozen=True)
 class NinaProSpec:
     n_emg: int
     n_glove: int | None
     device: str
     layout: str  # how the electrodes sit
+    exercises: str  # exercise letter of file E1, E2, ...; "" when the movement set is its own
+
+    @property
+    def glove_names(self) -> tuple[str, ...]:
+        return {18: GLOVE_18, 22: GLOVE_22}.get(self.n_glove or 0, ())
+
+    def movement_names(self) -> tuple[str, ...]:
+        """Name of every database-wide movement id: ``("rest", "B1", ..., "C23", ...)``."""
+        return (
+            "rest",
+            *(f"{x}{i}" for x in self.exercises for i in range(1, EXERCISE_SIZE[x] + 1)),
+        )
+
+    def offset(self, exercise: int) -> int:
+        """Database-wide id of movement 0 of file ``E<exercise>``."""
+        return sum(EXERCISE_SIZE[x] for x in self.exercises[: exercise - 1])
 
 
 SPECS = {
-    "db8": NinaProSpec(16, 18, "Delsys Trigno IM", "two rings of 8"),
-    "db2": NinaProSpec(12, 22, "Delsys Trigno", "ring of 8 + 4 on muscle spots"),
-    "db7": NinaProSpec(12, 18, "Delsys Trigno IM", "ring of 8 + 4 on muscle spots"),
-    "db4": NinaProSpec(12, None, "Cometa Wave Plus", "ring of 8 + 4 on muscle spots"),
+    "db8": NinaProSpec(16, 18, "Delsys Trigno IM", "two rings of 8", ""),
+    "db2": NinaProSpec(12, 22, "Delsys Trigno", "ring of 8 + 4 on muscle spots", "BCD"),
+    "db7": NinaProSpec(12, 18, "Delsys Trigno IM", "ring of 8 + 4 on muscle spots", "BC"),
+    "db4": NinaProSpec(12, None, "Cometa Wave Plus", "ring of 8 + 4 on muscle spots", "ABC"),
 }
 FS = 2000.0  # all four are 2 kHz (DB8 upsampled from 1111 Hz); files carry no reliable rate
 NAME = re.compile(r"^S(\d+)_E(\d+)_A(\d+)\.mat$", re.IGNORECASE)
@@ -65,11 +125,12 @@ NAME = re.compile(r"^S(\d+)_E(\d+)_A(\d+)\.mat$", re.IGNORECASE)
 def load_ninapro(
     path: str | Path,
     db: Literal["db8", "db2", "db7", "db4"] | None = None,
-    kinematics: Literal["doa", "glove", "none"] = "doa",
+    kinematics: Literal["auto", "doa", "glove", "none"] = "auto",
 ) -> Recording:
     """One NinaPro file. ``db`` is inferred from the channel counts when not given.
 
-    ``kinematics="doa"`` (DB8 only) gives KinEMbed's 5 DoA; ``"glove"`` the raw glove columns.
+    ``kinematics="doa"`` (DB8 only) gives KinEMbed's 5 DoA; ``"glove"`` the raw glove columns,
+    named (:data:`GLOVE_22`, :data:`GLOVE_18`); ``"auto"`` the DoA for DB8, the glove otherwise.
     """
     path = require_file(path, "NinaPro file")
     m = NAME.match(path.name)
@@ -107,9 +168,11 @@ def load_ninapro(
             field="frequency",
         )
     labels = {
-        "gesture": _labels(mat, "restimulus", n, path),
+        "gesture": _movement_ids(_labels(mat, "restimulus", n, path), spec, exercise, path),
         "repetition": _labels(mat, "rerepetition", n, path),
     }
+    if kinematics == "auto":
+        kinematics = "doa" if db == "db8" else "glove"
 
     kin, names, unit = None, (), ""
     if kinematics != "none" and spec.n_glove is not None:
@@ -132,7 +195,7 @@ def load_ninapro(
                 )
             kin, names = glove @ DB8_DOA_MATRIX.T, DOA_NAMES
         else:
-            kin, names = glove, tuple(f"glove_{i}" for i in range(spec.n_glove))
+            kin, names = glove.astype(np.float32), spec.glove_names
         unit = "deg"
     return Recording(
         emg=emg.astype(np.float32),
@@ -146,8 +209,47 @@ def load_ninapro(
         joint_names=names,
         kinematics_unit=unit,
         labels=labels,
+        label_names={"gesture": spec.movement_names()} if spec.exercises else {},
         meta={"database": db, "exercise": exercise, "electrodes": spec.layout},
         fingerprint=file_fingerprint(path, "ninapro", db, kinematics),
+    )
+
+
+def _movement_ids(labels: np.ndarray, spec: NinaProSpec, exercise: int, path: Path) -> np.ndarray:
+    """``restimulus`` as database-wide movement ids (module docstring), whichever way the file
+    numbers them; labels that fit neither numbering are an error, not a guess."""
+    if not spec.exercises:  # DB8: one exercise, its own movement set
+        return labels
+    if not 1 <= exercise <= len(spec.exercises):
+        raise InvalidValueError(
+            f"exercise {exercise} does not exist in this database (E1-E{len(spec.exercises)})",
+            source=path,
+            field="filename",
+        )
+    size, off = EXERCISE_SIZE[spec.exercises[exercise - 1]], spec.offset(exercise)
+    moving = labels[labels != 0]
+    if moving.size == 0:
+        return labels
+    lo, hi = int(moving.min()), int(moving.max())
+    wide = lo > off and hi <= off + size  # database-wide ids
+    local = lo >= 1 and hi <= size  # numbered from 1 within the exercise
+    if wide and (not local or off == 0):
+        return labels
+    if local and not wide:
+        return np.where(labels != 0, labels + off, 0)
+    where = f"exercise {spec.exercises[exercise - 1]} (file E{exercise})"
+    if wide and local:
+        raise InvalidValueError(
+            f"movement ids {lo}-{hi} of {where} fit both its database-wide ids "
+            f"{off + 1}-{off + size} and its own 1-{size}; cannot tell which",
+            source=path,
+            field="restimulus",
+        )
+    raise InvalidValueError(
+        f"movement ids {lo}-{hi} fit neither {where}'s database-wide ids {off + 1}-{off + size} "
+        f"nor its own 1-{size}",
+        source=path,
+        field="restimulus",
     )
 
 

@@ -4,7 +4,8 @@ A trial trains, on the pre-training windows, the MAEs and the method its sweep s
 sweeps judge the MAEs by the CPEP they enable, as CPEP Fig. 3 does), then reports the selection
 metric ``tune_zs_bacc``: zero-shot balanced accuracy on the tune subset. The final run retrains
 the winner once per seed, scores zero-shot on the evaluation subset (``eval_zs_bacc``, mean +-
-std over seeds), logs emgcore's tables and figures, and registers the model:
+std over seeds; also ``eval_lp_in_dist``, ``eval_zs_unseen``, ...), logs emgcore's tables and
+figures, and registers the model (a study's runs, ``spec["registry"] = None``, only score):
 
 * ``cpep`` / ``embridge``: the aligned EMG embedder (:class:`emgcore.posealign.Embedder`); the
   champion moves only if it scores better on the same evaluation subset (the champion is loaded
@@ -43,6 +44,7 @@ from emgcore.posealign import (
     PoseAlignConfig,
     load_model,
     save_model,
+    score,
     train_all,
     zero_shot_score,
 )
@@ -112,8 +114,8 @@ def train_loop(spec: dict[str, Any]) -> None:
                     splits["pretrain"], cfg, hooks=hooks, parallel=parallel, pretrained=pretrained
                 )
             )
-            score = zero_shot_score(enc.retrieve[method], enc.pose[method], splits["tune"], cfg)
-            summary = {"tune_zs_bacc": score}
+            tune = zero_shot_score(enc.retrieve[method], enc.pose[method], splits["tune"], cfg)
+            summary = {"tune_zs_bacc": tune}
         summary |= {"loop_s": time.perf_counter() - t_start, "done": True, **_placement()}
         if log is not None:
             log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
@@ -143,7 +145,7 @@ def _final(
     from emgcore.posereport import evaluate, write
 
     method = TARGET[spec["method"]]
-    scores, first = [], None
+    scores, per_task, first = [], [], None
     for seed in cfg.seeds:
         enc = _cpu(
             train_all(
@@ -151,19 +153,33 @@ def _final(
             )
         )
         scores.append(zero_shot_score(enc.retrieve[method], enc.pose[method], splits["eval"], cfg))
+        # linear probe and zero-shot per class set: the rows of Table 2 (and a study's curves)
+        per_task.append(
+            {
+                f"eval_{kind}_{r['task']}": r[f"{kind}_bacc"]
+                for r in score(enc, splits, cfg)
+                if r["method"] == method
+                for kind in ("lp", "zs")
+            }
+        )
         first = first or enc
     out: dict[str, Any] = {
         "eval_zs_bacc": float(np.mean(scores)),
         "eval_zs_bacc_std": float(np.std(scores)),
         "scores": ",".join(f"{s:.6f}" for s in scores),
     }
+    for k in per_task[0]:
+        values = [t[k] for t in per_task]
+        out |= {k: float(np.mean(values)), f"{k}_std": float(np.std(values))}
     if rank != 0 or tracker is None or run_id is None or first is None:
         return out
-    with tempfile.TemporaryDirectory() as d:
-        write(evaluate(first, splits, cfg, draws=3), d)
-        for f in sorted(Path(d).iterdir()):
-            tracker.log_artifact(run_id, f, "report")
-    out |= _register(spec, cfg, splits["eval"], first, tracker, run_id, out["eval_zs_bacc"])
+    if spec.get("report", True):
+        with tempfile.TemporaryDirectory() as d:
+            write(evaluate(first, splits, cfg, draws=3), d)
+            for f in sorted(Path(d).iterdir()):
+                tracker.log_artifact(run_id, f, "report")
+    if spec.get("registry"):  # a study registers nothing
+        out |= _register(spec, cfg, splits["eval"], first, tracker, run_id, out["eval_zs_bacc"])
     return out
 
 

@@ -13,6 +13,14 @@ Schema (every method's file has the same shape)::
         fixed:  {dotted.key: value}         # held constant in this stage
         inherit: [earlier, stages]          # their winners are fixed here
         budget: 20                          # trials drawn when the stage has ``choice`` keys
+    studies:                    # optional: ``sweep.py <method> --study <name>``
+      data_efficiency:
+        grid:  {gestures.pretrain_fraction: [0.2, 0.6, 1.0]}
+        fixed: {dotted.key: value}
+
+A study runs every point of its grid like a sweep's final run (retrained per seed, scored on the
+held-out data) and plots the scores against the grid, without picking or registering a winner:
+the papers' data-efficiency and batch-size figures.
 
 Dotted keys address fields of the method's configuration dataclass (``kinembed.lr`` is
 ``ExperimentConfig.kinembed.lr``); a key that names no field, a stage that inherits from a later
@@ -44,8 +52,9 @@ CONFIGS: dict[str, type] = {
     "cpep": PoseAlignConfig,
     "embridge": PoseAlignConfig,
 }
-_TOP = {"method", "metric", "mode", "subjects", "stages"}
+_TOP = {"method", "metric", "mode", "subjects", "stages", "studies"}
 _STAGE = {"name", "grid", "choice", "fixed", "inherit", "budget"}
+_STUDY = {"grid", "fixed"}
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,26 @@ class SearchSpace:
     stages: tuple[Stage, ...]
     subjects: tuple[str, ...] = ()
     source: str = ""
+    studies: Mapping[str, Stage] = field(default_factory=dict)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
 
+    def study(self, name: str) -> Stage:
+        if name not in self.studies:
+            raise InvalidValueError(
+                f"no study {name!r}; this space has {sorted(self.studies) or 'none'}",
+                source=self.source,
+                field="--study",
+            )
+        return self.studies[name]
+
     def digest(self) -> str:
-        """Content hash of the resolved space (a tag on every run it produced)."""
-        blob = json.dumps(dataclasses.asdict(self) | {"source": ""}, sort_keys=True, default=str)
+        """Content hash of the resolved space's stages (a tag on every run they produced);
+        studies are left out, so adding one does not orphan a sweep in progress."""
+        fields = dataclasses.asdict(self) | {"source": ""}
+        del fields["studies"]
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -128,18 +150,7 @@ def load(path: str | Path) -> SearchSpace:
         earlier = {s.name for s in stages}
         if missing := [n for n in inherit if n not in earlier]:
             raise bad(f"inherits {missing}, which is not an earlier stage", f"{where}.inherit")
-        parts: dict[str, dict[str, Any]] = {}
-        for part in ("grid", "choice", "fixed"):
-            values = raw.get(part) or {}
-            if not isinstance(values, Mapping):
-                raise bad("must be a mapping of dotted keys", f"{where}.{part}")
-            parts[part] = {}
-            for key, v in values.items():
-                _check_key(cls, key, path, f"{where}.{part}.{key}")
-                if part != "fixed":
-                    if not isinstance(v, list) or not v:
-                        raise bad("must be a non-empty list of values", f"{where}.{part}.{key}")
-                parts[part][key] = tuplify(v)
+        parts = _parts(raw, ("grid", "choice", "fixed"), cls, path, where)
         keys = [k for p in parts.values() for k in p]
         if dup := {k for k in keys if keys.count(k) > 1}:
             raise bad(f"key(s) {sorted(dup)} appear in more than one of grid/choice/fixed", where)
@@ -149,17 +160,58 @@ def load(path: str | Path) -> SearchSpace:
                 "a stage with 'choice' keys needs a positive integer budget", f"{where}.budget"
             )
         stage = Stage(raw["name"], parts["grid"], parts["choice"], parts["fixed"], inherit, budget)
-        # every value must build a valid config: each alone (naming its key), then together
-        for key, values in {**stage.grid, **stage.choice}.items():
-            for v in values:
-                _check_values(cls, {**stage.fixed, key: v}, path, f"{where}.{key}")
-        for point in [*stage.grid_points()[:1], {}]:
-            _check_values(cls, {**stage.fixed, **point}, path, where)
+        _check_stage(cls, stage, path, where)
         stages.append(stage)
     if not stages:
         raise bad("needs at least one stage", "stages")
+    studies: dict[str, Stage] = {}
+    raw_studies = data.get("studies") or {}
+    if not isinstance(raw_studies, Mapping):
+        raise bad("must map study names to {grid, fixed}", "studies")
+    for name, raw in raw_studies.items():
+        where = f"studies.{name}"
+        if not isinstance(raw, Mapping) or not raw.get("grid"):
+            raise bad("a study is a mapping with a non-empty 'grid'", where)
+        if unknown := set(raw) - _STUDY:
+            raise bad(f"unknown key(s) {sorted(unknown)}; known: {sorted(_STUDY)}", where)
+        parts = _parts(raw, ("grid", "fixed"), cls, path, where)
+        studies[str(name)] = Stage(str(name), parts["grid"], fixed=parts["fixed"])
+        _check_stage(cls, studies[str(name)], path, where)
     subjects = tuple(str(s) for s in data.get("subjects") or ())
-    return SearchSpace(method, data["metric"], data["mode"], tuple(stages), subjects, str(path))
+    return SearchSpace(
+        method, data["metric"], data["mode"], tuple(stages), subjects, str(path), studies
+    )
+
+
+def _parts(
+    raw: Mapping[str, Any], names: tuple[str, ...], cls: type, path: Path, where: str
+) -> dict[str, dict[str, Any]]:
+    """A stage's or study's ``grid`` / ``choice`` / ``fixed`` mappings, keys checked."""
+    parts: dict[str, dict[str, Any]] = {}
+    for part in names:
+        values = raw.get(part) or {}
+        if not isinstance(values, Mapping):
+            raise InvalidValueError(
+                "must be a mapping of dotted keys", source=path, field=f"{where}.{part}"
+            )
+        parts[part] = {}
+        for key, v in values.items():
+            _check_key(cls, key, path, f"{where}.{part}.{key}")
+            if part != "fixed" and (not isinstance(v, list) or not v):
+                raise InvalidValueError(
+                    "must be a non-empty list of values", source=path, field=f"{where}.{part}.{key}"
+                )
+            parts[part][key] = tuplify(v)
+    return parts
+
+
+def _check_stage(cls: type, stage: Stage, path: Path, where: str) -> None:
+    """Every value must build a valid config: each alone (naming its key), then together."""
+    for key, values in {**stage.grid, **stage.choice}.items():
+        for v in values:
+            _check_values(cls, {**stage.fixed, key: v}, path, f"{where}.{key}")
+    for point in [*stage.grid_points()[:1], {}]:
+        _check_values(cls, {**stage.fixed, **point}, path, where)
 
 
 def _check_key(cls: type, key: str, path: Path, where: str) -> None:

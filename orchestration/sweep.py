@@ -9,6 +9,10 @@ session; the pose family: the evaluation users), logged to MLflow and registered
 ``champion`` alias moves only on improvement. ``cpep`` and ``embridge`` start from the registered
 ``mae-emg@champion`` and ``mae-pose@champion`` (pre-training them first when missing).
 
+``--study NAME`` runs one of the space's studies instead (e.g. ``data_efficiency``): every point
+of its grid retrained per seed and scored like the final run, tabulated and plotted against the
+grid, nothing selected or registered.
+
 Laptop: local Ray in-process, MLflow in ``./mlflow.db``, Ray results in ``./ray_results``.
 Cluster: the same command through ``ray job submit``, with ``RAY_ADDRESS``/``--address``,
 ``MLFLOW_TRACKING_URI``/``--tracking-uri`` and a shared ``--storage-path``.
@@ -101,6 +105,7 @@ class Options:
     cache: str | None = None
     registry_name: str | None = None
     skip_final: bool = False
+    study: str | None = None
 
 
 def parse(argv: Sequence[str] | None) -> Options:
@@ -180,6 +185,13 @@ def parse(argv: Sequence[str] | None) -> Options:
         action="store_true",
         help="stop after the stages: no retraining, held-out evaluation or registration",
     )
+    p.add_argument(
+        "--study",
+        default=None,
+        metavar="NAME",
+        help="run one of the search space's studies (e.g. data_efficiency, batch_size) instead "
+        "of its stages: every point scored like the final run and plotted; nothing registered",
+    )
     a = p.parse_args(argv)
     return Options(
         method=a.method,
@@ -202,6 +214,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         cache=a.cache,
         registry_name=a.registry_name,
         skip_final=a.skip_final,
+        study=a.study,
     )
 
 
@@ -225,6 +238,8 @@ class Sweep:
         self.space = spaces.load(path)
         if unknown := set(opts.stages) - {s.name for s in self.space.stages}:
             raise EmgDataError(f"unknown stage(s) {sorted(unknown)}", source=path, field="--stages")
+        if opts.study:
+            self.space.study(opts.study)  # fails early, naming the space's studies
         self.uri = tracking.resolve_uri(opts.tracking_uri)
         tracking.check_reachable(self.uri)  # one line and exit 2 when down
         self.tracker = tracking.Tracker(self.uri)
@@ -285,14 +300,17 @@ class Sweep:
         try:
             self._check_subjects(state)
             self.mae = self._mae_dependency(state, parent, tags)
-            for stage in self.space.stages:
+            if state.get("study"):
+                self._run_study(self.space.study(state["study"]), state, parent, tags)
+            for stage in self.space.stages if not state.get("study") else ():
                 if self.opts.stages and stage.name not in self.opts.stages:
                     continue
                 if state["stages"].get(stage.name, {}).get("done"):
                     _print(f"stage {stage.name}: done in an earlier run, winner kept")
                     continue
                 self._run_stage(stage, state, parent, tags)
-            final = {} if self.opts.skip_final else self._final(state, parent, tags)
+            skip = self.opts.skip_final or state.get("study")
+            final = {} if skip else self._final(state, parent, tags)
             self._summary(state, final, time.time() - t0)
         except BaseException as e:
             if not (self.stop or isinstance(e, Interrupted | KeyboardInterrupt)):
@@ -319,7 +337,6 @@ class Sweep:
     # -- stages ----------------------------------------------------------------------------------
 
     def _run_stage(self, stage: spaces.Stage, state: dict, parent: str, tags: dict) -> None:
-        from ray import tune
 
         sid = state["sweep_id"]
         fixed = dict(stage.fixed)
@@ -337,46 +354,8 @@ class Sweep:
         self.tracker.log_params(run, {f"fixed.{k}": v for k, v in fixed.items()})
         _print(f"stage {stage.name}: {len(points)} trial(s); fixed {fixed or '-'}")
         trial_tags = {**tags, "emg.stage": stage.name}
-        base_spec = self._spec("cv", fixed, stage_key, run, trial_tags)
-        base_spec["storage"] = f"{self.storage}/{sid}/{stage.name}-train"
-        driver = tune.with_resources(launch.tune_driver, {"CPU": 0, "memory": 2**20})
-        param_space = {
-            "spec": base_spec,
-            "trainer": self._trainer_args(),
-            "overrides": tune.grid_search(points),
-        }
-        path = f"{self.storage}/{sid}/{stage.name}"
-        if tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(
-                path,
-                driver,
-                resume_unfinished=True,
-                resume_errored=True,
-            )
-        else:
-            tuner = tune.Tuner(
-                driver,
-                param_space=param_space,
-                # not reuse_actors: with a function trainable Ray 2.60 logs "Could not re-use
-                # actor ... requires reset_config()" and the stage can then hang (seen here)
-                tune_config=tune.TuneConfig(max_concurrent_trials=self.concurrency),
-                run_config=tune.RunConfig(
-                    name=stage.name,
-                    storage_path=f"{self.storage}/{sid}",
-                    callbacks=[_Progress(stage.name, self.space.metric)],
-                    verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0),
-                ),
-            )
-        launch.release_leaked_placement_groups()
-        self.in_tune = True
-        try:
-            grid = tuner.fit()
-        finally:
-            self.in_tune = False
-        if self.stop or grid.num_terminated + grid.num_errors < len(grid):
-            self.tracker.end(run, "KILLED")
-            raise Interrupted("the stage was interrupted")  # Tune saved it for --resume
+        spec = self._spec("cv", fixed, stage_key, run, trial_tags)
+        grid = self._tune(stage.name, spec, points, sid, run)
         rows = _leaderboard(grid, points, self.space.metric, self.space.mode)
         ok = [r for r in rows if r["status"] == "ok"]
         board = Path(self.storage_local(sid)) / f"leaderboard-{stage.name}.csv"
@@ -409,6 +388,92 @@ class Sweep:
             f"stage {stage.name}: best {metric} {best[metric]:+.4f} with "
             f"{json.loads(best['overrides'])}; {len(rows) - len(ok)} failed"
         )
+
+    def _tune(self, name: str, spec: dict, points: list[dict], sid: str, run: str) -> Any:
+        """One Tune experiment: a trial per point over ``spec``, resumed if it was interrupted.
+        Returns its ``ResultGrid``; an interrupted experiment ends ``run`` KILLED and raises."""
+        from ray import tune
+
+        spec["storage"] = f"{self.storage}/{sid}/{name}-train"
+        driver = tune.with_resources(launch.tune_driver, {"CPU": 0, "memory": 2**20})
+        param_space = {
+            "spec": spec,
+            "trainer": self._trainer_args(),
+            "overrides": tune.grid_search(points),
+        }
+        path = f"{self.storage}/{sid}/{name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(
+                path,
+                driver,
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+        else:
+            tuner = tune.Tuner(
+                driver,
+                param_space=param_space,
+                # not reuse_actors: with a function trainable Ray 2.60 logs "Could not re-use
+                # actor ... requires reset_config()" and the stage can then hang (seen here)
+                tune_config=tune.TuneConfig(max_concurrent_trials=self.concurrency),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=f"{self.storage}/{sid}",
+                    callbacks=[_Progress(name, self.space.metric)],
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+        launch.release_leaked_placement_groups()
+        self.in_tune = True
+        try:
+            grid = tuner.fit()
+        finally:
+            self.in_tune = False
+        if self.stop or grid.num_terminated + grid.num_errors < len(grid):
+            self.tracker.end(run, "KILLED")
+            raise Interrupted(f"{name} was interrupted")  # Tune saved it for --resume
+        return grid
+
+    # -- studies ---------------------------------------------------------------------------------
+
+    def _run_study(self, study: spaces.Stage, state: dict, parent: str, tags: dict) -> None:
+        """Every point of ``study`` retrained per seed and scored like the final run (no model
+        registered); the scores as a CSV table and a figure against the grid, in MLflow."""
+        sid, name = state["sweep_id"], f"study-{study.name}"
+        key, run_tags = f"{sid}/{name}", {**tags, "emg.stage": name}
+        run = self.tracker.open_run(self.exp, key, f"study {study.name}", run_tags, parent=parent)
+        seeds = SMOKE["seeds"] if self.opts.smoke else self.base.seeds
+        points = self._points(study)
+        self.tracker.log_params(
+            run, {f"fixed.{k}": v for k, v in study.fixed.items()} | {"study.seeds": list(seeds)}
+        )
+        spec = self._spec("final", dict(study.fixed), key, run, run_tags)
+        spec |= {"seeds": list(seeds), "subjects": state.get("subjects") or []}
+        spec |= {"registry": None, "report": False}  # a study scores; it registers nothing
+        _print(f"study {study.name}: {len(points)} point(s) x seeds {list(seeds)}")
+        grid = self._tune(name, spec, points, sid, run)
+        rows = _study_rows(grid, points, self.family.final_metric)
+        table = Path(self.storage_local(sid)) / f"{name}.csv"
+        _write_csv(table, rows)
+        files = [
+            table,
+            _study_plot(rows, study, self.family.final_metric, table.with_suffix(".png")),
+        ]
+        for f in filter(None, files):
+            self.tracker.log_artifact(run, f, "study")
+            self.tracker.log_artifact(parent, f, "study")
+        failed = [r for r in rows if r["status"] != "ok"]
+        self.tracker.end(run, "FAILED" if len(failed) == len(rows) else "FINISHED")
+        if len(failed) == len(rows):
+            raise RuntimeError(f"study {study.name}: every trial failed ({rows[0]['error']})")
+        state["study_table"] = str(table)
+        self._save_state(state)
+        metric = self.family.final_metric
+        for r in rows:
+            point = {k: r[k] for k in study.grid}
+            value = f"{r[metric]:+.4f} +- {r[metric + '_std']:.4f}" if r["status"] == "ok" else "-"
+            _print(f"study {study.name}: {point} {metric} {value} {r['error']}")
 
     def _points(self, stage: spaces.Stage) -> list[dict[str, Any]]:
         """The stage's grid, plus ``budget`` seeded draws from its ``choice`` keys."""
@@ -593,6 +658,8 @@ class Sweep:
         else:
             sid = f"{self.opts.method}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
             state = {"sweep_id": sid, "stages": {}, "started": time.time()}
+            if self.opts.study:
+                state["study"] = self.opts.study
         self.sweep_id = sid
         state.setdefault("stages", {})
         return state
@@ -659,13 +726,15 @@ class Sweep:
             "emg.space_hash": self.space.digest(),
             "emg.git_commit": tracking.git_commit(),
             "emg.data": self.opts.data,
-        }
+        } | ({"emg.study": state["study"]} if state.get("study") else {})
 
     def _summary(self, state: dict, final: dict[str, Any], seconds: float) -> None:
         metric = self.space.metric
         lines = ["", f"== sweep {state['sweep_id']} ({seconds / 60:.1f} min) =="]
         for name, st in state["stages"].items():
             lines.append(f"  {name:<14} {metric} {st['score']:+.4f}  {st['winner']}")
+        if state.get("study_table"):
+            lines.append(f"  study           {state['study']}: {state['study_table']} (+ .png)")
         if final:
             m, label = self.family.final_metric, self.family.final_label
             lines.append(
@@ -773,6 +842,69 @@ def _stage_plot(rows: list[dict], stage: str, metric: str, path: Path) -> Path |
     ax.set_yticks(range(len(ok)), labels, fontsize=7)
     ax.set_xlabel(metric)
     ax.set_title(f"stage {stage}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _study_rows(grid: Any, points: list[dict], metric: str) -> list[dict[str, Any]]:
+    """One row per study point, in grid order: the point, the final run's scores (``metric``
+    and every ``eval_*`` the trial reported, with their ``_std`` over seeds), status."""
+    order = {json.dumps(p, sort_keys=True): i for i, p in enumerate(points)}
+    rows = []
+    for r in grid:
+        point = (r.config or {}).get("overrides", {})
+        m = r.metrics or {}
+        scores = {
+            k: v
+            for k, v in m.items()
+            if (k.startswith(metric) or k.startswith("eval_")) and isinstance(v, int | float)
+        }
+        ok = r.error is None and bool(m.get("done")) and math.isfinite(scores.get(metric, math.nan))
+        error = "" if r.error is None else str(r.error).strip().splitlines()[-1][:300]
+        rows.append({**point, **dict(sorted(scores.items())), "status": "ok" if ok else "failed"})
+        rows[-1]["error"] = error
+        rows[-1]["_order"] = order.get(json.dumps(point, sort_keys=True), len(order))
+    rows.sort(key=lambda r: r.pop("_order"))
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # failed rows lack the scores
+    return [{k: r.get(k, math.nan) for k in keys} for r in rows]
+
+
+def _study_plot(rows: list[dict], study: spaces.Stage, metric: str, path: Path) -> Path | None:
+    """Each score (mean +- std over seeds) against the study's grid: numbers on a numeric axis
+    when the grid has one numeric key, else one tick per point."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(study.grid)
+    numeric = len(keys) == 1 and all(isinstance(r[keys[0]], int | float) for r in ok)
+    x = [r[keys[0]] for r in ok] if numeric else list(range(len(ok)))
+    scores = [k for k in ok[0] if not k.endswith("_std") and f"{k}_std" in ok[0]]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k in scores:
+        ax.errorbar(
+            x,
+            [r[k] for r in ok],
+            yerr=[r[f"{k}_std"] for r in ok],
+            marker="o",
+            capsize=3,
+            lw=2.5 if k == metric else 1.2,
+            label=k,
+        )
+    if numeric:
+        ax.set_xlabel(keys[0])
+    else:
+        ax.set_xticks(x, [", ".join(str(r[k]) for k in keys) for r in ok], fontsize=7)
+        ax.set_xlabel(", ".join(keys))
+    ax.set_ylabel("score (mean +- std over seeds)")
+    ax.set_title(f"study {study.name}")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

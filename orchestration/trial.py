@@ -220,7 +220,7 @@ def train_loop(spec: dict[str, Any]) -> None:
         if log is not None:
             log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
             log.flush()
-            if spec["mode"] == "final":
+            if spec["mode"] == "final" and spec.get("registry"):  # a study registers nothing
                 assert pipe_state is not None
                 summary |= _register(
                     spec, cfg, subjects, sessions, tracker, run_id, pipe_state, done

@@ -1,5 +1,6 @@
 """``sweep.py mae | cpep`` end to end on local Ray: trials selected by tune_zs_bacc, the final
-retrain per seed, the report artifacts, and the registry (``mae-emg``/``mae-pose``, ``cpep``)."""
+retrain per seed, the report artifacts, the registry (``mae-emg``/``mae-pose``, ``cpep``), and a
+study (``--study data_efficiency``) that scores without registering."""
 
 from __future__ import annotations
 
@@ -15,19 +16,18 @@ from tests.test_sweep import SWEEP, _client, _env
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.mlflow]
 
 
-def _run(tmp: Path, method: str, stage: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, method: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SWEEP), method, "--smoke", "--stages", stage,
-         "--cache", str(tmp / "cache")],
+        [sys.executable, str(SWEEP), method, "--smoke", *args, "--cache", str(tmp / "cache")],
         capture_output=True, text=True, timeout=1500, cwd=tmp, env=_env(),
     )  # fmt: skip
 
 
 def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
-    mae = _run(tmp_path, "mae", "pose_mask")
+    mae = _run(tmp_path, "mae", "--stages", "pose_mask")
     assert mae.returncode == 0, mae.stdout[-3000:] + mae.stderr[-3000:]
     assert "eval zero-shot" in mae.stdout and "mae-emg" in mae.stdout
-    cpep = _run(tmp_path, "cpep", "design")
+    cpep = _run(tmp_path, "cpep", "--stages", "design")
     assert cpep.returncode == 0, cpep.stdout[-3000:] + cpep.stderr[-3000:]
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -65,3 +65,26 @@ def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
     # the cpep sweep started from the MAEs the mae sweep registered, and says so
     parent = next(r for r in runs if r.info.run_name.startswith("sweep"))
     assert parent.data.params["mae.emg"] == "models:/mae-emg/1"
+
+    # a study: both ends of the data-efficiency grid, scored per seed, tabulated and plotted
+    study = _run(tmp_path, "cpep", "--study", "data_efficiency")
+    assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
+    assert "study data_efficiency: {'gestures.pretrain_fraction': 0.2} eval_zs_bacc" in study.stdout
+    assert int(c.get_model_version_by_alias("cpep", "champion").version) == 1  # none added
+    assert len(c.search_model_versions("name='cpep'")) == 1
+    runs = c.search_runs([exp.experiment_id], "tags.`emg.study` = 'data_efficiency'")
+    study_run = next(r for r in runs if r.info.run_name == "study data_efficiency")
+    names = {a.path for a in c.list_artifacts(study_run.info.run_id, "study")}
+    assert names == {"study/study-data_efficiency.csv", "study/study-data_efficiency.png"}
+    table = Path(c.download_artifacts(study_run.info.run_id, "study/study-data_efficiency.csv"))
+    import csv
+
+    rows = list(csv.DictReader(table.open()))
+    assert [float(r["gestures.pretrain_fraction"]) for r in rows] == [0.2, 1.0]
+    for r in rows:
+        assert r["status"] == "ok"
+        for k in ("eval_zs_bacc", "eval_lp_in_dist", "eval_lp_unseen", "eval_zs_unseen"):
+            assert 0.0 <= float(r[k]) <= 1.0 and float(r[k + "_std"]) >= 0.0
+    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    assert len(trials) == 2 and all("eval_lp_in_dist" in r.data.metrics for r in trials)
+    assert not any(r.data.tags.get("registry.cpep.version") for r in trials)

@@ -81,3 +81,40 @@ def test_pose_family_spaces() -> None:
     assert emb.metric == load(path_for("cpep")).metric == "tune_zs_bacc"
     with pytest.raises(InvalidValueError, match=r"embridge\.cascle\.topk"):
         apply(CONFIGS["embridge"](), {"embridge.cascle.topk": 3})
+
+
+def test_studies_are_the_papers_figures_and_leave_the_stage_digest_alone(tmp_path: Path) -> None:
+    for method in ("cpep", "embridge"):
+        space = load(path_for(method))
+        assert dict(space.study("data_efficiency").grid) == {
+            "gestures.pretrain_fraction": (0.2, 0.4, 0.6, 0.8, 1.0)
+        }
+        assert dict(space.study("batch_size").grid) == {f"{method}.batch_size": (256, 512, 1024)}
+        with pytest.raises(InvalidValueError, match=r"no study 'speed'.*batch_size"):
+            space.study("speed")
+        # a study added to a space does not change the hash its sweeps' runs are tagged with
+        text = path_for(method).read_text()
+        bare = tmp_path / f"{method}.yaml"
+        bare.write_text(text[: text.index("\nstudies:")] + "\n")
+        assert load(bare).digest() == space.digest() and not load(bare).studies
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ("  s: {grid: {kinembed.lr: []}}\n", "studies.s.grid.kinembed.lr"),
+        ("  s: {grid: {kinembed.learning_rate: [0.1]}}\n", "studies.s.grid.kinembed.learning_rate"),
+        ("  s: {fixed: {kinembed.lr: 0.1}}\n", "studies.s"),
+        ("  s: {grid: {kinembed.lr: [0.1]}, budget: 3}\n", "studies.s"),
+        ("  s: {grid: {kinembed.variant: [transformer]}}\n", "studies.s.kinembed.variant"),
+    ],
+)
+def test_bad_study_names_file_and_key(tmp_path: Path, body: str, field: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "method: kinembed\nmetric: cv_r2\nmode: max\nstages:\n  - name: a\n"
+        "    grid: {kinembed.lr: [0.1]}\nstudies:\n" + body
+    )
+    with pytest.raises(InvalidValueError) as err:
+        load(path)
+    assert str(path) in str(err.value) and f"'{field}'" in str(err.value), str(err.value)

@@ -72,6 +72,7 @@ def test_help_names_every_option():
         "--experiment",
         "--workers",
         "--gpus-per-worker",
+        "--study",
     ):
         assert opt in out.stdout, opt
 
@@ -90,6 +91,10 @@ def test_unknown_stage_names_the_option(tmp_path):
     out = _sweep(tmp_path, "--stages", "loss,nope")
     assert out.returncode == 2
     assert "--stages" in out.stderr and "nope" in out.stderr
+    out = _sweep(tmp_path, "--study", "data_efficiency")  # kinembed's space has no studies
+    assert out.returncode == 2
+    assert "--study" in out.stderr and "no study 'data_efficiency'" in out.stderr
+    assert not (tmp_path / "ray_results").exists()  # nothing started
 
 
 # -- one smoke sweep submitted as a Ray job -------------------------------------------------------

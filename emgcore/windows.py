@@ -90,6 +90,14 @@ class CachedRecording:
     def fs(self) -> float:
         return self.header["fs"]
 
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return tuple(self.header["joint_names"])
+
+    @property
+    def source(self) -> str:
+        return self.header["source"]
+
     def to_recording(self) -> Recording:
         """Back to an in-memory :class:`Recording` (for loaders and tests)."""
         h = self.header
@@ -138,11 +146,13 @@ class RecordingCache:
         try:
             np.save(tmp / "emg.npy", np.ascontiguousarray(out.emg, dtype=np.float32))
             if out.kinematics is not None:
-                np.save(tmp / "kinematics.npy", np.asarray(out.kinematics, dtype=np.float32))
+                np.save(
+                    tmp / "kinematics.npy", np.ascontiguousarray(out.kinematics, dtype=np.float32)
+                )
             for name, lab in out.labels.items():
                 np.save(tmp / f"label.{name}.npy", lab)
             if out.valid is not None:
-                np.save(tmp / "valid.npy", np.asarray(out.valid, dtype=bool))
+                np.save(tmp / "valid.npy", np.ascontiguousarray(out.valid, dtype=bool))
             header = out.header() | {"preprocessing": pipeline.recording_config()}
             (tmp / "header.json").write_text(json.dumps(header, default=str))
             try:

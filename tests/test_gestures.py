@@ -157,6 +157,19 @@ def test_ninapro_windows_lie_inside_one_repetition_of_one_movement(ninapro, nina
     assert w.pose.shape[2] == 18
 
 
+def test_ninapro_recordings_go_through_the_preprocessing_cache(ninapro, ninapro_cfg, tmp_path):
+    """MATLAB files load column-major; the cache stores and maps them back row-major."""
+    from emgcore.windows import RecordingCache
+
+    recs = ninapro[:2]
+    direct = windows(recs, ninapro_cfg)
+    cache = RecordingCache(tmp_path / "cache")
+    for _ in range(2):  # the second pass reads the memory-mapped copies
+        cached = windows(recs, ninapro_cfg, cache)
+        assert torch.allclose(cached.emg, direct.emg, atol=1e-5)
+        assert torch.allclose(cached.pose, direct.pose) and list(cached.stage) == list(direct.stage)
+
+
 def test_ninapro_splits_follow_the_paper(ninapro, ninapro_cfg) -> None:
     s = gesture_splits(ninapro, ninapro_cfg)
     pre, tune, ev = s["pretrain"], s["tune"], s["eval"]

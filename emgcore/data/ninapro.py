@@ -193,12 +193,12 @@ def load_ninapro(
                     source=path,
                     field="glove",
                 )
-            kin, names = glove @ DB8_DOA_MATRIX.T, DOA_NAMES
+            kin, names = (glove @ DB8_DOA_MATRIX.T).astype(np.float32), DOA_NAMES
         else:
-            kin, names = glove.astype(np.float32), spec.glove_names
+            kin, names = np.ascontiguousarray(glove, np.float32), spec.glove_names
         unit = "deg"
-    return Recording(
-        emg=emg.astype(np.float32),
+    return Recording(  # MATLAB arrays load column-major: stored row-major like every recording
+        emg=np.ascontiguousarray(emg, np.float32),
         fs=FS,
         layout=ChannelLayout.ring(spec.n_emg),
         subject=f"S{subject}",

@@ -355,7 +355,7 @@ class Sweep:
         _print(f"stage {stage.name}: {len(points)} trial(s); fixed {fixed or '-'}")
         trial_tags = {**tags, "emg.stage": stage.name}
         spec = self._spec("cv", fixed, stage_key, run, trial_tags)
-        grid = self._tune(stage.name, spec, points, sid, run)
+        grid = self._tune(stage.name, spec, points, sid, run, self.space.metric)
         rows = _leaderboard(grid, points, self.space.metric, self.space.mode)
         ok = [r for r in rows if r["status"] == "ok"]
         board = Path(self.storage_local(sid)) / f"leaderboard-{stage.name}.csv"
@@ -389,7 +389,9 @@ class Sweep:
             f"{json.loads(best['overrides'])}; {len(rows) - len(ok)} failed"
         )
 
-    def _tune(self, name: str, spec: dict, points: list[dict], sid: str, run: str) -> Any:
+    def _tune(
+        self, name: str, spec: dict, points: list[dict], sid: str, run: str, metric: str
+    ) -> Any:
         """One Tune experiment: a trial per point over ``spec``, resumed if it was interrupted.
         Returns its ``ResultGrid``; an interrupted experiment ends ``run`` KILLED and raises."""
         from ray import tune
@@ -419,7 +421,7 @@ class Sweep:
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=f"{self.storage}/{sid}",
-                    callbacks=[_Progress(name, self.space.metric)],
+                    callbacks=[_Progress(name, metric)],
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
@@ -452,7 +454,7 @@ class Sweep:
         spec |= {"seeds": list(seeds), "subjects": state.get("subjects") or []}
         spec |= {"registry": None, "report": False}  # a study scores; it registers nothing
         _print(f"study {study.name}: {len(points)} point(s) x seeds {list(seeds)}")
-        grid = self._tune(name, spec, points, sid, run)
+        grid = self._tune(name, spec, points, sid, run, self.family.final_metric)
         rows = _study_rows(grid, points, self.family.final_metric)
         table = Path(self.storage_local(sid)) / f"{name}.csv"
         _write_csv(table, rows)

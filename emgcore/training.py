@@ -1,9 +1,13 @@
-"""The training loop shared by the MAE, PoseT, CPEP and EMBridge (one process or data-parallel).
+"""The training loop shared by the MAE, PoseT, CPEP, EMBridge and EMG-JEPA (one process or
+data-parallel).
 
 A method supplies ``step(idx, gen) -> (loss, metrics)`` for a batch of sample indices; the loop
-owns the rest: AdamW over the trainable parameters, cosine annealing with warm restarts (stepped
-per epoch), gradient clipping, shuffles and random draws from one explicit generator, a
-NaN/inf guard that names where it happened, and per-epoch hooks.
+owns the rest: AdamW over the trainable parameters, the learning-rate schedule (cosine annealing
+with warm restarts stepped per epoch, or, when the config has ``warmup_steps > 0``, EMG-JEPA's
+linear warm-up stepped per optimiser step), gradient clipping, shuffles and random draws from
+one explicit generator, a NaN/inf guard that names where it happened, a callback after every
+optimiser step (EMG-JEPA's EMA update), per-epoch hooks, and early stopping: a hook with a true
+``stop`` attribute ends training after that epoch.
 
 Under :class:`emgcore.distributed.DataParallel` with several workers every worker draws the
 same shuffles and the same random draws for the *global* batch (``cfg.batch_size``) and trains
@@ -36,6 +40,7 @@ class Schedule(Protocol):
     epochs: int
     restart_epochs: int
     grad_clip: float
+    # optional: warmup_steps (int, > 0 selects the warm-up schedule), betas (tuple of 2 floats)
 
 
 @dataclass
@@ -56,21 +61,28 @@ def fit(
     gen: torch.Generator,
     hooks: Sequence[EpochHook] = (),
     parallel: DataParallel | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> Fit:
     """Train ``model`` for ``cfg.epochs`` over ``n`` samples; ``name`` labels errors.
 
     ``step(idx, gen)`` gets the *global* batch's sample indices (``(B,)``, the same on every
     worker) and the generator; it shards with ``parallel.shard`` and returns the local loss.
+    ``after_step(n)`` runs after the n-th optimiser step (1-based).
     """
     parallel = parallel or DataParallel()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.restart_epochs)
-    batch = min(cfg.batch_size, n - n % parallel.world_size)
-    if batch < 2:
-        raise ValueError(f"{name}: {n} training samples cannot make a batch of 2")
-    parallel.local_batch(batch)  # fails early, naming the field, if it does not divide
-    per_epoch = max(1, n // batch)  # drop the ragged tail: negatives and statistics per batch
+    betas = tuple(getattr(cfg, "betas", (0.9, 0.999)))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
+    warmup = int(getattr(cfg, "warmup_steps", 0))
+    per_step: torch.optim.lr_scheduler.LRScheduler | None = None
+    per_epoch_sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    if warmup > 0:  # linear from lr / warmup to lr, then constant
+        per_step = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup))
+    else:
+        per_epoch_sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=cfg.restart_epochs
+        )
+    batch, per_epoch = batches(n, cfg.batch_size, parallel, name)
     out = Fit()
     for epoch in range(cfg.epochs):
         model.train()
@@ -88,9 +100,14 @@ def fit(
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             out.steps += 1
+            if per_step is not None:
+                per_step.step()
+            if after_step is not None:
+                after_step(out.steps)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
-        sched.step()
+        if per_epoch_sched is not None:
+            per_epoch_sched.step()
         if parallel.active:  # each worker's losses are its shard's: report the global batch's
             keys = sorted(sums)
             dev = params[0].device  # NCCL reduces on the GPU
@@ -98,12 +115,25 @@ def fit(
             total = parallel.all_reduce(vals).cpu()
             sums = dict(zip(keys, (total / parallel.world_size).tolist(), strict=True))
         epoch_metrics = {f"train_{k}": v / per_epoch for k, v in sums.items()}
-        epoch_metrics["lr"] = sched.get_last_lr()[0]
+        epoch_metrics["lr"] = opt.param_groups[0]["lr"]
         out.epochs.append(epoch_metrics)
         for hook in hooks:
             hook(epoch, epoch_metrics, model)
+        if any(getattr(hook, "stop", False) for hook in hooks):
+            break
     model.eval()
     return out
+
+
+def batches(n: int, batch_size: int, parallel: DataParallel, name: str) -> tuple[int, int]:
+    """``(batch, steps per epoch)`` for ``n`` samples: the global batch, shrunk to what ``n``
+    allows and divisible by the workers; the ragged tail is dropped (negatives and statistics
+    per batch)."""
+    batch = min(batch_size, n - n % parallel.world_size)
+    if batch < 2:
+        raise ValueError(f"{name}: {n} training samples cannot make a batch of 2")
+    parallel.local_batch(batch)  # fails early, naming the field, if it does not divide
+    return batch, max(1, n // batch)
 
 
 @torch.no_grad()

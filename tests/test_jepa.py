@@ -1,0 +1,177 @@
+"""EMG-JEPA's model: no leakage from hidden tokens, the EMA rule, the predictor's bookkeeping,
+JA-MAE, early stopping and the warm-up schedule."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from emgcore.jepa import (
+    JEPA,
+    EarlyStopping,
+    Encoder,
+    Featurizer,
+    JEPAConfig,
+    PoseHeadConfig,
+    PoseModel,
+    ema_momentum,
+    finetune,
+    ja_mae,
+    pretrain,
+)
+from emgcore.jepa_masks import Masks
+
+TINY = JEPAConfig(
+    patch=50,
+    width=32,
+    feat_dim=16,
+    feat_hidden=16,
+    depth=2,
+    heads=4,
+    mlp_dim=64,
+    pred_width=16,
+    pred_depth=2,
+    pred_heads=4,
+    pred_mlp_dim=32,
+    dropout=0.0,
+    epochs=2,
+    batch_size=8,
+    warmup_steps=3,
+)
+C, T = 8, 500  # 8 channels x 10 patches
+
+
+def test_ema_momentum_is_a_pure_linear_schedule() -> None:
+    assert ema_momentum(0, 100, (0.996, 1.0)) == pytest.approx(0.996)
+    assert ema_momentum(50, 100, (0.996, 1.0)) == pytest.approx(0.998)
+    assert ema_momentum(100, 100, (0.996, 1.0)) == 1.0
+    assert ema_momentum(250, 100, (0.996, 1.0)) == 1.0  # clamped after the last step
+
+
+def test_target_encoder_follows_by_ema() -> None:
+    torch.manual_seed(0)
+    model = JEPA(TINY, C, T)
+    for p in model.encoder.parameters():
+        p.data.add_(torch.randn_like(p))
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    model.update_target(0.9)
+    for t, c, b in zip(
+        model.target_encoder.parameters(), model.encoder.parameters(), before, strict=True
+    ):
+        assert torch.allclose(t, 0.9 * b + 0.1 * c, atol=1e-6)
+        assert not t.requires_grad
+
+
+@pytest.mark.parametrize("kind", ["mlp", "raw", "conv"])
+def test_featurizer_leaks_only_when_convolutional(kind: str) -> None:
+    torch.manual_seed(0)
+    f = Featurizer(kind, 50, 16, 8)
+    x = torch.randn(1, T, C)
+    y = x.clone()
+    y[0, 200:250, 3] += 5.0  # patch 4 of channel 3
+    changed = (f(x) - f(y)).abs().amax(dim=-1)[0] > 1e-6  # (C, K)
+    if kind == "conv":
+        assert changed[3, 3] or changed[3, 5]  # neighbours see the patch: Table 3's leak
+    else:
+        assert changed.nonzero().tolist() == [[3, 4]]
+
+
+def test_context_encoder_never_sees_hidden_tokens() -> None:
+    torch.manual_seed(0)
+    enc = Encoder(TINY, C, T // TINY.patch).eval()
+    x = torch.randn(2, T, C)
+    keep = torch.tensor([[0, 1, 2, 10, 11, 12], [5, 6, 7, 15, 16, 17]])  # tokens c * K + k
+    y = x.clone()
+    for b, row in enumerate(keep):  # change every sample that no kept token covers
+        hidden = torch.ones(C, T // TINY.patch, dtype=torch.bool)
+        hidden.view(-1)[row] = False
+        for c, k in hidden.nonzero().tolist():
+            y[b, k * 50 : (k + 1) * 50, c] = torch.randn(50)
+    assert torch.allclose(enc(x, keep), enc(y, keep), atol=1e-6)
+    assert not torch.allclose(enc(x), enc(y))
+
+
+def test_predictor_outputs_follow_the_target_order_and_loss_trains_context_only() -> None:
+    torch.manual_seed(0)
+    model = JEPA(TINY, C, T).eval()
+    x = torch.randn(2, T, C)
+    obs = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])
+    tgt = torch.tensor([[20, 31, 42], [50, 61, 72]])
+    ctx = model.encoder(x, obs)
+    a = model.predictor(ctx, obs, tgt)
+    b = model.predictor(ctx, obs, tgt.flip(1))
+    assert a.shape == (2, 3, TINY.width)
+    assert torch.allclose(a.flip(1), b, atol=1e-5)  # a target's prediction depends on its place
+    loss = model(x, Masks(obs, tgt))
+    loss.backward()
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert model.encoder.tokens.featurizer.net[0].weight.grad is not None
+    assert model.predictor.mask_token.grad is not None
+
+
+def test_target_encoder_runs_without_dropout() -> None:
+    model = JEPA(replace(TINY, dropout=0.5), C, T).train()
+    assert model.encoder.training and not model.target_encoder.training
+
+
+def test_ja_mae_is_in_degrees() -> None:
+    pred, true = np.zeros((4, 2)), np.full((4, 2), np.pi / 180)
+    assert ja_mae(pred, true, "rad") == pytest.approx(1.0)
+    assert ja_mae(pred, np.full((4, 2), 3.0), "deg") == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="JA-MAE"):
+        ja_mae(pred, true, "mm")
+
+
+def test_early_stopping_keeps_the_best_weights() -> None:
+    class Constant(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.v = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.v.expand(len(x), 1)
+
+    model, y = Constant(), torch.full((5, 1), 3.0)
+    stop = EarlyStopping(torch.zeros(5, 2), y, "deg", patience=2)
+    for epoch, v in enumerate([0.0, 2.5, 1.0, 0.0, 9.0]):  # errors 3, 0.5, 2, 3, 6
+        model.v.data.fill_(v)
+        metrics: dict[str, float] = {}
+        stop(epoch, metrics, model)
+        assert metrics["val_ja_mae"] == pytest.approx(abs(3.0 - v))
+        if stop.stop:
+            break
+    assert epoch == 3 and stop.best == pytest.approx(0.5)  # 2 epochs after the best
+    stop.restore(model)
+    assert model.v.item() == 2.5
+
+
+def test_pretrain_warms_up_and_finetune_regresses_both_heads() -> None:
+    x = torch.randn(32, T, C)
+    model, fit = pretrain(TINY, x, seed=0)
+    assert fit.steps == 8 and len(fit.epochs) == 2
+    assert fit.epochs[0]["lr"] == pytest.approx(TINY.lr)  # warm-up over after 3 steps
+    assert all(np.isfinite(e["train_loss"]) for e in fit.epochs)
+    # the same seed, the same run
+    again, _ = pretrain(TINY, x, seed=0)
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    y = torch.randn(32, 5)
+    for decoder in ("cross_attention", "conv"):
+        head = PoseHeadConfig(
+            decoder=decoder, hidden=16, heads=4, mlp_dim=32, epochs=2, batch_size=8
+        )
+        pm, f, best = finetune(head, model.encoder, x[:24], y[:24], (x[24:], y[24:]), unit="deg")
+        assert isinstance(pm, PoseModel) and pm(x[:3]).shape == (3, 5)
+        assert best == min(e["val_ja_mae"] for e in f.epochs)
+
+
+def test_config_refuses_what_cannot_build() -> None:
+    with pytest.raises(ValueError, match="featurizer"):
+        JEPAConfig(featurizer="fft")
+    with pytest.raises(ValueError, match="divisible"):
+        JEPAConfig(width=100, heads=8)
+    with pytest.raises(ValueError, match="decoder"):
+        PoseHeadConfig(decoder="lstm")

@@ -158,22 +158,37 @@ def _jepa(args: argparse.Namespace) -> int:
     from emgcore.config import load_yaml, override
     from emgcore.data import open_dataset
     from emgcore.experiment import resolve_config
-    from emgcore.poseest import ABLATIONS, PoseEstConfig, ablate, as_table
+    from emgcore.lowchannel import low_channel_study
+    from emgcore.poseest import ABLATIONS, PoseEstConfig, ablate, as_table, channel_study
 
     path = resolve_config(args.config)
     cfg = override(load_yaml(PoseEstConfig, path), _settings(args.set), source=path)
-    names = args.ablations.split(",") if args.ablations else list(ABLATIONS)
-    overrides = {
-        k: v for k, v in (("duration_s", args.duration), ("n_subjects", args.sim_subjects)) if v
-    }
+    sim = {k: v for k, v in (("duration_s", args.duration), ("n_subjects", args.sim_subjects)) if v}
+    specs = args.data.split(",")
+    layouts = {"channels": ("ring8", "ring16", "grid110"), "low_channel": ("ring8", "grid110")}
+    if args.study in layouts and specs == ["emg2pose-like"]:  # the simulator, per channel count
+        data = {
+            lay: open_dataset("emg2pose-like", layout=lay, seed=i, **sim)
+            for i, lay in enumerate(layouts[args.study])
+        }
+    else:
+        data = {spec: open_dataset(spec, **sim) for spec in specs}
     t0 = time.perf_counter()
-    recs = open_dataset(args.data, **overrides)
-    print(f"jepa on {args.data}: {len(recs)} recordings; ablations: {', '.join(names)}")
-    rows = ablate(recs, cfg, names)
+    print(f"jepa {args.study} on {', '.join(data)}")
+    if args.study == "ablations":
+        names = args.ablations.split(",") if args.ablations else list(ABLATIONS)
+        rows = ablate(next(iter(data.values())), cfg, names)
+    elif args.study == "channels":
+        rows = channel_study(data, cfg)
+    else:
+        if len(data) != 2:
+            raise SystemExit("--study low_channel needs --data LOW,DENSE (a band and a grid)")
+        low, dense = data.values()
+        rows = [{"ablation": r.pop("method"), **r} for r in low_channel_study(low, dense, cfg)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablations.txt").write_text(as_table(rows) + "\n")
-    pd.DataFrame(rows).to_csv(out / "ablations.csv", index=False)
+    (out / f"{args.study}.txt").write_text(as_table(rows) + "\n")
+    pd.DataFrame(rows).to_csv(out / f"{args.study}.csv", index=False)
     print(as_table(rows))
     print(f"{time.perf_counter() - t0:.0f} s; table in {out}")
     return 0
@@ -248,7 +263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     pa.add_argument("--duration", type=float, default=None, help="seconds per simulated recording")
     pa.add_argument("--sim-subjects", type=int, default=8, help="simulated users (default 8)")
     jp = sub.add_parser("jepa", help="EMG-JEPA: pre-training, pose fine-tuning, ablation table")
-    jp.add_argument("--data", default="emg2pose-like", help="simulator preset or dataset path")
+    jp.add_argument(
+        "--data",
+        default="emg2pose-like",
+        help="simulator preset or dataset path; comma-separated for --study channels / "
+        "low_channel (default: the simulator at 8, 16 and 110 channels)",
+    )
+    jp.add_argument(
+        "--study",
+        choices=("ablations", "channels", "low_channel"),
+        default="ablations",
+        help="ablations: Tables 2-5; channels: Table 1; low_channel: Table 6",
+    )
     jp.add_argument(
         "--config",
         default="jepa-sim",

@@ -15,7 +15,7 @@ above their Nyquist frequency.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,14 @@ class PoseWindows:
 
     def __len__(self) -> int:
         return len(self.emg)
+
+    @staticmethod
+    def concat(parts: Sequence[PoseWindows]) -> PoseWindows:
+        return PoseWindows(
+            torch.cat([p.emg for p in parts]),
+            torch.cat([p.pose for p in parts]),
+            np.concatenate([p.user for p in parts]),
+        )
 
 
 @dataclass
@@ -151,17 +159,26 @@ def run(
     data: PoseData,
     cfg: PoseEstConfig,
     hooks: Mapping[str, Sequence[EpochHook]] | None = None,
+    *,
+    extra_pretrain: Tensor | None = None,
+    extra_train: PoseWindows | None = None,
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Pre-train (unless ``cfg.pretrain`` is off), fine-tune, score: ``val_ja_mae`` (selection),
-    ``test_ja_mae`` (held-out users) and the last pre-training loss."""
+    ``test_ja_mae`` (held-out users) and the last pre-training loss.
+
+    ``extra_pretrain`` windows join pre-training and ``extra_train`` windows the fine-tuning set
+    (Sec. 4.4's emulated signals); ``keep["model"]`` receives the fine-tuned pose model.
+    """
     hooks = hooks or {}
     tr = data.train
     channels, window = tr.emg.shape[2], tr.emg.shape[1]
     out: dict[str, float] = {}
     if cfg.pretrain:
+        unlabelled = tr.emg if extra_pretrain is None else torch.cat([tr.emg, extra_pretrain])
         model, fit = pretrain(
             cfg.jepa,
-            tr.emg,
+            unlabelled,
             layout=data.layout,
             seed=cfg.seed,
             hooks=hooks.get("pretrain", ()),
@@ -171,11 +188,12 @@ def run(
     else:
         torch.manual_seed(cfg.seed)
         encoder = Encoder(cfg.jepa, channels, window // cfg.jepa.patch)
+    labelled = tr if extra_train is None else PoseWindows.concat([tr, extra_train])
     pose, _, best = finetune(
         cfg.head,
         encoder,
-        tr.emg,
-        tr.pose,
+        labelled.emg,
+        labelled.pose,
         (data.val.emg, data.val.pose),
         unit=data.unit,
         seed=cfg.seed,
@@ -183,6 +201,8 @@ def run(
     )
     out["val_ja_mae"] = best
     out["test_ja_mae"] = ja_mae(batched(pose, data.test.emg), data.test.pose, data.unit)
+    if keep is not None:
+        keep["model"] = pose
     return out
 
 
@@ -219,6 +239,19 @@ def ablate(
         if key not in cache:
             cache[key] = prepare(recordings, run_cfg.data)
         rows.append({"ablation": name, **run(cache[key], run_cfg)})
+    return rows
+
+
+def channel_study(
+    datasets: Mapping[str, Sequence[Recording]], cfg: PoseEstConfig
+) -> list[dict[str, Any]]:
+    """Table 1: EMG-JEPA and the supervised baseline on each named dataset (8 / 16 / 110
+    channels)."""
+    rows = []
+    for name, recordings in datasets.items():
+        data = prepare(recordings, cfg.data)
+        for label, pre in (("supervised", False), ("emg_jepa", True)):
+            rows.append({"ablation": f"{name}:{label}", **run(data, replace(cfg, pretrain=pre))})
     return rows
 
 

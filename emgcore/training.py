@@ -62,17 +62,21 @@ def fit(
     hooks: Sequence[EpochHook] = (),
     parallel: DataParallel | None = None,
     after_step: Callable[[int], None] | None = None,
+    param_groups: Sequence[dict] | None = None,
 ) -> Fit:
     """Train ``model`` for ``cfg.epochs`` over ``n`` samples; ``name`` labels errors.
 
     ``step(idx, gen)`` gets the *global* batch's sample indices (``(B,)``, the same on every
     worker) and the generator; it shards with ``parallel.shard`` and returns the local loss.
-    ``after_step(n)`` runs after the n-th optimiser step (1-based).
+    ``after_step(n)`` runs after the n-th optimiser step (1-based). ``param_groups`` (AdamW's
+    ``{"params": ..., "lr": ...}``) trains those parameters at their own rates instead of every
+    trainable parameter at ``cfg.lr``.
     """
     parallel = parallel or DataParallel()
-    params = [p for p in model.parameters() if p.requires_grad]
     betas = tuple(getattr(cfg, "betas", (0.9, 0.999)))
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
+    groups = list(param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
     warmup = int(getattr(cfg, "warmup_steps", 0))
     per_step: torch.optim.lr_scheduler.LRScheduler | None = None
     per_epoch_sched: torch.optim.lr_scheduler.LRScheduler | None = None

@@ -80,3 +80,35 @@ def test_too_few_users_is_a_clear_error(recordings) -> None:
         prepare(two, PoseDataConfig())
     with pytest.raises(ValueError, match="norm"):
         PoseDataConfig(norm="zscore")
+
+
+def test_channel_study_and_cli(recordings, smoke, tmp_path, capsys) -> None:
+    from emgcore.__main__ import main
+    from emgcore.data import write_byod
+    from emgcore.poseest import channel_study
+
+    eight = simulate(
+        preset(
+            "emg2pose-like",
+            layout="ring8",
+            n_subjects=5,
+            duration_s=4.0,
+            sessions=("s0",),
+            stages=("HandClawGraspFlicks",),
+        )
+    )
+    rows = channel_study({"8ch": eight, "16ch": recordings}, smoke)
+    assert [r["ablation"] for r in rows] == [
+        "8ch:supervised",
+        "8ch:emg_jepa",
+        "16ch:supervised",
+        "16ch:emg_jepa",
+    ]
+    folder = write_byod(tmp_path / "byod", recordings).parent
+    out = tmp_path / "out"
+    args = ["jepa", "--data", str(folder), "--config", "jepa-smoke", "--out", str(out)]
+    assert main([*args, "--ablations", "supervised", "--set", "head.epochs=1"]) == 0
+    assert "supervised" in (out / "ablations.txt").read_text()
+    assert "jepa ablations on" in capsys.readouterr().out
+    assert main([*args, "--set", "jepa.featurizer=fft"]) == 2
+    assert "featurizer must be one of" in capsys.readouterr().err

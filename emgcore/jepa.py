@@ -261,14 +261,25 @@ class JEPA(nn.Module):
         self.target_encoder.eval()  # targets without dropout: the EMA model is only read
         return self
 
-    def forward(self, x: Tensor, masks: Masks) -> Tensor:
-        """L1 between predicted and target latents at the target tokens (Sec. 3.2.3)."""
+    def forward(
+        self, x: Tensor, masks: Masks, shuffle: Tensor | None = None, per_window: bool = False
+    ) -> Tensor:
+        """L1 between predicted and target latents at the target tokens (Sec. 3.2.3).
+
+        ``shuffle`` (a permutation of the batch) takes each window's targets from another
+        window: the control of the real-signal check, whose loss a model that reads its context
+        must beat clearly. ``per_window``: one loss per window ``(B,)`` instead of the mean."""
         with torch.no_grad():
             h = self.target_encoder(x)
             h = F.layer_norm(h, h.shape[-1:])
             want = apply_masks(h, masks.target)
+            if shuffle is not None:
+                want = want[shuffle]
         ctx = self.encoder(x, masks.obs)
-        return F.l1_loss(self.predictor(ctx, masks.obs, masks.target), want)
+        pred = self.predictor(ctx, masks.obs, masks.target)
+        if per_window:
+            return (pred - want).abs().mean(dim=(1, 2))
+        return F.l1_loss(pred, want)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
@@ -368,12 +379,14 @@ def pretrain(
     hooks: Sequence[EpochHook] = (),
     parallel: DataParallel | None = None,
     name: str = "jepa",
+    shuffled_targets: bool = False,
 ) -> tuple[JEPA, Fit]:
     """Self-supervised pre-training on windows ``x (N, T, C)`` (on ``x``'s device).
 
     Each step draws the global batch's masks from the run's generator (what the collate function
     does for a loader), so every data-parallel worker holds the same masks and trains on its
-    shard; the target encoder follows by EMA after every optimiser step.
+    shard; the target encoder follows by EMA after every optimiser step. ``shuffled_targets``
+    trains the control model whose targets come from other windows of the batch.
     """
     parallel = parallel or DataParallel()
     n, window, channels = x.shape
@@ -388,7 +401,12 @@ def pretrain(
             m = sampler(len(idx), g)
             shard = parallel.shard(torch.arange(len(idx)))
             local = Masks(m.obs[shard].to(x.device), m.target[shard].to(x.device), m.blocks)
-            loss = net(x[parallel.shard(idx)], local)
+            perm = None
+            if shuffled_targets:  # a derangement: no window keeps its own targets
+                perm = (
+                    torch.arange(len(shard)) + 1 + torch.randint(len(shard) - 1, (1,), generator=g)
+                ) % len(shard)
+            loss = net(x[parallel.shard(idx)], local, perm)
             return loss, {"loss": float(loss.detach())}
 
         def follow(steps: int) -> None:
@@ -406,6 +424,34 @@ def pretrain(
             after_step=follow,
         )
     return model, result
+
+
+@torch.no_grad()
+def masked_losses(
+    model: JEPA,
+    x: Tensor,
+    sampler: MaskSampler,
+    *,
+    shuffled: bool = False,
+    seed: int = 0,
+    batch: int = 64,
+) -> Tensor:
+    """Masked-latent L1 of ``model`` on each window of ``x (N, T, C)`` under fixed mask draws
+    (the same draws for the same ``seed``): ``(N,)`` in a seeded random order of the windows.
+    ``shuffled`` scores each window's predictions against another, random, window's targets."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=gen)
+    out = []
+    for a in range(0, len(x) - 1, batch):
+        xb = x[order[a : a + batch]]
+        if len(xb) < 2:
+            break
+        m = sampler(len(xb), gen)
+        masks = Masks(m.obs.to(x.device), m.target.to(x.device), m.blocks)
+        perm = torch.roll(torch.arange(len(xb)), 1) if shuffled else None
+        out.append(model(xb, masks, perm, per_window=True).cpu())
+    return torch.cat(out)
 
 
 def ja_mae(pred: Tensor | np.ndarray, true: Tensor | np.ndarray, unit: str = "rad") -> float:

@@ -49,8 +49,10 @@ def test_paper_preset_is_the_dataclass_defaults() -> None:
 def test_every_bundled_preset_loads(name) -> None:
     from emgcore.config import load_yaml
     from emgcore.posealign import PoseAlignConfig
+    from emgcore.poseest import PoseEstConfig
 
-    cls = PoseAlignConfig if name.startswith("posealign") else ExperimentConfig
+    family = {"posealign": PoseAlignConfig, "jepa": PoseEstConfig}
+    cls = family.get(name.split("-")[0], ExperimentConfig)
     assert isinstance(load_yaml(cls, resolve_config(name)), cls)
 
 

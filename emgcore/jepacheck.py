@@ -12,7 +12,8 @@ Train trials; on the Test trials we report
 
 Choices (a check that the recipe learns from real EMG, not a paper number): the paper's
 preprocessing with the band's upper edge at 450 Hz (0.45 fs at 1 kHz); 1-s windows every 0.5 s
-labelled by their last sample; 100-sample patches (10 per channel, 640 tokens), width 64.
+labelled by their last sample; 100-sample patches (10 per channel, 640 tokens), width 64,
+20 epochs.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class FlexCheckConfig:
             pred_heads=4,
             pred_mlp_dim=64,
             dropout=0.0,
-            epochs=10,
+            epochs=20,  # at 10 the own-target margin is only ~6% (0.331 vs 0.350)
             batch_size=64,
             warmup_steps=50,
             lr=5e-4,

@@ -80,16 +80,17 @@ def test_mae_learns_gestures_from_real_myoarmband_emg(real_data: Path) -> None:
 @pytest.mark.slow
 def test_jepa_learns_from_real_flexemg_grid(real_data: Path) -> None:
     """EMG-JEPA pre-trained on flexemg's Train trials (issue 6's real-signal check): on the Test
-    trials its masked-latent loss beats the shuffled-target controls (by ~6% at this budget: a
-    small margin, recorded in the issue), and a gesture probe on its tokens is far above chance
-    (1/5). Numbers printed for the record."""
+    trials its masked-latent loss is clearly below the shuffled-target controls, window by window
+    too, and a gesture probe on its tokens is far above chance (1/5). Numbers printed for the
+    record (measured: 0.270 vs 0.330 against other windows' targets, 0.292 for the model trained
+    on shuffled targets, own targets better for 76% of windows; probe 0.757 vs TD4 0.972)."""
     from emgcore.jepacheck import run
 
     res = run(load_flexemg(real_data / "flexemg"))
     loss, probe = res["loss"], res["probe"]
     print(f"\nflexemg JEPA: {loss}; probe {probe}")
     assert res["pretrain_loss"][-1] < 0.5 * res["pretrain_loss"][0]
-    assert loss["jepa"] < 0.97 * loss["jepa_vs_other_windows"]  # measured 0.944
-    assert loss["jepa"] < loss["shuffled_target_model"]
-    assert loss["own_better_fraction"] > 0.55  # its own targets, for most windows (0.62)
+    assert loss["jepa"] < 0.9 * loss["jepa_vs_other_windows"]  # measured 0.82
+    assert loss["jepa"] < 0.97 * loss["shuffled_target_model"]  # measured 0.92
+    assert loss["own_better_fraction"] > 0.65  # its own targets, for most windows (0.76)
     assert probe["jepa_tokens"] > 0.5 and probe["raw_td4"] > 0.5

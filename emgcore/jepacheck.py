@@ -8,7 +8,8 @@ Train trials; on the Test trials we report
   windows' targets (a model that reads its context must be clearly better on its own windows),
   and a same-architecture model trained with targets shuffled across the batch;
 * a linear probe of the gestures (Train -> Test trials) on the mean of the learned tokens
-  against the same probe on raw per-channel features (Hudgins' RMS, WL, ZC, SSC).
+  against the same probe on raw per-channel features (Hudgins' RMS, WL, ZC, SSC) and on the
+  tokens of the same encoder left at its random initialisation (what pre-training adds).
 
 Choices (a check that the recipe learns from real EMG, not a paper number): the paper's
 preprocessing with the band's upper edge at 450 Hz (0.45 fs at 1 kHz); 1-s windows every 0.5 s
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 
 from emgcore.features import FeatureConfig, extract, fit_thresholds
-from emgcore.jepa import JEPAConfig, mask_sampler, masked_losses, pretrain
+from emgcore.jepa import Encoder, JEPAConfig, mask_sampler, masked_losses, pretrain
+from emgcore.nn import seeded
 from emgcore.preprocessing import BandPass, MedianL2, Pipeline
 from emgcore.probe import class_scores, linear_probe
 from emgcore.realcheck import TD4
@@ -105,11 +107,12 @@ def run(recordings: Sequence[Recording], cfg: FlexCheckConfig = FlexCheckConfig(
         "own_better_fraction": float((own < other).double().mean()),
     }
     n_cls = int(max(y["Train"].max(), y["Test"].max()) + 1)
-    z = {k: batched(lambda v: model.encoder(v).mean(dim=1), x[k]).numpy() for k in x}
-    probe = {
-        "jepa_tokens": linear_probe(z["Train"], y["Train"], z["Test"]),
-        "raw_td4": linear_probe(f["Train"], y["Train"], f["Test"]),
-    }
+    with seeded(cfg.seed):
+        untrained = Encoder(cfg.jepa, x["Train"].shape[2], cfg.window // cfg.jepa.patch).eval()
+    probe = {"raw_td4": linear_probe(f["Train"], y["Train"], f["Test"])}
+    for name, enc in (("jepa_tokens", model.encoder), ("random_init_tokens", untrained)):
+        z = {k: batched(lambda v, e=enc: e(v).mean(dim=1), x[k]).numpy() for k in x}
+        probe[name] = linear_probe(z["Train"], y["Train"], z["Test"])
     return {
         "loss": losses,
         "pretrain_loss": [e["train_loss"] for e in fit.epochs],

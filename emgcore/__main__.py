@@ -123,6 +123,28 @@ def _settings(pairs: Sequence[str]) -> dict[str, object]:
     return out
 
 
+def _sim_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``--duration`` / ``--sim-subjects`` as simulator preset overrides (unset ones left out)."""
+    pairs = (("duration_s", args.duration), ("n_subjects", args.sim_subjects))
+    return {k: v for k, v in pairs if v}
+
+
+def _add_run_options(p: argparse.ArgumentParser, sim_subjects: int | None) -> None:
+    """The options posealign and jepa share: --set, --duration, --sim-subjects."""
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value (dotted key, YAML value), e.g. gestures.tune_users=1; "
+        "repeatable",
+    )
+    p.add_argument("--duration", type=float, default=None, help="seconds per simulated recording")
+    p.add_argument(
+        "--sim-subjects", type=int, default=sim_subjects, help="simulated users (simulator only)"
+    )
+
+
 def _posealign(args: argparse.Namespace) -> int:
     from emgcore.config import load_yaml, override
     from emgcore.data import open_dataset
@@ -135,11 +157,8 @@ def _posealign(args: argparse.Namespace) -> int:
     cfg = override(load_yaml(PoseAlignConfig, path), _settings(args.set), source=path)
     if args.methods:
         cfg = replace(cfg, methods=tuple(args.methods.split(",")))
-    overrides = {
-        k: v for k, v in (("duration_s", args.duration), ("n_subjects", args.sim_subjects)) if v
-    }
     t0 = time.perf_counter()
-    recs = open_dataset(args.data, **overrides)
+    recs = open_dataset(args.data, **_sim_overrides(args))
     splits = gesture_splits(recs, cfg.gestures)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"posealign on {args.data}: {len(recs)} recordings; windows: {sizes}")
@@ -163,7 +182,7 @@ def _jepa(args: argparse.Namespace) -> int:
 
     path = resolve_config(args.config)
     cfg = override(load_yaml(PoseEstConfig, path), _settings(args.set), source=path)
-    sim = {k: v for k, v in (("duration_s", args.duration), ("n_subjects", args.sim_subjects)) if v}
+    sim = _sim_overrides(args)
     specs = args.data.split(",")
     layouts = {"channels": ("ring8", "ring16", "grid110"), "low_channel": ("ring8", "grid110")}
     if args.study in layouts and specs == ["emg2pose-like"]:  # the simulator, per channel count
@@ -250,18 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="YAML file or a bundled preset: posealign-sim, posealign-smoke (default: "
         "posealign-sim; the papers' sizes are PoseAlignConfig's defaults)",
     )
-    pa.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value (dotted key, YAML value), e.g. gestures.tune_users=1; "
-        "repeatable",
-    )
     pa.add_argument("--out", default="posealign_results", help="output folder")
     pa.add_argument("--methods", default=None, help="comma-separated: emg_mae,poset,cpep,...")
-    pa.add_argument("--duration", type=float, default=None, help="seconds per simulated recording")
-    pa.add_argument("--sim-subjects", type=int, default=8, help="simulated users (default 8)")
+    _add_run_options(pa, sim_subjects=8)
     jp = sub.add_parser("jepa", help="EMG-JEPA: pre-training, pose fine-tuning, ablation table")
     jp.add_argument(
         "--data",
@@ -286,10 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="comma-separated rows to run (default: all of emgcore.poseest.ABLATIONS)",
     )
-    jp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     jp.add_argument("--out", default="jepa_results", help="output folder")
-    jp.add_argument("--duration", type=float, default=None, help="seconds per simulated recording")
-    jp.add_argument("--sim-subjects", type=int, default=None, help="simulated users")
+    _add_run_options(jp, sim_subjects=None)
     args = parser.parse_args(argv)
     commands = {
         "demo": _demo,

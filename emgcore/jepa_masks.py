@@ -45,6 +45,8 @@ from torch import Tensor
 from emgcore.recording import ChannelLayout
 
 STRATEGIES = ("cross_block", "random_block", "random_token")
+# a batch's block sizes: channel groups and patches of the observed block, then of each target
+Sizes = tuple[int, int, int, int]
 TARGET_KINDS = ("cross_channel", "cross_time", "double_cross")
 
 
@@ -115,14 +117,14 @@ class MaskSampler:
         groups, wraps = axis
         sizes = self._sizes(len(groups), gen)
         if self.cfg.strategy == "cross_block":
-            return self._cross_block(batch, gen, groups.to(gen.device), wraps, *sizes)
+            return self._cross_block(batch, gen, groups.to(gen.device), wraps, sizes)
         if self.cfg.strategy == "random_block":
-            return self._random_block(batch, gen, groups.to(gen.device), wraps, *sizes)
-        return self._random_token(batch, gen, len(groups[0]), *sizes)
+            return self._random_block(batch, gen, groups.to(gen.device), wraps, sizes)
+        return self._random_token(batch, gen, len(groups[0]), sizes)
 
     # -- sizes (once per batch) ------------------------------------------------------------------
 
-    def _sizes(self, n_groups: int, gen: torch.Generator) -> tuple[int, int, int, int]:
+    def _sizes(self, n_groups: int, gen: torch.Generator) -> Sizes:
         """``(m_obs, k_obs, m_tgt, k_tgt)``: channel groups and patches of the observed and
         target blocks, clipped so every block fits where it must sit."""
         lo, hi = self.cfg.obs_ratio
@@ -138,16 +140,9 @@ class MaskSampler:
     # -- strategies ------------------------------------------------------------------------------
 
     def _cross_block(
-        self,
-        b: int,
-        gen: torch.Generator,
-        groups: Tensor,
-        wraps: bool,
-        m_o: int,
-        k_o: int,
-        m_t: int,
-        k_t: int,
+        self, b: int, gen: torch.Generator, groups: Tensor, wraps: bool, sizes: Sizes
     ) -> Masks:
+        m_o, k_o, m_t, k_t = sizes
         c_obs, c_in, (c_cc, c_dc) = _spans(len(groups), m_o, m_t, wraps, b, gen)
         t_obs, t_in, (t_ct, t_dc) = _spans(self.K, k_o, k_t, False, b, gen)
         target = torch.cat(
@@ -162,16 +157,9 @@ class MaskSampler:
         return Masks(self._tokens(_channels(groups, c_obs, m_o), t_obs, k_o), target, (n, n, n))
 
     def _random_block(
-        self,
-        b: int,
-        gen: torch.Generator,
-        groups: Tensor,
-        wraps: bool,
-        m_o: int,
-        k_o: int,
-        m_t: int,
-        k_t: int,
+        self, b: int, gen: torch.Generator, groups: Tensor, wraps: bool, sizes: Sizes
     ) -> Masks:
+        m_o, k_o, m_t, k_t = sizes
         n = len(groups)
 
         def anywhere(m: int, k: int) -> Tensor:
@@ -184,9 +172,8 @@ class MaskSampler:
             hit.scatter_(1, anywhere(m_t, k_t), True)
         return Masks(obs, self._pick(hit, obs, gen))
 
-    def _random_token(
-        self, b: int, gen: torch.Generator, group: int, m_o: int, k_o: int, m_t: int, k_t: int
-    ) -> Masks:
+    def _random_token(self, b: int, gen: torch.Generator, group: int, sizes: Sizes) -> Masks:
+        m_o, k_o, m_t, k_t = sizes
         n_obs, n_tgt = m_o * group * k_o, len(TARGET_KINDS) * m_t * group * k_t
         order = torch.rand(b, self.C * self.K, generator=gen, device=gen.device).argsort(dim=1)
         obs = order[:, :n_obs].sort(dim=1).values

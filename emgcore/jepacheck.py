@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from emgcore.features import FeatureConfig, extract, fit_thresholds
+from emgcore.features import FeatureConfig, fit_thresholds, window_starts
 from emgcore.jepa import Encoder, JEPAConfig, mask_sampler, masked_losses, pretrain
 from emgcore.nn import seeded
 from emgcore.preprocessing import BandPass, MedianL2, Pipeline
 from emgcore.probe import class_scores, linear_probe
-from emgcore.realcheck import TD4
+from emgcore.realcheck import td4
 from emgcore.recording import Recording
 from emgcore.training import batched
 
@@ -78,13 +78,10 @@ def run(recordings: Sequence[Recording], cfg: FlexCheckConfig = FlexCheckConfig(
         xs, ys, fs_ = [], [], []
         for r in recs:
             emg = np.asarray(r.emg, np.float32)
-            starts = np.arange(0, len(emg) - cfg.window + 1, cfg.stride)
+            starts = window_starts(len(emg), cfg.window, cfg.stride)
             xs.append(emg[starts[:, None] + np.arange(cfg.window)])
             ys.append(np.asarray(r.labels["gesture"])[starts + cfg.window - 1])
-            feats = extract(emg, r.fs, starts, cfg.window, th, bands_hz=())
-            fs_.append(
-                feats.reshape(len(starts), emg.shape[1], -1)[:, :, TD4].reshape(len(starts), -1)
-            )
+            fs_.append(td4(emg, r.fs, starts, cfg.window, th))
         x[name], y[name], f[name] = (
             torch.from_numpy(np.concatenate(xs)),
             np.concatenate(ys),

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from emgcore.errors import InvalidValueError
+from emgcore.features import window_starts
 from emgcore.jepa import Encoder, JEPAConfig, PoseHeadConfig, finetune, ja_mae, pretrain
 from emgcore.kinembed import EpochHook
 from emgcore.preprocessing import BandPass, KinematicsLowPass, MedianL2, Pipeline
@@ -137,7 +138,7 @@ def _windows(recordings: Sequence[Recording], pipe: Pipeline, cfg: PoseDataConfi
     for rec in recordings:
         r = pipe.apply(rec)
         n, step = round(cfg.window_s * r.fs), max(1, round(cfg.stride_s * r.fs))
-        starts = np.arange(0, r.n_samples - n + 1, step)
+        starts = window_starts(r.n_samples, n, step)
         if r.valid is not None:  # the target must not be an IK failure
             starts = starts[np.asarray(r.valid)[starts + n - 1]]
         if len(starts) == 0:

@@ -64,9 +64,14 @@ def windows(recordings: Sequence[Recording], cfg: MyoCheckConfig, th: Thresholds
         xs.append(view[starts].transpose(0, 2, 1).copy())  # (N, L, C)
         ys.append(np.asarray(rec.labels["gesture"])[starts + cfg.window - 1])
         subs += [rec.subject] * len(starts)
-        f = extract(emg, rec.fs, starts, cfg.window, th, bands_hz=())  # (N, C * 11)
-        feats.append(f.reshape(len(starts), emg.shape[1], -1)[:, :, TD4].reshape(len(starts), -1))
+        feats.append(td4(emg, rec.fs, starts, cfg.window, th))
     return Windows(np.concatenate(xs), np.concatenate(ys), np.array(subs), np.concatenate(feats))
+
+
+def td4(emg: np.ndarray, fs: float, starts: np.ndarray, window: int, th: Thresholds) -> np.ndarray:
+    """Hudgins' RMS, WL, ZC, SSC of each channel of each window: ``(N, 4 C)``."""
+    f = extract(emg, fs, starts, window, th, bands_hz=())  # (N, C * 11)
+    return f.reshape(len(starts), emg.shape[1], -1)[:, :, TD4].reshape(len(starts), -1)
 
 
 def run(recordings: Sequence[Recording], cfg: MyoCheckConfig = MyoCheckConfig()) -> dict:

@@ -795,17 +795,22 @@ def _trial_error(trial: Any) -> str:
     return (reasons or lines or ["unknown error"])[-1][:300]
 
 
+def _result_error(r: Any) -> str:
+    """A Tune result's error in one line ("" if none): the NaN-loss message when there is one."""
+    if r.error is None:
+        return ""
+    text = str(r.error)
+    found = [ln for ln in text.splitlines() if "NonFiniteLossError" in ln]
+    return (found or [text.strip().splitlines()[-1] if text.strip() else "error"])[-1][:300]
+
+
 def _leaderboard(grid: Any, points: list[dict], metric: str, mode: str) -> list[dict[str, Any]]:
     rows = []
     for r in grid:
         cfg = r.config or {}
         score = (r.metrics or {}).get(metric, math.nan)
         done = bool((r.metrics or {}).get("done"))
-        err = ""
-        if r.error is not None:
-            text = str(r.error)
-            found = [ln for ln in text.splitlines() if "NonFiniteLossError" in ln]
-            err = (found or [text.strip().splitlines()[-1] if text.strip() else "error"])[-1]
+        err = _result_error(r)
         ok = r.error is None and done and isinstance(score, float) and math.isfinite(score)
         rows.append(
             {
@@ -813,7 +818,7 @@ def _leaderboard(grid: Any, points: list[dict], metric: str, mode: str) -> list[
                 "overrides": json.dumps(cfg.get("overrides", {}), sort_keys=True),
                 metric: score,
                 "status": "ok" if ok else "failed",
-                "error": err[:300],
+                "error": err,
             }
         )
     sign = -1 if mode == "max" else 1
@@ -864,7 +869,7 @@ def _study_rows(grid: Any, points: list[dict], metric: str) -> list[dict[str, An
             if (k.startswith(metric) or k.startswith("eval_")) and isinstance(v, int | float)
         }
         ok = r.error is None and bool(m.get("done")) and math.isfinite(scores.get(metric, math.nan))
-        error = "" if r.error is None else str(r.error).strip().splitlines()[-1][:300]
+        error = _result_error(r)
         rows.append({**point, **dict(sorted(scores.items())), "status": "ok" if ok else "failed"})
         rows[-1]["error"] = error
         rows[-1]["_order"] = order.get(json.dumps(point, sort_keys=True), len(order))

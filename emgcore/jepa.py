@@ -314,7 +314,7 @@ class CrossAttentionHead(nn.Module):
 
     def forward(self, z: Tensor, channels: int) -> Tensor:
         kv = self.ln_kv(self.proj(z))
-        q = self.query.expand(len(z), -1, -1)
+        q = self.query.expand(z.shape[0], -1, -1)  # not len(z): export keeps B dynamic
         q = q + self.attn(self.ln_q(q), kv)
         q = q + self.ff(self.ln_ff(q))
         return self.mlp(q[:, 0])

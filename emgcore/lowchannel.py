@@ -182,7 +182,7 @@ def low_channel_study(
     d_dense = prepare(dense, cfg.data)
     dense_out: dict[str, Any] = {}
     run(d_dense, cfg, keep=dense_out)
-    model, best = train_adapter(dense_out["model"], d_low, adapter, cfg.head, cfg.seed)
+    model, best = train_adapter(dense_out["model"], d_low, adapter, cfg.head, cfg.seeds[0])
     test = ja_mae(batched(model, d_low.test.emg), d_low.test.pose, d_low.unit)
     rows.append({"method": "adapter", "val_ja_mae": best, "test_ja_mae": test})
     return rows

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError
 from emgcore.features import window_starts
 from emgcore.jepa import Encoder, JEPAConfig, PoseHeadConfig, finetune, ja_mae, pretrain
@@ -66,7 +68,11 @@ class PoseEstConfig:
     jepa: JEPAConfig = field(default_factory=JEPAConfig)
     head: PoseHeadConfig = field(default_factory=PoseHeadConfig)
     pretrain: bool = True  # False: the fully supervised baseline (same model, random init)
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)  # a run trains with the first; final evaluations with all
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds: needs at least one")
 
 
 @dataclass
@@ -80,6 +86,9 @@ class PoseWindows:
     def __len__(self) -> int:
         return len(self.emg)
 
+    def to(self, device: torch.device | str) -> PoseWindows:
+        return PoseWindows(self.emg.to(device), self.pose.to(device), self.user)
+
     @staticmethod
     def concat(parts: Sequence[PoseWindows]) -> PoseWindows:
         return PoseWindows(
@@ -91,13 +100,18 @@ class PoseWindows:
 
 @dataclass
 class PoseData:
-    """The three subsets, the angles' unit and the electrode layout."""
+    """The three subsets, the angles' unit, the electrode layout and the joints' names."""
 
     train: PoseWindows
     val: PoseWindows
     test: PoseWindows
     unit: str
     layout: ChannelLayout
+    joints: tuple[str, ...] = ()
+
+    def to(self, device: torch.device | str) -> PoseData:
+        """Training and validation windows on ``device`` (the test users stay: scored on CPU)."""
+        return replace(self, train=self.train.to(device), val=self.val.to(device))
 
 
 def prepare(recordings: Sequence[Recording], cfg: PoseDataConfig) -> PoseData:
@@ -128,9 +142,9 @@ def prepare(recordings: Sequence[Recording], cfg: PoseDataConfig) -> PoseData:
             )
     pipe = cfg.pipeline(first.fs).fit(roles["train"], calibration=recordings)
     out = {role: _windows(recs, pipe, cfg) for role, recs in roles.items()}
-    return PoseData(
-        out["train"], out["val"], out["test"], first.kinematics_unit or "rad", first.layout
-    )
+    unit, n_joints = first.kinematics_unit or "rad", out["train"].pose.shape[1]
+    joints = tuple(first.joint_names) or tuple(f"joint{j}" for j in range(n_joints))
+    return PoseData(out["train"], out["val"], out["test"], unit, first.layout, joints)
 
 
 def _windows(recordings: Sequence[Recording], pipe: Pipeline, cfg: PoseDataConfig) -> PoseWindows:
@@ -164,14 +178,17 @@ def run(
     extra_pretrain: Tensor | None = None,
     extra_train: PoseWindows | None = None,
     keep: dict[str, Any] | None = None,
+    parallel: DataParallel | None = None,
 ) -> dict[str, float]:
     """Pre-train (unless ``cfg.pretrain`` is off), fine-tune, score: ``val_ja_mae`` (selection),
     ``test_ja_mae`` (held-out users) and the last pre-training loss.
 
     ``extra_pretrain`` windows join pre-training and ``extra_train`` windows the fine-tuning set
     (Sec. 4.4's emulated signals); ``keep["model"]`` receives the fine-tuned pose model.
+    Training runs on the windows' device, data-parallel over ``parallel``'s workers; the test
+    users are scored on the CPU.
     """
-    hooks = hooks or {}
+    hooks, seed = hooks or {}, cfg.seeds[0]
     tr = data.train
     channels, window = tr.emg.shape[2], tr.emg.shape[1]
     out: dict[str, float] = {}
@@ -181,14 +198,15 @@ def run(
             cfg.jepa,
             unlabelled,
             layout=data.layout,
-            seed=cfg.seed,
+            seed=seed,
             hooks=hooks.get("pretrain", ()),
+            parallel=parallel,
         )
         encoder = model.encoder
         out["pretrain_loss"] = fit.epochs[-1]["train_loss"]
     else:
-        torch.manual_seed(cfg.seed)
-        encoder = Encoder(cfg.jepa, channels, window // cfg.jepa.patch)
+        torch.manual_seed(seed)
+        encoder = Encoder(cfg.jepa, channels, window // cfg.jepa.patch).to(tr.emg.device)
     labelled = tr if extra_train is None else PoseWindows.concat([tr, extra_train])
     pose, _, best = finetune(
         cfg.head,
@@ -197,14 +215,60 @@ def run(
         labelled.pose,
         (data.val.emg, data.val.pose),
         unit=data.unit,
-        seed=cfg.seed,
+        seed=seed,
         hooks=hooks.get("finetune", ()),
+        parallel=parallel,
     )
     out["val_ja_mae"] = best
-    out["test_ja_mae"] = ja_mae(batched(pose, data.test.emg), data.test.pose, data.unit)
+    pose.cpu()
+    out["test_ja_mae"] = ja_mae(batched(pose, data.test.emg.cpu()), data.test.pose, data.unit)
     if keep is not None:
         keep["model"] = pose
     return out
+
+
+def per_joint_report(model: torch.nn.Module, data: PoseData, folder: str | Path) -> list[Path]:
+    """The test users' errors, for a run's artifacts: ``test_per_joint.csv`` (JA-MAE in degrees
+    per joint and per user) and ``test_trajectories.png`` (predicted against true angles of the
+    four worst joints over the first test user's windows). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        pred = batched(model.cpu().eval(), data.test.emg.cpu()).numpy()
+    true = data.test.pose.numpy()
+    users = sorted(set(data.test.user.tolist()))
+    rows = ["joint," + ",".join(["all", *users])]
+    per_joint = []
+    for j, name in enumerate(data.joints):
+        errs = [ja_mae(pred[:, j], true[:, j], data.unit)]
+        errs += [
+            ja_mae(pred[data.test.user == u, j], true[data.test.user == u, j], data.unit)
+            for u in users
+        ]
+        per_joint.append(errs[0])
+        rows.append(f"{name}," + ",".join(f"{e:.4f}" for e in errs))
+    table = folder / "test_per_joint.csv"
+    table.write_text("\n".join(rows) + "\n")
+
+    first = data.test.user == users[0]
+    worst = np.argsort(per_joint)[::-1][:4]
+    fig, axes = plt.subplots(len(worst), 1, figsize=(8, 1.8 * len(worst)), sharex=True)
+    for ax, j in zip(np.atleast_1d(axes), worst, strict=True):
+        ax.plot(true[first, j], lw=1.2, label="true")
+        ax.plot(pred[first, j], lw=1.0, label="predicted")
+        ax.set_ylabel(f"{data.joints[j]}\n({data.unit})", fontsize=7)
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="upper right")
+    np.atleast_1d(axes)[-1].set_xlabel(f"window of test user {users[0]}")
+    fig.tight_layout()
+    plot = folder / "test_trajectories.png"
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    return [table, plot]
 
 
 # The paper's ablations (Tables 1-5) as overrides of one base experiment; "supervised" is the

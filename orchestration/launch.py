@@ -90,6 +90,32 @@ def make_trainer(
     )
 
 
+def report_last(summary: dict[str, Any], rank: int) -> None:
+    """A worker's final report of a trial without units (the pose families). With a (tiny)
+    checkpoint: Train V2's ``Result.metrics`` are those of the latest checkpointed report, and the
+    sweep reads the final run's numbers from there."""
+    import tempfile
+    from pathlib import Path
+
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            (Path(d) / "summary.json").write_text(json.dumps(summary, default=str))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(dict(summary), checkpoint=checkpoint)
+
+
+def placement() -> dict[str, str]:
+    """``{"placement_group": hex}`` of the calling worker's group (for
+    :func:`release_placement_group` once the trial is over)."""
+    import ray
+
+    pg = ray.util.get_current_placement_group()
+    return {"placement_group": pg.id.hex() if pg is not None else ""}
+
+
 def release_placement_group(pg_hex: str) -> None:
     """Remove a finished Train run's worker placement group if it is still there.
 

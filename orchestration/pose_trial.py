@@ -19,7 +19,6 @@ from its seed, which reproduces it.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -116,13 +115,13 @@ def train_loop(spec: dict[str, Any]) -> None:
             )
             tune = zero_shot_score(enc.retrieve[method], enc.pose[method], splits["tune"], cfg)
             summary = {"tune_zs_bacc": tune}
-        summary |= {"loop_s": time.perf_counter() - t_start, "done": True, **_placement()}
+        summary |= {"loop_s": time.perf_counter() - t_start, "done": True, **launch.placement()}
         if log is not None:
             log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
             log.flush()
             tracker.set_tags(run_id, {"emg.status": "finished"})
             tracker.end(run_id, "FINISHED")
-        _report_last(summary, rank)
+        launch.report_last(summary, rank)
     except BaseException as e:
         if tracker is not None and run_id is not None and log is not None:
             tracking.end_with_error(tracker, run_id, log, e)
@@ -257,17 +256,6 @@ def _champion_score(
         return math.nan, f"champion v{current.version} cannot be evaluated here: {e}"[:500]
 
 
-def _report_last(summary: Mapping[str, Any], rank: int) -> None:
-    """The trial's result. With a (tiny) checkpoint: Train V2's ``Result.metrics`` are those of
-    the latest checkpointed report, and the sweep reads the final run's numbers from there."""
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            (Path(d) / "summary.json").write_text(json.dumps(summary, default=str))
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(dict(summary), checkpoint=checkpoint)
-
-
 def _pretrained(spec: Mapping[str, Any]) -> tuple[Any, Any] | None:
     """The registered MAE encoders a CPEP / EMBridge sweep starts from (``spec["mae"]``: model
     URIs pinned to versions by the sweep), or None to pre-train them in the trial."""
@@ -283,8 +271,3 @@ def _cpu(enc: Encoders) -> Encoders:
     for m in enc.models.values():
         m.cpu()
     return enc
-
-
-def _placement() -> dict[str, str]:
-    pg = ray.util.get_current_placement_group()
-    return {"placement_group": pg.id.hex() if pg is not None else ""}

@@ -43,6 +43,7 @@ from emgcore.config import override, tuplify
 from emgcore.errors import InvalidValueError
 from emgcore.experiment import ExperimentConfig
 from emgcore.posealign import PoseAlignConfig
+from emgcore.poseest import PoseEstConfig
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # method name -> the configuration dataclass its search space addresses
@@ -51,6 +52,7 @@ CONFIGS: dict[str, type] = {
     "mae": PoseAlignConfig,  # the pose-alignment family shares one config
     "cpep": PoseAlignConfig,
     "embridge": PoseAlignConfig,
+    "jepa": PoseEstConfig,
 }
 _TOP = {"method", "metric", "mode", "subjects", "stages", "studies"}
 _STAGE = {"name", "grid", "choice", "fixed", "inherit", "budget"}

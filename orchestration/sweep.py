@@ -1,13 +1,16 @@
-"""Staged hyper-parameter sweep: ``python orchestration/sweep.py kinembed | mae | cpep | embridge``.
+"""Staged hyper-parameter sweep:
+``python orchestration/sweep.py kinembed | mae | cpep | embridge | jepa``.
 
 One Ray Tune experiment per stage of ``search_spaces/<method>.yaml``; each trial is a Ray Train
 ``TorchTrainer`` run of the emgcore code path (:mod:`orchestration.trial` for KinEMbed,
-:mod:`orchestration.pose_trial` for the pose-alignment family), launched by a small Tune driver
-function. Each stage fixes the winners of the stages it inherits from. After the last stage the
-winner is retrained with every seed, scored on the held-out data (KinEMbed: the held-out
-session; the pose family: the evaluation users), logged to MLflow and registered; the
-``champion`` alias moves only on improvement. ``cpep`` and ``embridge`` start from the registered
-``mae-emg@champion`` and ``mae-pose@champion`` (pre-training them first when missing).
+:mod:`orchestration.pose_trial` for the pose-alignment family, :mod:`orchestration.jepa_trial`
+for EMG-JEPA), launched by a small Tune driver function. Each stage fixes the winners of the
+stages it inherits from. After the last stage the winner is retrained with every seed, scored on
+the held-out data (KinEMbed: the held-out session; the pose family: the evaluation users;
+EMG-JEPA: the test users), logged to MLflow and registered; the ``champion`` alias moves only on
+improvement (the space's ``mode`` says which way: JA-MAE is an error, lower wins). ``cpep`` and
+``embridge`` start from the registered ``mae-emg@champion`` and ``mae-pose@champion``
+(pre-training them first when missing).
 
 ``--study NAME`` runs one of the space's studies instead (e.g. ``data_efficiency``): every point
 of its grid retrained per seed and scored like the final run, tabulated and plotted against the
@@ -80,7 +83,16 @@ POSE = Family(  # 6 users: 2 train, 2 val (1 tune), 2 test; every stage, 4 s eac
     "eval zero-shot",
     "orchestration.pose_trial",
 )
-FAMILIES = {"kinembed": KINEMBED, "mae": POSE, "cpep": POSE, "embridge": POSE}
+JEPA = Family(  # 6 users: 4 train, 1 validation, 1 test; one session of 4 s per stage
+    "jepa-sim",
+    "jepa-smoke",
+    "emg2pose-like",
+    {"duration_s": 4.0, "n_subjects": 6, "sessions": ("s0",)},
+    "test_ja_mae",
+    "test JA-MAE",  # degrees
+    "orchestration.jepa_trial",
+)
+FAMILIES = {"kinembed": KINEMBED, "mae": POSE, "cpep": POSE, "embridge": POSE, "jepa": JEPA}
 
 
 @dataclass
@@ -119,13 +131,13 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--data",
         default="",
         help="simulator preset or dataset path (default: the simulator: db8-like for kinembed, "
-        "emg2pose-like for mae, cpep and embridge)",
+        "emg2pose-like for mae, cpep, embridge and jepa)",
     )
     p.add_argument(
         "--config",
         default=None,
-        help="base config: YAML file or bundled preset (default: kinembed-sim or "
-        "posealign-sim; kinembed-smoke or posealign-smoke with --smoke)",
+        help="base config: YAML file or bundled preset (default: kinembed-sim, posealign-sim "
+        "or jepa-sim; their -smoke presets with --smoke)",
     )
     p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/)")
     p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
@@ -538,7 +550,7 @@ class Sweep:
         spec["seeds"] = list(seeds)
         spec["subjects"] = state.get("subjects") or []
         spec["tracking"]["run_id"] = run
-        _print(f"final: winner retrained with seeds {list(seeds)} -> held-out session")
+        _print(f"final: winner retrained with seeds {list(seeds)} -> held-out data")
         m = self._fit_once(spec, f"{sid}-final", sid)
         state["final"] = {k: v for k, v in m.items() if isinstance(v, int | float | str | bool)}
         self._save_state(state)

@@ -311,15 +311,17 @@ def register(
     tags: Mapping[str, str],
     metric: str = "heldout_r2",
     extra_files: Sequence[str | Path] = (),
+    mode: str = "max",
 ) -> tuple[str, bool]:
     """Log and register ``model``; move ``name@champion`` to it only if it is better.
 
     ``score`` and ``champion_score`` must come from the same held-out evaluation;
     ``champion_score`` is None when there is no champion yet and NaN when the champion could not
-    be evaluated on that data (then the alias stays). Both are tagged as ``metric`` and
-    ``champion_<metric>``. Returns ``(version, became champion)``.
+    be evaluated on that data (then the alias stays). Better is higher for ``mode="max"`` (R^2,
+    accuracy), lower for ``"min"`` (an error such as JA-MAE); a tie keeps the champion. Both are
+    tagged as ``metric`` and ``champion_<metric>``. Returns ``(version, became champion)``.
     """
-    promote = champion_score is None or (math.isfinite(champion_score) and score > champion_score)
+    promote = beats_champion(score, champion_score, mode)
     old = math.nan if champion_score is None else champion_score
     all_tags = {
         metric: f"{score:.6f}",
@@ -332,6 +334,18 @@ def register(
         client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
         retry(client.set_registered_model_alias, name, "champion", version)
     return version, promote
+
+
+def beats_champion(score: float, champion_score: float | None, mode: str = "max") -> bool:
+    """The champion rule: no champion yet, or strictly better on the same evaluation (higher for
+    ``mode="max"``, lower for ``"min"``); a champion that could not be scored (NaN) stays."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if champion_score is None:
+        return True
+    if not (math.isfinite(champion_score) and math.isfinite(score)):
+        return False
+    return score > champion_score if mode == "max" else score < champion_score
 
 
 def champion(client: MlflowClient, name: str) -> Any | None:

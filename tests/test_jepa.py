@@ -175,3 +175,17 @@ def test_config_refuses_what_cannot_build() -> None:
         JEPAConfig(width=100, heads=8)
     with pytest.raises(ValueError, match="decoder"):
         PoseHeadConfig(decoder="lstm")
+
+
+@pytest.mark.parametrize("decoder", ["cross_attention", "conv"])
+def test_pose_model_exports_with_a_dynamic_batch(decoder: str) -> None:
+    """The registry stores the ``torch.export`` graph: it must take any batch size, not only
+    the example's (a ``len(x)`` in ``forward`` would pin it), and match the module."""
+    head = PoseHeadConfig(decoder=decoder, hidden=16, heads=4, mlp_dim=32)
+    torch.manual_seed(0)
+    model = PoseModel(Encoder(TINY, C, T // TINY.patch), head, joints=5).eval()
+    batch = torch.export.Dim("batch")
+    graph = torch.export.export(model, (torch.randn(4, T, C),), dynamic_shapes=({0: batch},))
+    x = torch.randn(7, T, C)
+    with torch.no_grad():
+        torch.testing.assert_close(graph.module()(x), model(x))

@@ -112,3 +112,33 @@ def test_channel_study_and_cli(recordings, smoke, tmp_path, capsys) -> None:
     assert "jepa ablations on" in capsys.readouterr().out
     assert main([*args, "--set", "jepa.featurizer=fft"]) == 2
     assert "featurizer must be one of" in capsys.readouterr().err
+
+
+def test_per_joint_report_is_the_error_of_each_joint_and_user(recordings, smoke, tmp_path) -> None:
+    """A model that always predicts 0: each joint's JA-MAE is the mean |angle| of the test
+    users, in degrees; the joint rows average to the run's JA-MAE."""
+    import csv
+
+    from emgcore.jepa import ja_mae
+    from emgcore.poseest import per_joint_report
+
+    data = prepare(recordings, smoke.data)
+    joints = data.test.pose.shape[1]
+
+    class Zero(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], joints)
+
+    table, plot = per_joint_report(Zero(), data, tmp_path)
+    rows = list(csv.DictReader(table.open()))
+    assert [r["joint"] for r in rows] == list(data.joints) and len(rows) == joints
+    true = data.test.pose.numpy().astype(np.float64)
+    scale = 180.0 / np.pi if data.unit == "rad" else 1.0
+    for j, r in enumerate(rows):
+        assert float(r["all"]) == pytest.approx(np.abs(true[:, j]).mean() * scale, abs=1e-3)
+        for user in sorted(set(data.test.user)):
+            mine = true[data.test.user == user, j]
+            assert float(r[user]) == pytest.approx(np.abs(mine).mean() * scale, abs=1e-3)
+    overall = ja_mae(np.zeros_like(true), true, data.unit)
+    assert np.mean([float(r["all"]) for r in rows]) == pytest.approx(overall, abs=1e-3)
+    assert plot.stat().st_size > 10_000

@@ -118,3 +118,25 @@ def test_bad_study_names_file_and_key(tmp_path: Path, body: str, field: str) -> 
     with pytest.raises(InvalidValueError) as err:
         load(path)
     assert str(path) in str(err.value) and f"'{field}'" in str(err.value), str(err.value)
+
+
+def test_jepa_space_selects_on_validation_error_and_every_point_draws_masks() -> None:
+    """Lower JA-MAE wins; every mask range x patch size of the space yields masks on the
+    simulator's 16-channel ring and a 64-electrode grid (the sampler's own checks run)."""
+    import torch
+
+    from emgcore.jepa import mask_sampler
+    from emgcore.recording import ChannelLayout
+
+    space = load(path_for("jepa"))
+    assert (space.metric, space.mode) == ("val_ja_mae", "min")
+    assert [s.name for s in space.stages] == ["masks", "patch", "featurizer"]
+    assert space.stage("featurizer").grid["jepa.featurizer"] == ("mlp", "conv", "raw")
+    base = CONFIGS["jepa"]()
+    grid = ChannelLayout.make_grid(8, 8)
+    for point in space.stage("masks").grid_points():
+        for patch in space.stage("patch").grid["jepa.patch"]:
+            cfg = apply(base, {**point, "jepa.patch": patch}).jepa
+            for channels, layout in ((16, None), (64, grid)):
+                m = mask_sampler(cfg, channels, 2000, layout)(8, torch.Generator().manual_seed(0))
+                assert m.obs.shape[0] == m.target.shape[0] == 8 and m.target.shape[1] > 0

@@ -68,6 +68,29 @@ def _pipeline(seed: int) -> DecodingPipeline:
     return DecodingPipeline.empty(ExperimentConfig(), n_features=12, n_dof=3).eval()
 
 
+@pytest.mark.parametrize(
+    ("score", "champ", "mode", "want"),
+    [
+        (0.5, None, "max", True),  # no champion yet
+        (0.6, 0.5, "max", True),
+        (0.4, 0.5, "max", False),
+        (0.5, 0.5, "max", False),  # a tie keeps the champion
+        (9.0, 10.0, "min", True),  # an error (JA-MAE in degrees): lower wins
+        (11.0, 10.0, "min", False),
+        (10.0, 10.0, "min", False),
+        (9.0, math.nan, "min", False),  # a champion that could not be scored stays
+        (math.nan, 10.0, "min", False),  # and a NaN score never takes over
+    ],
+)
+def test_champion_rule_in_both_directions(score, champ, mode, want):
+    assert tracking.beats_champion(score, champ, mode) is want
+
+
+def test_champion_rule_names_a_bad_mode():
+    with pytest.raises(ValueError, match="'max' or 'min'"):
+        tracking.beats_champion(1.0, 0.0, "lower")
+
+
 @pytest.mark.slow
 def test_champion_moves_only_on_improvement_and_loads(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"

@@ -1,0 +1,191 @@
+"""What an EMG-JEPA trial's Ray Train workers run (``sweep.py jepa``).
+
+A search trial pre-trains the encoder on the training users' windows, fine-tunes it with the
+pose head (early-stopped on the validation users) and reports the selection metric
+``val_ja_mae``: JA-MAE in degrees on the validation users, lower is better
+(:func:`emgcore.poseest.run`).
+
+The final run retrains the winner once per seed and scores the held-out test users
+(``test_ja_mae``, mean +- std over seeds, with ``val_ja_mae`` beside it). Rank 0 logs the first
+seed's per-joint errors and trajectories and registers its pose model (EMG windows ``(B, T, C)``
+-> joint angles ``(B, J)`` in the data's unit) as ``jepa``. The champion rule is KinEMbed's: the
+current champion is loaded and scored again on the same test users here, and the alias moves only
+when the new model's error is lower; a champion that cannot run on this data (other channels or
+window length) keeps its alias.
+
+Like the other pose family there is no mid-trial checkpoint: a restarted worker retrains the
+trial from its seed, which reproduces it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from emgcore.config import load_yaml
+from emgcore.distributed import DataParallel
+from emgcore.experiment import resolve_config
+from emgcore.jepa import ja_mae
+from emgcore.poseest import PoseData, PoseEstConfig, per_joint_report, prepare, run
+from emgcore.training import batched
+from orchestration import launch, tracking
+from orchestration.search_space import apply
+from orchestration.trial import load_recordings
+
+PHASES = ("pretrain", "finetune")
+
+
+def build_config(spec: Mapping[str, Any]) -> PoseEstConfig:
+    """The base preset with the trial's dotted-key overrides (and the final run's seeds)."""
+    cfg = apply(load_yaml(PoseEstConfig, resolve_config(spec["config"])), spec["overrides"])
+    if spec.get("seeds"):
+        cfg = replace(cfg, seeds=tuple(spec["seeds"]))
+    return cfg
+
+
+def train_loop(spec: dict[str, Any]) -> None:
+    """Ray Train's per-worker function for EMG-JEPA."""
+    t_start = time.perf_counter()
+    rank = ray.train.get_context().get_world_rank()
+    parallel = DataParallel.current()
+    torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+    cfg = build_config(spec)
+    data = prepare(load_recordings(spec), cfg.data).to(ray.train.torch.get_device())
+    tracker, run_id, log = None, None, None
+    if rank == 0:
+        params = tracking.flatten(cfg) | {"trial.workers": parallel.world_size}
+        tracker, run_id, log = tracking.open_trial_run(spec["tracking"], params)
+    step, t_report = 0, -math.inf
+
+    def hook_for(phase: str):
+        def on_epoch(epoch: int, metrics: Mapping[str, float], model: Any) -> None:
+            nonlocal step, t_report
+            step += 1
+            if log is not None:
+                log.log({f"{phase}.{k}": v for k, v in metrics.items()}, step)
+            now = time.perf_counter()
+            # a report is a collective: the workers must agree on making one
+            if parallel.agree(now - t_report >= launch.REPORT_S):
+                t_report = now
+                ray.train.report({"model": phase, "epoch": epoch, **metrics})
+
+        return (on_epoch,)
+
+    hooks = {phase: hook_for(phase) for phase in PHASES}
+    try:
+        if spec["mode"] == "final":
+            summary = _final(spec, cfg, data, hooks, parallel, tracker, run_id, rank)
+        else:
+            out = run(data, cfg, hooks, parallel=parallel)
+            summary = {k: out[k] for k in ("val_ja_mae", "pretrain_loss") if k in out}
+        summary |= {"loop_s": time.perf_counter() - t_start, "done": True, **launch.placement()}
+        if log is not None:
+            log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
+            log.flush()
+            tracker.set_tags(run_id, {"emg.status": "finished"})
+            tracker.end(run_id, "FINISHED")
+        launch.report_last(summary, rank)
+    except BaseException as e:
+        if tracker is not None and run_id is not None and log is not None:
+            tracking.end_with_error(tracker, run_id, log, e)
+        traceback.print_exc()
+        raise
+
+
+def _final(
+    spec: Mapping[str, Any],
+    cfg: PoseEstConfig,
+    data: PoseData,
+    hooks: Mapping[str, Any],
+    parallel: DataParallel,
+    tracker: tracking.Tracker | None,
+    run_id: str | None,
+    rank: int,
+) -> dict[str, Any]:
+    """Retrain per seed, score the test users; rank 0 logs the report and registers."""
+    scores: dict[str, list[float]] = {"test_ja_mae": [], "val_ja_mae": []}
+    first: torch.nn.Module | None = None
+    for seed in cfg.seeds:
+        keep: dict[str, Any] = {}
+        out = run(data, replace(cfg, seeds=(seed,)), hooks, keep=keep, parallel=parallel)
+        for k in scores:
+            scores[k].append(out[k])
+        first = first or keep["model"]
+    summary: dict[str, Any] = {"scores": ",".join(f"{s:.4f}" for s in scores["test_ja_mae"])}
+    for k, values in scores.items():
+        summary |= {k: float(np.mean(values)), f"{k}_std": float(np.std(values))}
+    if rank != 0 or tracker is None or run_id is None or first is None:
+        return summary
+    if spec.get("report", True):
+        with tempfile.TemporaryDirectory() as d:
+            for f in per_joint_report(first, data, d):
+                tracker.log_artifact(run_id, f, "report")
+    if spec.get("registry"):  # a study registers nothing
+        summary |= _register(spec, data, first, tracker, run_id)
+    return summary
+
+
+def _register(
+    spec: Mapping[str, Any],
+    data: PoseData,
+    model: torch.nn.Module,
+    tracker: tracking.Tracker,
+    run_id: str,
+) -> dict[str, Any]:
+    """Register the first seed's pose model; ``champion`` moves only on a lower test JA-MAE, both
+    models scored here on the same test users."""
+    tracking.use(tracker.uri)
+    name = spec["registry"]["name"]
+    test = data.test
+    model = model.cpu().eval()
+    with torch.no_grad():
+        score = ja_mae(batched(model, test.emg), test.pose, data.unit)
+    current = tracking.champion(tracker.client, name)
+    old: float | None = None
+    why = "no champion yet"
+    if current is not None:
+        try:
+            champ = tracking.load_model(f"models:/{name}@champion")
+            with torch.no_grad():
+                old = ja_mae(batched(champ, test.emg), test.pose, data.unit)
+            why = f"champion v{current.version} scores {old:.3f} deg on the same test users"
+        except Exception as e:  # other channels or window length: not comparable
+            old = math.nan
+            why = f"champion v{current.version} cannot be evaluated on this data: {e}"[:500]
+    users = ",".join(sorted(set(test.user.tolist())))
+    tags = {
+        "eval": f"test users {users} of {spec['data']} ({spec['fingerprint']})",
+        "sweep": spec["tracking"]["tags"].get("emg.sweep", ""),
+        "unit": data.unit,
+        "joints": ",".join(data.joints),
+        "reason": why,
+    }
+    version, promote = tracking.register(
+        run_id,
+        model,
+        test.emg[:4].numpy(),
+        name,
+        score,
+        old,
+        tags,
+        metric="test_ja_mae",
+        mode="min",
+    )
+    tracker.set_tags(run_id, {"registry.version": version, "registry.champion": str(promote)})
+    return {
+        "registry_version": int(version),
+        "became_champion": bool(promote),
+        "registered_ja_mae": score,
+        "champion_ja_mae": math.nan if old is None else old,
+        "champion_reason": why,
+    }

@@ -7,9 +7,12 @@ Train trials; on the Test trials we report
 * the masked-latent L1 of the model against two controls: the same model scored against other
   windows' targets (a model that reads its context must be clearly better on its own windows),
   and a same-architecture model trained with targets shuffled across the batch;
-* a linear probe of the gestures (Train -> Test trials) on the mean of the learned tokens
-  against the same probe on raw per-channel features (Hudgins' RMS, WL, ZC, SSC) and on the
-  tokens of the same encoder left at its random initialisation (what pre-training adds).
+* a linear probe of the gestures (Train -> Test trials) on the learned tokens, averaged over time
+  per electrode and concatenated ``(C * width)``, against the same probe on raw per-channel
+  features (Hudgins' RMS, WL, ZC, SSC) and on the tokens of the same encoder left at its random
+  initialisation (what pre-training adds). Pooling per electrode keeps the channels apart, as
+  the raw features do: the mean over all tokens threw the spatial pattern away and scored
+  0.76 for both encoders where per-electrode pooling scores 0.95 (measured, 20 epochs).
 
 Choices (a check that the recipe learns from real EMG, not a paper number): the paper's
 preprocessing with the band's upper edge at 450 Hz (0.45 fs at 1 kHz); 1-s windows every 0.5 s
@@ -104,11 +107,16 @@ def run(recordings: Sequence[Recording], cfg: FlexCheckConfig = FlexCheckConfig(
         "own_better_fraction": float((own < other).double().mean()),
     }
     n_cls = int(max(y["Train"].max(), y["Test"].max()) + 1)
+    channels, patches = x["Train"].shape[2], cfg.window // cfg.jepa.patch
     with seeded(cfg.seed):
-        untrained = Encoder(cfg.jepa, x["Train"].shape[2], cfg.window // cfg.jepa.patch).eval()
+        untrained = Encoder(cfg.jepa, channels, patches).eval()
     probe = {"raw_td4": linear_probe(f["Train"], y["Train"], f["Test"])}
+
+    def per_electrode(z: torch.Tensor) -> torch.Tensor:  # (B, C*K, d) -> (B, C*d)
+        return z.reshape(len(z), channels, patches, -1).mean(dim=2).flatten(1)
+
     for name, enc in (("jepa_tokens", model.encoder), ("random_init_tokens", untrained)):
-        z = {k: batched(lambda v, e=enc: e(v).mean(dim=1), x[k]).numpy() for k in x}
+        z = {k: batched(lambda v, e=enc: per_electrode(e(v)), x[k]).numpy() for k in x}
         probe[name] = linear_probe(z["Train"], y["Train"], z["Test"])
     return {
         "loss": losses,

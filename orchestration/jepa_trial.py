@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -38,9 +36,10 @@ from emgcore.experiment import resolve_config
 from emgcore.jepa import ja_mae
 from emgcore.poseest import PoseData, PoseEstConfig, per_joint_report, prepare, run
 from emgcore.training import batched
-from orchestration import launch, tracking
+from orchestration import tracking
 from orchestration.search_space import apply
 from orchestration.trial import load_recordings
+from orchestration.worker import TrialRun
 
 PHASES = ("pretrain", "finetune")
 
@@ -55,51 +54,19 @@ def build_config(spec: Mapping[str, Any]) -> PoseEstConfig:
 
 def train_loop(spec: dict[str, Any]) -> None:
     """Ray Train's per-worker function for EMG-JEPA."""
-    t_start = time.perf_counter()
     rank = ray.train.get_context().get_world_rank()
     parallel = DataParallel.current()
     torch.set_num_threads(max(1, int(spec.get("threads", 1))))
     cfg = build_config(spec)
     data = prepare(load_recordings(spec), cfg.data).to(ray.train.torch.get_device())
-    tracker, run_id, log = None, None, None
-    if rank == 0:
-        params = tracking.flatten(cfg) | {"trial.workers": parallel.world_size}
-        tracker, run_id, log = tracking.open_trial_run(spec["tracking"], params)
-    step, t_report = 0, -math.inf
-
-    def hook_for(phase: str):
-        def on_epoch(epoch: int, metrics: Mapping[str, float], model: Any) -> None:
-            nonlocal step, t_report
-            step += 1
-            if log is not None:
-                log.log({f"{phase}.{k}": v for k, v in metrics.items()}, step)
-            now = time.perf_counter()
-            # a report is a collective: the workers must agree on making one
-            if parallel.agree(now - t_report >= launch.REPORT_S):
-                t_report = now
-                ray.train.report({"model": phase, "epoch": epoch, **metrics})
-
-        return (on_epoch,)
-
-    hooks = {phase: hook_for(phase) for phase in PHASES}
-    try:
+    with TrialRun(spec, cfg, parallel, rank) as trial:
+        hooks = {phase: trial.hooks(phase) for phase in PHASES}
         if spec["mode"] == "final":
-            summary = _final(spec, cfg, data, hooks, parallel, tracker, run_id, rank)
+            summary = _final(spec, cfg, data, hooks, trial)
         else:
             out = run(data, cfg, hooks, parallel=parallel)
             summary = {k: out[k] for k in ("val_ja_mae", "pretrain_loss") if k in out}
-        summary |= {"loop_s": time.perf_counter() - t_start, "done": True, **launch.placement()}
-        if log is not None:
-            log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
-            log.flush()
-            tracker.set_tags(run_id, {"emg.status": "finished"})
-            tracker.end(run_id, "FINISHED")
-        launch.report_last(summary, rank)
-    except BaseException as e:
-        if tracker is not None and run_id is not None and log is not None:
-            tracking.end_with_error(tracker, run_id, log, e)
-        traceback.print_exc()
-        raise
+        trial.finish(summary)
 
 
 def _final(
@@ -107,12 +74,10 @@ def _final(
     cfg: PoseEstConfig,
     data: PoseData,
     hooks: Mapping[str, Any],
-    parallel: DataParallel,
-    tracker: tracking.Tracker | None,
-    run_id: str | None,
-    rank: int,
+    trial: TrialRun,
 ) -> dict[str, Any]:
     """Retrain per seed, score the test users; rank 0 logs the report and registers."""
+    parallel = trial.parallel
     scores: dict[str, list[float]] = {"test_ja_mae": [], "val_ja_mae": []}
     first: torch.nn.Module | None = None
     for seed in cfg.seeds:
@@ -124,7 +89,8 @@ def _final(
     summary: dict[str, Any] = {"scores": ",".join(f"{s:.4f}" for s in scores["test_ja_mae"])}
     for k, values in scores.items():
         summary |= {k: float(np.mean(values)), f"{k}_std": float(np.std(values))}
-    if rank != 0 or tracker is None or run_id is None or first is None:
+    tracker, run_id = trial.tracker, trial.run_id
+    if tracker is None or run_id is None or first is None:  # not rank 0
         return summary
     if spec.get("report", True):
         with tempfile.TemporaryDirectory() as d:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -48,9 +46,10 @@ from emgcore.posealign import (
     zero_shot_score,
 )
 from emgcore.windows import RecordingCache
-from orchestration import launch, tracking
+from orchestration import tracking
 from orchestration.search_space import apply
 from orchestration.trial import load_recordings
+from orchestration.worker import TrialRun
 
 TARGET = {"mae": "cpep", "cpep": "cpep", "embridge": "embridge"}  # sweep -> method it scores
 
@@ -70,7 +69,6 @@ def load_splits(spec: Mapping[str, Any], cfg: PoseAlignConfig) -> dict[str, Pair
 
 def train_loop(spec: dict[str, Any]) -> None:
     """Ray Train's per-worker function for the pose-alignment family."""
-    t_start = time.perf_counter()
     rank = ray.train.get_context().get_world_rank()
     parallel = DataParallel.current()
     torch.set_num_threads(max(1, int(spec.get("threads", 1))))
@@ -80,33 +78,14 @@ def train_loop(spec: dict[str, Any]) -> None:
     if device.type != "cpu":  # training reads the pre-training windows on the accelerator
         splits = {**splits, "pretrain": splits["pretrain"].to(device)}
     method = TARGET[spec["method"]]
-    tr = spec["tracking"]
-    tracker, run_id, log = None, None, None
-    if rank == 0:
-        params = tracking.flatten(cfg) | {"trial.workers": parallel.world_size}
-        tracker, run_id, log = tracking.open_trial_run(tr, params)
-    step, t_report = 0, -math.inf
-
-    def hook_for(name: str):
-        def on_epoch(epoch: int, metrics: Mapping[str, float], model: Any) -> None:
-            nonlocal step, t_report
-            step += 1
-            if log is not None:
-                log.log({f"{name}.{k}": v for k, v in metrics.items()}, step)
-            now = time.perf_counter()
-            if parallel.agree(now - t_report >= launch.REPORT_S):
-                t_report = now
-                ray.train.report({"model": name, "epoch": epoch, **metrics})
-
-        return (on_epoch,)
-
-    hooks = {name: hook_for(name) for name in ("emg_mae", "pose_mae", method)}
-    pretrained = _pretrained(spec)
-    if tracker is not None and spec.get("mae"):
-        tracker.set_tags(run_id, {f"emg.mae.{k}": v for k, v in spec["mae"].items()})
-    try:
+    with TrialRun(spec, cfg, parallel, rank) as trial:
+        hooks = {name: trial.hooks(name) for name in ("emg_mae", "pose_mae", method)}
+        pretrained = _pretrained(spec)
+        if trial.tracker is not None and spec.get("mae"):
+            mae = {f"emg.mae.{k}": v for k, v in spec["mae"].items()}
+            trial.tracker.set_tags(trial.run_id, mae)
         if spec["mode"] == "final":
-            summary = _final(spec, cfg, splits, hooks, parallel, tracker, run_id, rank, pretrained)
+            summary = _final(spec, cfg, splits, hooks, trial, pretrained)
         else:
             enc = _cpu(
                 train_all(
@@ -115,18 +94,7 @@ def train_loop(spec: dict[str, Any]) -> None:
             )
             tune = zero_shot_score(enc.retrieve[method], enc.pose[method], splits["tune"], cfg)
             summary = {"tune_zs_bacc": tune}
-        summary |= {"loop_s": time.perf_counter() - t_start, "done": True, **launch.placement()}
-        if log is not None:
-            log.log({k: v for k, v in summary.items() if isinstance(v, float)}, step)
-            log.flush()
-            tracker.set_tags(run_id, {"emg.status": "finished"})
-            tracker.end(run_id, "FINISHED")
-        launch.report_last(summary, rank)
-    except BaseException as e:
-        if tracker is not None and run_id is not None and log is not None:
-            tracking.end_with_error(tracker, run_id, log, e)
-        traceback.print_exc()
-        raise
+        trial.finish(summary)
 
 
 def _final(
@@ -134,15 +102,13 @@ def _final(
     cfg: PoseAlignConfig,
     splits: Mapping[str, PairedWindows],
     hooks: Mapping[str, Any],
-    parallel: DataParallel,
-    tracker: tracking.Tracker | None,
-    run_id: str | None,
-    rank: int,
+    trial: TrialRun,
     pretrained: tuple[Any, Any] | None,
 ) -> dict[str, Any]:
     """Retrain per seed, score on ``eval``; rank 0 logs the report and registers the model."""
     from emgcore.posereport import evaluate, write
 
+    parallel = trial.parallel
     method = TARGET[spec["method"]]
     scores, per_task, first = [], [], None
     for seed in cfg.seeds:
@@ -167,7 +133,8 @@ def _final(
     for k in per_task[0]:
         values = [t[k] for t in per_task]
         out |= {k: float(np.mean(values)), f"{k}_std": float(np.std(values))}
-    if rank != 0 or tracker is None or run_id is None or first is None:
+    tracker, run_id = trial.tracker, trial.run_id
+    if tracker is None or run_id is None or first is None:  # not rank 0
         return out
     if spec.get("report", True):
         with tempfile.TemporaryDirectory() as d:

@@ -283,6 +283,7 @@ class Sweep:
         import ray
 
         state = self._open_state()
+        self._check_subjects(state)  # bad data fails here, before Ray or MLflow runs start
         self._start_ray()
         t0 = time.time()
         sid = state["sweep_id"]
@@ -292,6 +293,7 @@ class Sweep:
         parent = self.tracker.open_run(exp, f"{sid}", f"sweep {sid}", tags)
         state["parent"] = parent
         self._save_state(state)
+        self.tracker.set_tags(parent, {"emg.data_fingerprint": self.fingerprint})
         self.tracker.log_params(
             parent,
             {
@@ -310,7 +312,6 @@ class Sweep:
         status, code = "FINISHED", 0
         handlers = self._install_signals()
         try:
-            self._check_subjects(state)
             self.mae = self._mae_dependency(state, parent, tags)
             if state.get("study"):
                 self._run_study(self.space.study(state["study"]), state, parent, tags)
@@ -696,6 +697,13 @@ class Sweep:
 
         recs = self._load_data()
         have = sorted({r.subject for r in recs if r.kinematics is not None})
+        if not have:
+            raise EmgDataError(
+                f"no recording has kinematics (joint angles, DoA or glove): {self.opts.method} "
+                "learns from EMG paired with them",
+                source=self.opts.data,
+                field="kinematics",
+            )
         wanted = [s for s in self.space.subjects if s in have]
         if self.space.subjects and len(wanted) < len(self.space.subjects):
             _print(
@@ -706,7 +714,6 @@ class Sweep:
         self.subjects = wanted or have
         state["subjects"] = self.subjects
         self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
-        self.tracker.set_tags(state["parent"], {"emg.data_fingerprint": self.fingerprint})
 
     def _load_data(self) -> list:
         """The recordings; a simulated dataset is written once into the cache (BYOD format).

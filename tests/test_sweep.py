@@ -97,6 +97,30 @@ def test_unknown_stage_names_the_option(tmp_path):
     assert not (tmp_path / "ray_results").exists()  # nothing started
 
 
+@pytest.mark.mlflow
+def test_data_without_kinematics_is_refused_before_anything_starts(tmp_path):
+    """EMG alone (e.g. flexemg, myoarmband) cannot train any of the sweeps: one clear line naming
+    the data and the field, exit 2, and no Ray results or MLflow run left behind."""
+    from dataclasses import replace
+
+    from emgcore.data import open_dataset, write_byod
+
+    recs = open_dataset("emg2pose-like", duration_s=1.0, n_subjects=2, sessions=("s0",))
+    folder = tmp_path / "emg_only"
+    write_byod(folder, [replace(r, kinematics=None, joint_names=()) for r in recs[:4]])
+    out = subprocess.run(
+        [sys.executable, str(SWEEP), "jepa", "--data", str(folder)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert str(folder) in out.stderr and "'kinematics'" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "ray_results").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 # -- one smoke sweep submitted as a Ray job -------------------------------------------------------
 
 

@@ -84,7 +84,7 @@ def test_jepa_learns_from_real_flexemg_grid(real_data: Path) -> None:
     too, and a gesture probe on its tokens is far above chance (1/5). Numbers printed for the
     record (measured: 0.270 vs 0.330 against other windows' targets, 0.292 for the model trained
     on shuffled targets, own targets better for 76% of windows; gesture probe on per-electrode
-    pooled tokens 0.950, 0.931 for the same encoder untrained, 0.972 for TD4: pre-training adds
+    pooled tokens 0.949, 0.931 for the same encoder untrained, 0.972 for TD4: pre-training adds
     a little over what the architecture alone gives, and does not reach handcrafted features)."""
     from emgcore.jepacheck import run
 
@@ -95,5 +95,5 @@ def test_jepa_learns_from_real_flexemg_grid(real_data: Path) -> None:
     assert loss["jepa"] < 0.9 * loss["jepa_vs_other_windows"]  # measured 0.82
     assert loss["jepa"] < 0.97 * loss["shuffled_target_model"]  # measured 0.92
     assert loss["own_better_fraction"] > 0.65  # its own targets, for most windows (0.76)
-    assert probe["jepa_tokens"] > 0.85 and probe["raw_td4"] > 0.85  # measured 0.950, 0.972
+    assert probe["jepa_tokens"] > 0.85 and probe["raw_td4"] > 0.85  # measured 0.949, 0.972
     assert 0.2 < probe["random_init_tokens"] <= 1.0

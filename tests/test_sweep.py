@@ -33,7 +33,10 @@ def _env(**extra: str) -> dict[str, str]:
         RAY_USAGE_STATS_ENABLED="0",
         **extra,
     )
-    env.pop("RAY_ADDRESS", None)
+    # a test that loaded a model pointed mlflow at its own store, and mlflow.set_tracking_uri
+    # exports it as these variables: a later sweep would then log into that test's store
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(var, None)
     return env
 
 

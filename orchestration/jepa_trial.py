@@ -97,7 +97,7 @@ def _final(
             for f in per_joint_report(first, data, d):
                 tracker.log_artifact(run_id, f, "report")
     if spec.get("registry"):  # a study registers nothing
-        summary |= _register(spec, data, first, tracker, run_id)
+        summary |= _register(spec, data, first, scores["test_ja_mae"][0], tracker, run_id)
     return summary
 
 
@@ -105,29 +105,21 @@ def _register(
     spec: Mapping[str, Any],
     data: PoseData,
     model: torch.nn.Module,
+    score: float,
     tracker: tracking.Tracker,
     run_id: str,
 ) -> dict[str, Any]:
-    """Register the first seed's pose model; ``champion`` moves only on a lower test JA-MAE, both
-    models scored here on the same test users."""
+    """Register the first seed's pose model (``score``: its test JA-MAE); ``champion`` moves
+    only on a lower one, the champion scored again here on the same test users."""
     tracking.use(tracker.uri)
     name = spec["registry"]["name"]
     test = data.test
-    model = model.cpu().eval()
-    with torch.no_grad():
-        score = ja_mae(batched(model, test.emg), test.pose, data.unit)
-    current = tracking.champion(tracker.client, name)
-    old: float | None = None
-    why = "no champion yet"
-    if current is not None:
-        try:
-            champ = tracking.load_model(f"models:/{name}@champion")
-            with torch.no_grad():
-                old = ja_mae(batched(champ, test.emg), test.pose, data.unit)
-            why = f"champion v{current.version} scores {old:.3f} deg on the same test users"
-        except Exception as e:  # other channels or window length: not comparable
-            old = math.nan
-            why = f"champion v{current.version} cannot be evaluated on this data: {e}"[:500]
+    old, why = tracking.rescore_champion(
+        tracker.client,
+        name,
+        lambda champ: ja_mae(batched(champ, test.emg), test.pose, data.unit),
+        "the same test users",
+    )
     users = ",".join(sorted(set(test.user.tolist())))
     tags = {
         "eval": f"test users {users} of {spec['data']} ({spec['fingerprint']})",

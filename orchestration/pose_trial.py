@@ -214,13 +214,13 @@ def _champion_score(
             return math.nan, f"champion v{current.version} was scored on other data"
         old = float(current.tags.get("eval_zs_bacc", "nan"))
         return old, f"champion v{current.version} scored {old:.4f} on the same evaluation"
-    try:
-        champ = load_model(tracking.model_files(f"models:/{name}@champion"))
-        with torch.no_grad():
-            old = zero_shot_score(champ.retrieve, champ.embed_pose, ev, cfg)
-        return old, f"champion v{current.version} scores {old:.4f} on the same evaluation"
-    except Exception as e:  # other channels or window length: not comparable
-        return math.nan, f"champion v{current.version} cannot be evaluated here: {e}"[:500]
+    return tracking.rescore_champion(
+        tracker.client,
+        name,
+        lambda champ: zero_shot_score(champ.retrieve, champ.embed_pose, ev, cfg),
+        "the same evaluation",
+        load=lambda uri: load_model(tracking.model_files(uri)),
+    )
 
 
 def _pretrained(spec: Mapping[str, Any]) -> tuple[Any, Any] | None:

@@ -355,6 +355,32 @@ def champion(client: MlflowClient, name: str) -> Any | None:
         return None
 
 
+def rescore_champion(
+    client: MlflowClient,
+    name: str,
+    score: Callable[[Any], float],
+    where: str,
+    load: Callable[[str], Any] | None = None,
+) -> tuple[float | None, str]:
+    """``name@champion`` scored again by ``score(model)`` on the evaluation a new version was
+    scored on, for :func:`register`: ``(None, why)`` when there is no champion, ``(NaN, why)``
+    when it cannot run on this data (other channels or window length), else ``(score, why)``.
+    ``load`` turns the champion's URI into a model (default: the logged graph, :func:`load_model`);
+    ``where`` names the evaluation in the reason."""
+    current = champion(client, name)
+    if current is None:
+        return None, "no champion yet"
+    try:
+        import torch
+
+        model = (load or load_model)(f"models:/{name}@champion")
+        with torch.no_grad():
+            old = float(score(model))
+    except Exception as e:  # not comparable: the alias stays (see beats_champion)
+        return math.nan, f"champion v{current.version} cannot be evaluated on {where}: {e}"[:500]
+    return old, f"champion v{current.version} scores {old:.4f} on {where}"
+
+
 def load_model(uri: str) -> Any:
     import mlflow.pytorch
 

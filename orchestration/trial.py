@@ -360,19 +360,11 @@ def _register(
     _log_report(spec, cfg, subj, sessions, tracker, run_id, (seg.y, pred), done)
     name = spec["registry"]["name"]
     tracking.use(tracker.uri)
-    current = tracking.champion(tracker.client, name)
-    r2_old: float | None = None
-    why = "no champion yet"
-    if current is not None:
-        try:
-            old = tracking.load_model(f"models:/{name}@champion")
-            with torch.no_grad():
-                pred = np.asarray(old(torch.as_tensor(raw)))
-            r2_old = float(np.mean(r2_per_output(seg.y, pred)))
-            why = f"champion v{current.version} scores {r2_old:.4f} on the same session"
-        except Exception as e:  # a champion for other data (other channels) cannot be compared
-            r2_old = math.nan
-            why = f"champion v{current.version} cannot be evaluated on this data: {e}"[:500]
+
+    def r2_of(model: Any) -> float:
+        return float(np.mean(r2_per_output(seg.y, np.asarray(model(torch.as_tensor(raw))))))
+
+    r2_old, why = tracking.rescore_champion(tracker.client, name, r2_of, "the same session")
     tags = {
         "eval": f"{subj.subject}/{test} of {spec['data']} ({spec['fingerprint']})",
         "sweep": spec["tracking"]["tags"].get("emg.sweep", ""),

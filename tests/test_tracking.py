@@ -124,6 +124,20 @@ def test_champion_moves_only_on_improvement_and_loads(tmp_path):
     assert got.shape == (25, 3)
     np.testing.assert_allclose(got, expected[:25], rtol=1e-5, atol=1e-5)
 
+    # the champion scored again, as the sweeps' final runs do before registering
+    def mean_output(m: torch.nn.Module) -> float:
+        return float(np.asarray(m(torch.as_tensor(x))).mean())
+
+    old, why = tracking.rescore_champion(t.client, "kin", mean_output, "the same session")
+    assert old == pytest.approx(float(expected.mean()), abs=1e-5)
+    assert why == f"champion v5 scores {old:.4f} on the same session"
+    old, why = tracking.rescore_champion(t.client, "kin", lambda m: m(torch.zeros(3, 7)), "S9")
+    assert math.isnan(old) and why.startswith("champion v5 cannot be evaluated on S9: ")
+    assert tracking.rescore_champion(t.client, "other", mean_output, "S9") == (
+        None,
+        "no champion yet",
+    )
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from emgcore.jepa import JEPA, JEPAConfig, ema_momentum, mask_sampler
-from emgcore.jepa_masks import Masks, MaskSampler
+from emgcore.models.jepa import JEPA, JEPAConfig, ema_momentum, mask_sampler
+from emgcore.models.jepa_masks import Masks, MaskSampler
 
 WINDOW = 2000
 STEPS, WARMUP = 3, 1

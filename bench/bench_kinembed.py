@@ -18,9 +18,9 @@ from _common import median_time
 from torch.utils.data import DataLoader, TensorDataset
 
 from emgcore.data import preset, simulate_recording
-from emgcore.decoder import DecoderConfig, fit_decoder
 from emgcore.features import FeatureConfig, Standardizer, fit_thresholds, recording_features
-from emgcore.kinembed import KinEmbed, KinEmbedConfig, embed, train_kinembed
+from emgcore.models.decoder import DecoderConfig, fit_decoder
+from emgcore.models.kinembed import KinEmbed, KinEmbedConfig, embed, train_kinembed
 from emgcore.preprocessing import DEFAULT_EMG, Pipeline
 
 MINUTES = 25.0

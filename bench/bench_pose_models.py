@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch
 import torch.nn.functional as F
 
-from emgcore.cpep import CPEP, CPEPConfig
-from emgcore.embridge import EMBridge, EMBridgeConfig, pose_token_mask
-from emgcore.mae import MAE, MAEConfig, random_masking
+from emgcore.models.cpep import CPEP, CPEPConfig
+from emgcore.models.embridge import EMBridge, EMBridgeConfig, pose_token_mask
+from emgcore.models.mae import MAE, MAEConfig, random_masking
 
 B, T, C, J = 256, 4000, 16, 20
 STEPS, WARMUP = 5, 2

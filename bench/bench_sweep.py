@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from emgcore.config import resolve_config  # noqa: E402
 from emgcore.data import open_dataset  # noqa: E402
-from emgcore.experiment import RunContext, cv_score, load_config, prepare, resolve_config  # noqa: E402
+from emgcore.methods.kinembed import RunContext, cv_score, load_config, prepare  # noqa: E402
 from orchestration import sweep  # noqa: E402
 from orchestration.search_space import apply  # noqa: E402
 

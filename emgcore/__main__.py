@@ -15,8 +15,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
-from emgcore.errors import EmgDataError
+from emgcore.config import at_least
+from emgcore.errors import EmgDataError, InvalidValueError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -77,12 +79,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _kinembed(args: argparse.Namespace) -> int:
-    from emgcore import report
+    from emgcore.config import override, resolve_config
     from emgcore.data import open_dataset
-    from emgcore.experiment import load_config, resolve_config, run
+    from emgcore.eval import report
+    from emgcore.methods.kinembed import load_config, run
     from emgcore.windows import RecordingCache
 
-    cfg = load_config(resolve_config(args.config))
+    path = resolve_config(args.config)
+    cfg = override(load_config(path), _settings(args.set), source=path)
     if args.subjects:
         cfg = replace(cfg, subjects=tuple(args.subjects.split(",")))
     if args.methods:
@@ -92,17 +96,24 @@ def _kinembed(args: argparse.Namespace) -> int:
     print(
         f"kinembed on {args.data}: {len(recs)} recordings; config {args.config or 'paper defaults'}"
     )
-    res = run(recs, cfg, log=print, cache=RecordingCache(args.cache))
+    res = run(recs, cfg, log=print, cache=RecordingCache(args.cache))  # logs the session split
     paths = report.write(res, args.out)
     print()
     print(paths["tables"].read_text())
-    print(f"{res.seconds:.0f} s; tables, scores and figures in {args.out}")
+    print(
+        f"trained on {', '.join(res.train_sessions)}; held out {res.test_session}; "
+        f"{res.seconds:.0f} s; tables, scores and figures in {args.out}"
+    )
     return 0
 
 
 def _kinembed_report(args: argparse.Namespace) -> int:
-    from emgcore import report
+    from emgcore.eval import report
 
+    for run in args.runs:
+        if not (Path(run) / "scores.json").is_file():
+            msg = "not a kinembed run's output folder (no scores.json)"
+            raise InvalidValueError(msg, source=run, field="runs")
     res = report.load(args.runs)
     paths = report.write(res, args.out)
     print(paths["tables"].read_text())
@@ -114,12 +125,19 @@ def _settings(pairs: Sequence[str]) -> dict[str, object]:
     """``--set KEY=VALUE`` pairs as config overrides; values are read as YAML."""
     import yaml
 
+    from emgcore.config import yaml_problem
+
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. gestures.tune_users=1")
-        out[key.strip()] = yaml.safe_load(value)
+            msg = "expected KEY=VALUE, e.g. gestures.tune_users=1"
+            raise InvalidValueError(msg, source=f"--set {pair}", field="--set")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            msg = f"not valid YAML: {yaml_problem(e)}"
+            raise InvalidValueError(msg, source=f"--set {pair}", field=key.strip()) from e
     return out
 
 
@@ -139,24 +157,28 @@ def _add_run_options(p: argparse.ArgumentParser, sim_subjects: int | None) -> No
         help="override one config value (dotted key, YAML value), e.g. gestures.tune_users=1; "
         "repeatable",
     )
-    p.add_argument("--duration", type=float, default=None, help="seconds per simulated recording")
     p.add_argument(
-        "--sim-subjects", type=int, default=sim_subjects, help="simulated users (simulator only)"
+        "--duration", type=at_least(0.1), default=None, help="seconds per simulated recording"
+    )
+    p.add_argument(
+        "--sim-subjects",
+        type=at_least(1, int),
+        default=sim_subjects,
+        help="simulated users (simulator only)",
     )
 
 
 def _posealign(args: argparse.Namespace) -> int:
-    from emgcore.config import load_yaml, override
+    from emgcore.config import load_yaml, override, resolve_config
     from emgcore.data import open_dataset
-    from emgcore.experiment import resolve_config
+    from emgcore.eval.posereport import evaluate, write
     from emgcore.gestures import gesture_splits
-    from emgcore.posealign import PoseAlignConfig, train_all
-    from emgcore.posereport import evaluate, write
+    from emgcore.methods.posealign import PoseAlignConfig, train_all
 
     path = resolve_config(args.config)
     cfg = override(load_yaml(PoseAlignConfig, path), _settings(args.set), source=path)
     if args.methods:
-        cfg = replace(cfg, methods=tuple(args.methods.split(",")))
+        cfg = override(cfg, {"methods": tuple(args.methods.split(","))}, source="--methods")
     t0 = time.perf_counter()
     recs = open_dataset(args.data, **_sim_overrides(args))
     splits = gesture_splits(recs, cfg.gestures)
@@ -170,15 +192,13 @@ def _posealign(args: argparse.Namespace) -> int:
 
 
 def _jepa(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import pandas as pd
 
-    from emgcore.config import load_yaml, override
+    from emgcore.config import load_yaml, override, resolve_config
     from emgcore.data import open_dataset
-    from emgcore.experiment import resolve_config
-    from emgcore.lowchannel import low_channel_study
-    from emgcore.poseest import ABLATIONS, PoseEstConfig, ablate, as_table, channel_study
+    from emgcore.eval.lowchannel import low_channel_study
+    from emgcore.methods.jepa import ABLATIONS, PoseEstConfig, ablate, as_table, channel_study
 
     path = resolve_config(args.config)
     cfg = override(load_yaml(PoseEstConfig, path), _settings(args.set), source=path)
@@ -201,7 +221,11 @@ def _jepa(args: argparse.Namespace) -> int:
         rows = channel_study(data, cfg)
     else:
         if len(data) != 2:
-            raise SystemExit("--study low_channel needs --data LOW,DENSE (a band and a grid)")
+            raise InvalidValueError(
+                "--study low_channel needs two data sets, LOW,DENSE (a band and a grid)",
+                source=args.data,
+                field="--data",
+            )
         low, dense = data.values()
         rows = [{"ablation": r.pop("method"), **r} for r in low_channel_study(low, dense, cfg)]
     out = Path(args.out)
@@ -214,6 +238,8 @@ def _jepa(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from emgcore.methods import METHODS
+
     parser = argparse.ArgumentParser(
         prog="python -m emgcore",
         description=__doc__,
@@ -229,28 +255,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument(
         "--duration",
-        type=float,
+        type=at_least(0.1),
         default=None,
         help="seconds per simulated recording (default: the preset's)",
     )
-    demo.add_argument("--window-ms", type=float, default=128.0)
-    demo.add_argument("--stride-ms", type=float, default=52.0)
+    demo.add_argument("--window-ms", type=at_least(0.1), default=128.0)
+    demo.add_argument("--stride-ms", type=at_least(0.1), default=52.0)
     demo.add_argument(
         "--cache", default=None, help="cache folder (default: $EMGCORE_CACHE or .emgcore_cache)"
     )
+    # each protocol's defaults are its sweep method's (emgcore.methods.METHODS)
+    kinembed, pose, jepa = (METHODS[m] for m in ("kinembed", "cpep", "jepa"))
     kin = sub.add_parser("kinembed", help="KinEMbed and its baselines, held-out-session R^2")
-    kin.add_argument("--data", default="db8-like", help="simulator preset or dataset path")
+    kin.add_argument("--data", default=kinembed.data, help="simulator preset or dataset path")
     kin.add_argument(
         "--config",
-        default="kinembed-sim",
+        default=kinembed.preset,
         help="YAML file or a bundled preset: kinembed-paper, kinembed-sim, kinembed-smoke "
-        "(default: kinembed-sim)",
+        f"(default: {kinembed.preset})",
     )
     kin.add_argument("--out", default="kinembed_results", help="output folder")
     kin.add_argument("--subjects", default=None, help="comma-separated subset of subjects")
     kin.add_argument("--methods", default=None, help="comma-separated subset of methods")
-    kin.add_argument("--duration", type=float, default=None, help="seconds per simulated session")
+    kin.add_argument(
+        "--duration", type=at_least(0.1), default=None, help="seconds per simulated session"
+    )
     kin.add_argument("--cache", default=None, help="cache folder")
+    kin.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value (dotted key, YAML value), e.g. test_session=sitting "
+        "or 'train_sessions=[gait,standing]'; repeatable",
+    )
     merge = sub.add_parser(
         "kinembed-report", help="one report from kinembed runs over disjoint subjects"
     )
@@ -259,15 +297,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     pa = sub.add_parser("posealign", help="MAE, PoseT, CPEP, EMBridge: gesture LP / zero-shot")
     pa.add_argument(
         "--data",
-        default="emg2pose-like",
+        default=pose.data,
         help="simulator preset, emg2pose folder, or NinaPro DB2 + DB7 folder (with --config "
         "posealign-ninapro)",
     )
     pa.add_argument(
         "--config",
-        default="posealign-sim",
+        default=pose.preset,
         help="YAML file or a bundled preset: posealign-sim, posealign-smoke (default: "
-        "posealign-sim; the papers' sizes are PoseAlignConfig's defaults)",
+        f"{pose.preset}; the papers' sizes are PoseAlignConfig's defaults)",
     )
     pa.add_argument("--out", default="posealign_results", help="output folder")
     pa.add_argument("--methods", default=None, help="comma-separated: emg_mae,poset,cpep,...")
@@ -275,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jp = sub.add_parser("jepa", help="EMG-JEPA: pre-training, pose fine-tuning, ablation table")
     jp.add_argument(
         "--data",
-        default="emg2pose-like",
+        default=jepa.data,
         help="simulator preset or dataset path; comma-separated for --study channels / "
         "low_channel (default: the simulator at 8, 16 and 110 channels)",
     )
@@ -287,14 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     jp.add_argument(
         "--config",
-        default="jepa-sim",
-        help="YAML file or a bundled preset: jepa-sim, jepa-smoke (default: jepa-sim; the "
-        "paper's sizes are PoseEstConfig's defaults)",
+        default=jepa.preset,
+        help="YAML file or a bundled preset: jepa-sim, jepa-smoke (default: "
+        f"{jepa.preset}; the paper's sizes are PoseEstConfig's defaults)",
     )
     jp.add_argument(
         "--ablations",
         default=None,
-        help="comma-separated rows to run (default: all of emgcore.poseest.ABLATIONS)",
+        help="comma-separated rows to run (default: all of emgcore.methods.jepa.ABLATIONS)",
     )
     jp.add_argument("--out", default="jepa_results", help="output folder")
     _add_run_options(jp, sim_subjects=None)

@@ -22,7 +22,7 @@ Thresholds are in the signal's units: each is a factor times a robust per-channe
 works for NinaPro volts, emg2pose's scaled units and the simulator.
 
 Where libemg's ``FeatureExtractor`` defines the same quantity we agree with it to 1e-5 relative
-(tests/test_features.py checks MAV, RMS, WL, ZC, SSC, WAMP, VAR, MNF, MDF, DFTR). Deliberate
+(tests/data/test_features.py checks MAV, RMS, WL, ZC, SSC, WAMP, VAR, MNF, MDF, DFTR). Deliberate
 differences:
 
 * Hjorth **mobility** uses variances (mean removed, ``var(dx)`` over the L-1 differences); libemg's

@@ -9,9 +9,14 @@ Splits (Table 1), from each recording's ``split`` (emg2pose ``metadata.csv``: tr
 
 * ``pretrain``: every train-split window whose stage is not held out (D_tr).
 * ``probe_train_in``: train split, in-distribution classes.
-* ``tune``: val split, the first ``tune_users`` users, both class sets (hyper-parameters only).
-* ``probe_train_unseen``: val split, the other users, unseen classes.
+* ``tune``: val split, the first ``tune_users`` held-out users, both class sets
+  (hyper-parameters only).
+* ``probe_train_unseen``: val split, the other held-out users, unseen classes.
 * ``eval``: test split, held-out users only, both class sets (linear-probe and zero-shot scores).
+
+Held-out users are those metadata.csv marks ``held_out_user`` and with no train-split
+recording (training users' recordings of held-out stages sit in val and test too, and go to no
+subset).
 
 Recordings without a ``split`` (the simulator) get one by user: the last ``test_users`` users
 are test, the ``val_users`` before them val, the rest train; train users' recordings of held-out
@@ -29,10 +34,18 @@ movement's exercise code (``"B1"``, ``"C15"``, ``"rest"``; see :mod:`emgcore.dat
   divided at random, ``probe_fraction`` to ``probe_train_in`` / ``probe_train_unseen`` and the
   rest to ``eval`` ("within each gesture, sessions were randomly divided into probe-training and
   evaluation sets"), so unlike emg2pose the probe and eval users overlap, as in the paper.
+* ``pose_norm="recording"`` (the two gloves' units differ): each recording's joints are
+  standardised by the statistics of its samples outside the runs of its ``tune`` and ``eval``
+  windows (:func:`standardise_poses`): a DB2 recording's all but the unseen movements, a DB7
+  recording's probe-training repetitions, rest and movements in no class.
+
+Channel rotation (:func:`rotate_channels`) rolls only the electrodes on the ring
+(:func:`ring_channels`: all of emg2pose's band, NinaPro's first 8 of 12).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -41,9 +54,9 @@ import torch
 from torch import Tensor
 
 from emgcore.data.ninapro import GLOVE_18
-from emgcore.errors import InvalidValueError, MissingFieldError
+from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
 from emgcore.preprocessing import BandPass, InstanceNorm, Notch, Pipeline
-from emgcore.recording import Recording
+from emgcore.recording import Recording, require_samples
 from emgcore.windows import RecordingCache
 
 IN_DIST: dict[str, tuple[str, ...]] = {  # EMBridge A.2.2, in-distribution classes 0-3
@@ -87,8 +100,9 @@ class GestureConfig:
     test_users: int = 2  # simulator only: users given the test split
     benchmark: str = "emg2pose"  # emg2pose | ninapro: how Table 1's subsets are drawn
     joints: tuple[str, ...] = ()  # pose channels by name; () = all the recordings have
-    # "recording": standardise every joint over its recording, for gloves whose raw sensor
-    # units differ between devices and calibrations (NinaPro DB2 vs DB7)
+    # "recording": standardise every joint by its recording's statistics, for gloves whose raw
+    # sensor units differ between devices and calibrations (NinaPro DB2 vs DB7), fitted on the
+    # recording's samples outside its tune and eval runs only (standardise_poses)
     pose_norm: str = "none"
     probe_fraction: float = 0.5  # ninapro: share of each movement's sessions for probe-training
     split_seed: int = 0  # ninapro: the tune users and the probe/eval division
@@ -114,7 +128,9 @@ class GestureConfig:
 
 @dataclass
 class PairedWindows:
-    """Windows with metadata. ``emg (N, T, C)``, ``pose (N, T, J)`` float32, ``valid (N, T)``."""
+    """Windows with metadata. ``emg (N, T, C)``, ``pose (N, T, J)`` float32, ``valid (N, T)``;
+    ``recording (N,)`` names the recording each window was cut from (:func:`recording_id`), so
+    zero-shot can leave a query's own recording out of the pose bank."""
 
     emg: Tensor
     pose: Tensor
@@ -122,30 +138,31 @@ class PairedWindows:
     stage: np.ndarray  # (N,) str
     user: np.ndarray  # (N,) str
     session: np.ndarray  # (N,) str
+    recording: np.ndarray  # (N,) str
+    # EMG channels on the ring, in order around the arm: what channel rotation may roll (None:
+    # every channel, as on emg2pose's band); see ring_channels
+    ring: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.emg)
 
     def select(self, keep: np.ndarray) -> PairedWindows:
         idx = torch.as_tensor(np.flatnonzero(keep))
-        return PairedWindows(
-            self.emg[idx],
-            self.pose[idx],
-            self.valid[idx],
-            self.stage[keep],
-            self.user[keep],
-            self.session[keep],
+        return dataclasses.replace(
+            self,
+            emg=self.emg[idx],
+            pose=self.pose[idx],
+            valid=self.valid[idx],
+            stage=self.stage[keep],
+            user=self.user[keep],
+            session=self.session[keep],
+            recording=self.recording[keep],
         )
 
     def to(self, device: torch.device | str) -> PairedWindows:
         """The same windows with their tensors on ``device``."""
-        return PairedWindows(
-            self.emg.to(device),
-            self.pose.to(device),
-            self.valid.to(device),
-            self.stage,
-            self.user,
-            self.session,
+        return dataclasses.replace(
+            self, emg=self.emg.to(device), pose=self.pose.to(device), valid=self.valid.to(device)
         )
 
     def labels(self, classes: Mapping[str, tuple[str, ...]]) -> np.ndarray:
@@ -162,17 +179,36 @@ def windows(
     With ``cache`` the filtered recordings come from (and go to) the on-disk preprocessing cache,
     so the trials of a sweep filter each recording once between them. Whole recordings are
     filtered before they are cut, so no window carries a filter's edge transient.
+
+    Raises :class:`~emgcore.errors.ShapeError` naming the recording when it (or every run of it
+    that windows may not cross) is shorter than one window: no recording is dropped silently.
     """
     pipe = cfg.pipeline()
-    emg, pose, valid, stage, user, session = [], [], [], [], [], []
-    width = None
+    emg, pose, valid, stage, user, session, recording = [], [], [], [], [], [], []
+    width, ring = None, None
     for rec in recordings:
         if rec.kinematics is None:
             raise InvalidValueError("paired windows need kinematics", source=rec.source)
+        if ring is None:
+            ring = ring_channels(rec)
+        elif ring_channels(rec) != ring:
+            raise InvalidValueError(
+                f"ring electrodes {list(ring_channels(rec))} where earlier recordings have "
+                f"{list(ring)}: channel rotation needs one layout",
+                source=rec.source,
+                field="layout",
+            )
         n = round(cfg.window_s * rec.fs)
+        what = f"one {cfg.window_s:g} s window"
+        require_samples(rec, n, what)
         starts, st, se = _window_starts(rec, n)
-        if len(starts) == 0:
-            continue
+        if len(starts) == 0:  # long enough, but cut into runs (NinaPro) that are all shorter
+            raise ShapeError(
+                f"no run of one movement and repetition holds {what} ({n} samples); the "
+                f"longest has {int(_runs(rec)[1].max())}",
+                source=rec.source,
+                field="labels.gesture",
+            )
         r = cache.get(rec, pipe) if cache is not None else pipe.apply(rec)
         idx = starts[:, None] + np.arange(n)  # (k, n) sample indices
         emg.append(pipe.apply_windows(np.asarray(r.emg, np.float32)[idx]))  # instance norm
@@ -191,6 +227,7 @@ def windows(
         stage.append(st)
         user.append(np.full(len(starts), rec.subject))
         session.append(se)
+        recording.append(np.full(len(starts), recording_id(rec)))
     if not emg:
         raise InvalidValueError(f"no recording is as long as one {cfg.window_s} s window")
     cat = np.concatenate
@@ -201,16 +238,43 @@ def windows(
         cat(stage).astype(str),
         cat(user).astype(str),
         cat(session).astype(str),
+        cat(recording).astype(str),
+        ring,
     )
 
 
+def ring_channels(rec: Recording) -> tuple[int, ...]:
+    """The channels of ``rec`` that sit on a ring around the arm, in order: all of a ``ring``
+    layout, ``meta["ring_channels"]`` otherwise (NinaPro DB2/DB7/DB4: the 8 of 12 not on muscle
+    spots, :mod:`emgcore.data.ninapro`), else none (a grid does not rotate as a band)."""
+    if rec.layout.kind == "ring":
+        return tuple(range(rec.n_channels))
+    return tuple(int(c) for c in rec.meta.get("ring_channels", ()))
+
+
+def recording_id(rec: Recording) -> str:
+    """A name unique to ``rec``: its source and content fingerprint (a simulator's recordings
+    share a source; two files never share a fingerprint)."""
+    return f"{rec.source}#{rec.fingerprint}"
+
+
 def _window_starts(rec: Recording, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First sample, stage and session of each ``n``-sample window of ``rec``: back to back over
-    a recording of one stage (emg2pose), or inside each run of one repetition of one named
-    movement (NinaPro; the window's session is ``<session>/rep<r>``)."""
+    """First sample, stage and session of each ``n``-sample window of ``rec``: back to back
+    inside each of its runs (:func:`_runs`)."""
+    first, length, stage, session = _runs(rec)
+    k = length // n  # windows per run
+    run = np.repeat(np.arange(len(k)), k)  # (N,) the run of every window
+    nth = np.arange(len(run)) - np.repeat(np.cumsum(k) - k, k)  # its index within the run
+    return first[run] + nth * n, stage[run], session[run]
+
+
+def _runs(rec: Recording) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """First sample, length, stage and session of each run of ``rec`` that windows may not
+    cross: the whole recording of one stage (emg2pose), or each run of one repetition of one
+    named movement (NinaPro; the run's session is ``<session>/rep<r>``)."""
     if "stage" in rec.meta:
-        k = rec.n_samples // n
-        return np.arange(k) * n, np.full(k, str(rec.meta["stage"])), np.full(k, rec.session)
+        one = np.zeros(1, np.int64)
+        return one, one + rec.n_samples, np.array([str(rec.meta["stage"])]), np.array([rec.session])
     names = rec.label_names.get("gesture")
     if "gesture" not in rec.labels or not names:
         raise MissingFieldError(
@@ -227,16 +291,14 @@ def _window_starts(rec: Recording, n: int) -> tuple[np.ndarray, np.ndarray, np.n
             field="gesture",
         )
     bounds = np.r_[0, np.flatnonzero((np.diff(g) != 0) | (np.diff(rep) != 0)) + 1, len(g)]
-    first, k = bounds[:-1], np.diff(bounds) // n  # each run's first sample and window count
-    run = np.repeat(np.arange(len(k)), k)  # (N,) the run of every window
-    nth = np.arange(len(run)) - np.repeat(np.cumsum(k) - k, k)  # its index within the run
-    starts = first[run] + nth * n
-    session = np.char.add(f"{rec.session}/rep", rep[starts].astype(str))
-    return starts, np.asarray(names)[g[starts]], session
+    first = bounds[:-1]
+    session = np.char.add(f"{rec.session}/rep", rep[first].astype(str))
+    return first, np.diff(bounds), np.asarray(names)[g[first]], session
 
 
 def _pose(rec: Recording, cfg: GestureConfig) -> np.ndarray:
-    """The recording's joint angles ``(T, J)``: ``cfg.joints`` by name, ``cfg.pose_norm``."""
+    """The recording's joint angles ``(T, J)``, ``cfg.joints`` by name, as recorded (scaling,
+    ``cfg.pose_norm``, needs the subsets: :func:`standardise_poses`)."""
     kin = np.asarray(rec.kinematics, np.float32)
     if cfg.joints:
         missing = [j for j in cfg.joints if j not in rec.joint_names]
@@ -247,9 +309,54 @@ def _pose(rec: Recording, cfg: GestureConfig) -> np.ndarray:
                 field="gestures.joints",
             )
         kin = kin[:, [rec.joint_names.index(j) for j in cfg.joints]]
-    if cfg.pose_norm == "recording":
-        kin = (kin - kin.mean(axis=0)) / (kin.std(axis=0) + 1e-6)
     return kin
+
+
+def standardise_poses(
+    w: PairedWindows, recordings: Sequence[Recording], cfg: GestureConfig, fit: np.ndarray
+) -> PairedWindows:
+    """``w`` with each recording's joints standardised by the mean and standard deviation of
+    that recording's valid pose samples outside the runs (movement x repetition) of every
+    window where ``fit (N,)`` is False.
+
+    ``fit`` marks the windows a model may learn from (pre-training, probe-training); the other
+    windows' runs (tune, eval) are left out of the statistics, and everything no subset uses is
+    kept in (rest, movements in no class, runs too short for a window): the tune and eval
+    windows are scaled by a calibration they took no part in, as one measured before the test
+    would be. ``recordings`` are those ``w`` was cut from (:func:`windows`). Raises
+    :class:`InvalidValueError` for a recording left without any sample.
+    """
+    held = set(zip(w.recording[~fit], w.stage[~fit], w.session[~fit], strict=True))
+    pose = w.pose.clone()
+    for rec in recordings:
+        rid = recording_id(rec)
+        mine = torch.as_tensor(np.flatnonzero(w.recording == rid))
+        if len(mine) == 0:
+            continue
+        first, length, stage, session = _runs(rec)
+        use = np.zeros(rec.n_samples, bool)
+        for f, n, st, se in zip(first, length, stage, session, strict=True):
+            use[f : f + n] = (rid, st, se) not in held
+        if rec.valid is not None:
+            use &= np.asarray(rec.valid, bool)
+        if not use.any():
+            raise InvalidValueError(
+                "pose_norm 'recording' fits each recording's scale outside its tune and eval "
+                "runs, and this recording has nothing else",
+                source=rec.source,
+                field="gestures.pose_norm",
+            )
+        kin = _pose(rec, cfg)[use].astype(np.float64)
+        mean = torch.as_tensor(kin.mean(axis=0), dtype=pose.dtype)
+        std = torch.as_tensor(kin.std(axis=0), dtype=pose.dtype)
+        pose[mine] = (w.pose[mine] - mean) / (std + 1e-6)
+    return dataclasses.replace(w, pose=pose)
+
+
+def _scaled(
+    w: PairedWindows, recordings: Sequence[Recording], cfg: GestureConfig, fit: np.ndarray
+) -> PairedWindows:
+    return standardise_poses(w, recordings, cfg, fit) if cfg.pose_norm == "recording" else w
 
 
 def assign_splits(recordings: Sequence[Recording], cfg: GestureConfig) -> dict[int, str]:
@@ -289,6 +396,13 @@ def gesture_splits(
 def _emg2pose_splits(
     recordings: Sequence[Recording], cfg: GestureConfig, cache: RecordingCache | None
 ) -> dict[str, PairedWindows]:
+    if cfg.pose_norm == "recording":
+        raise InvalidValueError(
+            "pose_norm 'recording' scales each recording by its own training windows, but an "
+            "emg2pose recording lies wholly in one subset: the tune and eval recordings have "
+            "none. Use pose_norm: none (the pose-MAE standardises by its training statistics)",
+            field="gestures.pose_norm",
+        )
     if unstaged := [r for r in recordings if "stage" not in r.meta]:
         raise MissingFieldError(
             "the emg2pose benchmark needs one stage per recording; for NinaPro DB2/DB7 set "
@@ -300,7 +414,18 @@ def _emg2pose_splits(
     held = cfg.held_out
     in_stages = {s for g in cfg.in_dist.values() for s in g}
     unseen_stages = {s for g in cfg.unseen.values() for s in g}
-    val_users = sorted({r.subject for r in recordings if split[id(r)] == "val"})
+    # Table 1: tune, probe_train_unseen and eval hold users absent from training. emg2pose's
+    # val and test splits also hold training users' recordings of held-out stages
+    # (metadata.csv's held_out_user False): those go to no subset, in val as in test; so does
+    # any user with a train-split recording, whatever the metadata says.
+    trained = {r.subject for r in recordings if split[id(r)] == "train"}
+
+    def held_out_user(r: Recording) -> bool:
+        return _held_out_user(r) and r.subject not in trained
+
+    val_users = sorted(
+        {r.subject for r in recordings if split[id(r)] == "val" and held_out_user(r)}
+    )
     tune_users = set(val_users[: cfg.tune_users])
 
     def role_of(r: Recording) -> list[str]:
@@ -309,11 +434,13 @@ def _emg2pose_splits(
             if st in held:
                 return []
             return ["pretrain"] + (["probe_train_in"] if st in in_stages else [])
+        if not held_out_user(r):
+            return []
         if s == "val":
             if r.subject in tune_users:
                 return ["tune"] if st in in_stages | unseen_stages else []
             return ["probe_train_unseen"] if st in unseen_stages else []
-        if r.meta.get("held_out_user", True) and st in in_stages | unseen_stages:
+        if st in in_stages | unseen_stages:
             return ["eval"]
         return []
 
@@ -324,6 +451,12 @@ def _emg2pose_splits(
             raise InvalidValueError(f"the {role!r} subset is empty", field=f"gestures.{role}")
         out[role] = windows(recs, cfg, cache)
     return out
+
+
+def _held_out_user(r: Recording) -> bool:
+    """Whether metadata.csv marks ``r``'s user ``held_out_user`` (emg2pose); True where no
+    metadata says (the simulator splits by user)."""
+    return bool(r.meta.get("held_out_user", True))
 
 
 def _ninapro_splits(
@@ -339,11 +472,13 @@ def _ninapro_splits(
             field="gestures.benchmark",
         )
     pre = windows(by_db["db2"], cfg, cache)
-    pre = pre.select(~np.isin(pre.stage, sorted(cfg.held_out)))
+    keep = ~np.isin(pre.stage, sorted(cfg.held_out))
+    pre = _scaled(pre, by_db["db2"], cfg, keep).select(keep)  # the unseen movements' runs out
     in_stages = sorted({s for g in cfg.in_dist.values() for s in g})
     unseen_stages = sorted({s for g in cfg.unseen.values() for s in g})
-    ev = windows(by_db["db7"], cfg, cache)
-    ev = ev.select(np.isin(ev.stage, in_stages + unseen_stages))
+    db7 = windows(by_db["db7"], cfg, cache)
+    target = np.isin(db7.stage, in_stages + unseen_stages)
+    ev = db7.select(target)
     rng = np.random.default_rng(cfg.split_seed)
     users = np.unique(ev.user)
     if len(users) <= cfg.tune_users:
@@ -360,6 +495,11 @@ def _ninapro_splits(
         units = np.unique(unit[here])
         n = min(max(1, round(cfg.probe_fraction * len(units))), len(units) - 1)
         probe |= here & np.isin(unit, rng.choice(units, n, replace=False))
+    # each DB7 recording scaled by its samples outside the tune and eval runs: probe-training
+    # repetitions, rest, the movements no subset uses (the split above reads no pose)
+    held = np.zeros(len(db7), bool)
+    held[np.flatnonzero(target)] = tune | ~probe
+    ev = _scaled(db7, by_db["db7"], cfg, ~held).select(target)
     return {
         "pretrain": pre,
         "probe_train_in": ev.select(probe & np.isin(ev.stage, in_stages)),
@@ -389,10 +529,21 @@ def subsample_sessions(w: PairedWindows, fraction: float, seed: int = 0) -> Pair
     return w.select(keep)
 
 
-def rotate_channels(x: Tensor, gen: torch.Generator, max_shift: int = 1) -> Tensor:
-    """Channel-rotation augmentation of ring EMG ``(B, T, C)``: each window's channels rolled by
-    a random shift in ``[-max_shift, max_shift]`` (emg2pose's band-rotation augmentation)."""
+def rotate_channels(
+    x: Tensor, gen: torch.Generator, max_shift: int = 1, ring: Sequence[int] | None = None
+) -> Tensor:
+    """Channel-rotation augmentation of ring EMG ``(B, T, C)``: each window's ring channels
+    rolled by a random shift in ``[-max_shift, max_shift]`` (emg2pose's band-rotation
+    augmentation, CPEP App. B). ``ring``: the channels on the ring in order around the arm
+    (:attr:`PairedWindows.ring`; None: all ``C``); the others, electrodes on muscle spots that
+    do not move with the band (NinaPro's 9-12), stay where they are."""
     b, _, c = x.shape
     shift = torch.randint(-max_shift, max_shift + 1, (b,), generator=gen, device=gen.device)
-    idx = (torch.arange(c, device=x.device) - shift.to(x.device)[:, None]) % c  # (B, C)
+    dev = x.device
+    members = torch.arange(c, device=dev) if ring is None else torch.as_tensor(ring, device=dev)
+    if len(members) == 0:
+        return x
+    r = len(members)
+    idx = torch.arange(c, device=dev).repeat(b, 1)  # (B, C): identity off the ring
+    idx[:, members] = members[(torch.arange(r, device=dev) - shift.to(dev)[:, None]) % r]
     return torch.gather(x, 2, idx[:, None, :].expand(-1, x.shape[1], -1))

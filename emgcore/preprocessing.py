@@ -30,7 +30,9 @@ import scipy.signal as sps
 from emgcore.errors import InvalidValueError
 from emgcore.recording import Recording, digest
 
-PREPROCESSING_VERSION = 1  # bump when a step's numerics change: it is part of every cache key
+# bump when a step's numerics change: it is part of every cache key. 2: kinematics low-pass and
+# resampling no longer smear invalid (failed-tracking) samples or the recording's edges (issue 14)
+PREPROCESSING_VERSION = 2
 
 STEPS: dict[str, type[Step]] = {}
 
@@ -86,21 +88,54 @@ class _Filter(Step):
         return rec.replace(emg=filtfilt_sos(self.sos(rec.fs), np.asarray(rec.emg), rec.source))
 
 
-def filtfilt_sos(sos: np.ndarray, x: np.ndarray, source: str = "memory") -> np.ndarray:
+def filtfilt_sos(
+    sos: np.ndarray, x: np.ndarray, source: str = "memory", padlen: int | None = None
+) -> np.ndarray:
     """Zero-phase filter ``x`` (T, C) along time; float32 in, float32 out.
 
     Runs channel-major (C, T) so scipy filters contiguous rows (about 4x faster than axis 0 on a
     (T, C) array); float32 keeps relative error below 1e-5 against float64 for these filters.
+    ``padlen``: samples of odd extension at each end (None: scipy's default, at most
+    ``min_filtfilt_len(sos) - 1``; clipped to ``T - 1``).
     """
-    if len(x) <= 3 * (2 * len(sos) + 1):
+    if len(x) < min_filtfilt_len(sos):
         raise InvalidValueError(
             f"{len(x)} samples is too short for a zero-phase filter of {len(sos)} sections",
             source=source,
             field="emg",
         )
     xt = np.ascontiguousarray(x.T, dtype=np.float32)
-    y = sps.sosfiltfilt(sos.astype(np.float32), xt, axis=1)
+    pad = None if padlen is None else min(padlen, len(x) - 1)
+    y = sps.sosfiltfilt(sos.astype(np.float32), xt, axis=1, padlen=pad)
     return np.ascontiguousarray(y.T)
+
+
+def min_filtfilt_len(sos: np.ndarray) -> int:
+    """The fewest samples :func:`filtfilt_sos` filters: one more than scipy's default edge
+    padding, ``3 (2 sections + 1)`` (16 for a 4th-order Butterworth)."""
+    return 3 * (2 * len(sos) + 1) + 1
+
+
+def valid_segments(valid: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` sample ranges of the runs of True in ``valid`` (T,), in order."""
+    v = np.concatenate([[False], np.asarray(valid, bool), [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(v))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def fill_invalid(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``x`` (T, C) with its invalid samples replaced by linear interpolation between the valid
+    samples on either side of each gap (held constant before the first and after the last), so
+    a filter run over it never sees the placeholder values of failed tracking. ``x`` itself if
+    every sample is valid; all invalid: unchanged (nothing to interpolate from)."""
+    v = np.asarray(valid, bool)
+    if v.all() or not v.any():
+        return x
+    t = np.arange(len(v))
+    out = np.array(x, dtype=np.float64)
+    for c in range(out.shape[1]):
+        out[~v, c] = np.interp(t[~v], t[v], out[v, c])
+    return out
 
 
 def _check_band(fs: float, *freqs: float | None, step: str) -> None:
@@ -170,7 +205,20 @@ class Envelope(Step):
 @register
 @dataclass(frozen=True)
 class KinematicsLowPass(Step):
-    """Zero-phase low-pass of the kinematics (EMG-JEPA: 15 Hz against tracking jitter)."""
+    """Zero-phase Butterworth low-pass of the kinematics ``(T, J)`` (EMG-JEPA Sec. 3.1.1: 15 Hz
+    against tracking jitter), run on each contiguous run of valid samples on its own.
+
+    Failed-tracking samples (``valid`` False; emg2pose stores zeros there) are neither filtered
+    nor seen by the filter: one pass over the whole recording smeared the zeros into valid
+    samples (over 1 degree within 18 ms of a gap, issue 14). They keep their input values. Each
+    segment is odd-extended by ``3 fs / cutoff`` samples at both ends (0.2 s at 15 Hz; scipy's
+    default is 15 samples): the extension is where the forward and backward passes settle, and
+    with 15 samples a segment's edges were off by degrees for ordinary hand motion, with 3
+    periods of the cutoff by hundredths. A segment too short for the filter (under
+    :func:`min_filtfilt_len`, 16 samples at order 4: 8 ms at 2 kHz, less than a 60 Hz tracking
+    frame) is kept as tracked, unfiltered. Without a validity mask the recording is one segment
+    (and one that short is an error, as for every zero-phase filter).
+    """
 
     name: ClassVar[str] = "kinematics_lowpass"
     cutoff: float = 15.0  # Hz
@@ -181,13 +229,29 @@ class KinematicsLowPass(Step):
             return rec
         _check_band(rec.fs, self.cutoff, step=self.name)
         sos = sps.butter(self.order, self.cutoff, "lowpass", fs=rec.fs, output="sos")
-        return rec.replace(kinematics=filtfilt_sos(sos, np.asarray(rec.kinematics), rec.source))
+        kin = np.asarray(rec.kinematics)
+        pad = int(np.ceil(3.0 * rec.fs / self.cutoff))
+        if rec.valid is None:
+            return rec.replace(kinematics=filtfilt_sos(sos, kin, rec.source, pad))
+        out = np.array(kin, dtype=np.float32)
+        for a, b in valid_segments(rec.valid):
+            if b - a >= min_filtfilt_len(sos):
+                out[a:b] = filtfilt_sos(sos, kin[a:b], rec.source, pad)
+        return rec.replace(kinematics=out)
 
 
 @register
 @dataclass(frozen=True)
 class Resample(Step):
-    """Polyphase resampling of EMG and kinematics to ``fs``; labels and validity by nearest."""
+    """Polyphase resampling of EMG and kinematics to ``fs``; labels and validity by nearest.
+
+    The resampler's anti-aliasing filter spans ``10 max(up, down) / up`` input samples either
+    side, so for the kinematics (issue 14) invalid samples are first bridged by
+    :func:`fill_invalid` (their placeholder zeros would be smeared into valid samples), and the
+    recording's ends are extended along a line (``padtype="line"``) rather than with zeros (which
+    pulled the first and last joint angles towards 0). The EMG keeps zero padding: it is a
+    zero-mean signal.
+    """
 
     name: ClassVar[str] = "resample"
     fs: float = 2000.0
@@ -203,7 +267,10 @@ class Resample(Step):
         )
         kin = None
         if rec.kinematics is not None:
-            kin = sps.resample_poly(np.asarray(rec.kinematics), up, down, axis=0)[:n]
+            kin = np.asarray(rec.kinematics)
+            if rec.valid is not None:
+                kin = fill_invalid(kin, np.asarray(rec.valid))
+            kin = sps.resample_poly(kin, up, down, axis=0, padtype="line")[:n]
         return rec.replace(
             emg=emg,
             fs=self.fs,

@@ -194,6 +194,22 @@ def check_finite(a: np.ndarray, *, source: str | None, field: str, offset: int =
         raise InvalidValueError(f"NaN or Inf at sample {bad}", source=source, field=field)
 
 
+def require_samples(rec: Recording, n: int, what: str) -> None:
+    """Refuse a recording too short for what a method cuts from it.
+
+    ``n``: the fewest samples needed (at ``rec.fs``); ``what``: what needs them, in words (e.g.
+    ``"one 2 s window"``). Raises :class:`ShapeError` (field ``emg``) naming ``rec.source``, the
+    length it has and the minimum, before any method fails deep inside on zero windows.
+    """
+    if rec.n_samples < n:
+        raise ShapeError(
+            f"{rec.n_samples} samples ({rec.n_samples / rec.fs:.3g} s at {rec.fs:g} Hz), but "
+            f"{what} needs at least {n} samples ({n / rec.fs:.3g} s)",
+            source=rec.source,
+            field="emg",
+        )
+
+
 def digest(*parts: Any) -> str:
     h = hashlib.blake2b(digest_size=16)
     for p in parts:

@@ -26,9 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from emgcore.distributed import DataParallel
-from emgcore.kinembed import EpochHook, NonFiniteLossError
 
 Step = Callable[[Tensor, torch.Generator], tuple[Tensor, dict[str, float]]]
+# called after every epoch of every method's training as hook(epoch, metrics, model)
+EpochHook = Callable[[int, dict[str, float], nn.Module], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss became NaN or infinite (the message says where)."""
 
 
 class Schedule(Protocol):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from emgcore.errors import MissingFieldError
 from emgcore.preprocessing import Pipeline
 from emgcore.recording import ChannelLayout, Recording, digest
 
@@ -192,6 +193,8 @@ class WindowDataset(Dataset):
     sample (J,) or the whole window (L, J) per ``target``; ``label`` (the named per-sample label
     at the last sample) if ``label`` is set; ``recording`` and ``start`` for provenance.
     Windows whose last-sample target is invalid (IK failure) are dropped when ``target="last"``.
+    A recording without the kinematics or label asked for raises
+    :class:`~emgcore.errors.MissingFieldError` naming it.
     """
 
     def __init__(
@@ -211,12 +214,19 @@ class WindowDataset(Dataset):
         self.recordings = list(recordings)
         self.length, self.stride, self.target, self.label = length, stride, target, label
         self.window_pipeline = Pipeline(pipeline.window_steps) if pipeline else Pipeline()
-        if target != "none" and any(r.kinematics is None for r in self.recordings):
-            raise ValueError("target needs kinematics, but a recording has none")
-        if label is not None:
-            missing = [str(r.path) for r in self.recordings if label not in r.labels]
-            if missing:
-                raise KeyError(f"label {label!r} missing in {missing[0]}")
+        for r in self.recordings:
+            if target != "none" and r.kinematics is None:
+                raise MissingFieldError(
+                    f"target={target!r} needs kinematics; this recording has none",
+                    source=r.source,
+                    field="kinematics",
+                )
+            if label is not None and label not in r.labels:
+                raise MissingFieldError(
+                    f"no label {label!r} (has {sorted(r.labels)})",
+                    source=r.source,
+                    field=f"labels.{label}",
+                )
         rec_ids, starts = [], []
         for i, r in enumerate(self.recordings):
             s = np.arange(0, r.n_samples - length + 1, stride, dtype=np.int64)

@@ -3,13 +3,16 @@
 Every Tune trial actor imports this module to run :func:`tune_driver`, and every Train worker
 imports it to find :func:`train_loop`. So it imports nothing heavy at module level: MLflow,
 emgcore and the sweep's own modules would cost each trial ~2 s of CPU before it starts, which on a
-2-core laptop is CPU that concurrent trials would otherwise train with. The worker pulls in
-:mod:`orchestration.trial` only when it starts training.
+2-core laptop is CPU that concurrent trials would otherwise train with. A worker imports the
+worker loop and unpacks its method only when it starts training. What every method's trial receives
+(:func:`trial_spec`) and how it reads its data (:func:`load_recordings`) live here too.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 MAX_WORKER_FAILURES = 2  # a trial's workers may die this often; each restart resumes
@@ -41,12 +44,85 @@ def local_cluster_options() -> dict[str, Any]:
 REPORT_S = 5.0
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """The Train workers' entry point: ``train_loop`` of the spec's ``worker`` module, imported
-    here (KinEMbed's :mod:`orchestration.trial` unless the spec names another)."""
-    import importlib
+def trial_spec(
+    *,
+    mode: str,
+    method: str,
+    config: str,
+    overrides: Mapping[str, Any],
+    data: str,
+    sim: Mapping[str, Any],
+    cache: str,
+    tracking: Mapping[str, Any],
+    subjects: list[str] | None = None,
+    threads: int = 1,
+    fingerprint: str = "",
+    registry: str | None = None,
+    fault: Mapping[str, Any] | None = None,
+    materialised: str = "",
+) -> dict[str, Any]:
+    """What a trial's workers receive (JSON-able, so Tune can store and restore it).
 
-    importlib.import_module(config.get("worker", "orchestration.trial")).train_loop(config)
+    ``method``: a key of :data:`emgcore.methods.METHODS` (the workers receive the
+    :class:`~emgcore.methods.base.Method` itself beside the spec, :func:`make_trainer`).
+    ``registry``: the registered model name (default: the method's). ``tracking``: ``uri``,
+    ``experiment_id``, ``parent`` run id, run ``key``, ``name`` and ``tags``.
+    ``materialised``: a BYOD copy of a simulated ``data``, read instead of simulating again
+    when this worker can see it. ``fault``: test-only fault injection (``kill_in_unit``,
+    ``at_epoch``, ``marker``).
+    """
+    return {
+        "method": method,
+        "mode": mode,
+        "config": config,
+        "overrides": dict(overrides),
+        "data": data,
+        "sim": dict(sim),
+        "cache": cache,
+        "subjects": list(subjects or []),
+        "threads": threads,
+        "fingerprint": fingerprint,
+        "registry": {"name": registry or method},
+        "fault": dict(fault or {}),
+        "materialised": materialised,
+        "tracking": dict(tracking),
+    }
+
+
+def load_recordings(spec: Mapping[str, Any]) -> list:
+    """The trial's data: the sweep's BYOD copy of a simulated dataset when this worker can see
+    it, else the dataset itself (simulated again, or loaded from its path)."""
+    from emgcore.data import load_byod, open_dataset
+    from emgcore.data.byod import MANIFEST
+
+    local = spec.get("materialised")
+    if local and (Path(local) / MANIFEST).exists():
+        return load_byod(local)
+    return open_dataset(spec["data"], **spec.get("sim", {}))
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The Train workers' entry point: :func:`orchestration.worker.train_loop`, imported here
+    (each Tune trial actor imports this module, and needs none of it)."""
+    from orchestration.worker import train_loop as run
+
+    run(config)
+
+
+def pack_method(method: Any) -> bytes:
+    """A :class:`~emgcore.methods.base.Method` as bytes, for a trial's config: Tune's trial
+    actors and Train's controller hold the config without unpickling what is inside (importing
+    emgcore would cost each trial ~2 s of CPU, see the module doc); the workers unpack it. By
+    value, so a method registered at run time (a notebook's, a test's) reaches the workers."""
+    from ray import cloudpickle
+
+    return cloudpickle.dumps(method)
+
+
+def unpack_method(packed: bytes) -> Any:
+    from ray import cloudpickle
+
+    return cloudpickle.loads(packed)
 
 
 def tune_driver(config: dict[str, Any]) -> None:
@@ -64,22 +140,33 @@ def tune_driver(config: dict[str, Any]) -> None:
     # the trial id in the name (and nothing random): a restarted trial finds and resumes its
     # own Train run, and never another's
     trainer = make_trainer(
-        spec, config["trainer"], f"train-{trial_id}", spec["storage"], (TuneReportCallback(),)
+        spec,
+        config["method"],
+        config["trainer"],
+        f"train-{trial_id}",
+        spec["storage"],
+        (TuneReportCallback(),),
     )
     result = trainer.fit()
     release_placement_group(result.metrics.get("placement_group", ""))
 
 
 def make_trainer(
-    spec: dict[str, Any], args: dict[str, Any], name: str, storage: str, callbacks: tuple = ()
+    spec: dict[str, Any],
+    method: bytes,
+    args: dict[str, Any],
+    name: str,
+    storage: str,
+    callbacks: tuple = (),
 ) -> Any:
-    """A TorchTrainer over :func:`train_loop` for one trial's ``spec``."""
+    """A TorchTrainer over :func:`train_loop` for one trial's ``spec`` of the ``method``
+    :func:`pack_method` packed."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
         train_loop,
-        train_loop_config=spec,
+        train_loop_config={"spec": spec, "method": method},
         scaling_config=ray.train.ScalingConfig(**args["scaling"]),
         run_config=ray.train.RunConfig(
             name=name,
@@ -88,23 +175,6 @@ def make_trainer(
             callbacks=list(callbacks),
         ),
     )
-
-
-def report_last(summary: dict[str, Any], rank: int) -> None:
-    """A worker's final report of a trial without units (the pose families). With a (tiny)
-    checkpoint: Train V2's ``Result.metrics`` are those of the latest checkpointed report, and the
-    sweep reads the final run's numbers from there."""
-    import tempfile
-    from pathlib import Path
-
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            (Path(d) / "summary.json").write_text(json.dumps(summary, default=str))
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(dict(summary), checkpoint=checkpoint)
 
 
 def placement() -> dict[str, str]:

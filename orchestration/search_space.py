@@ -2,7 +2,7 @@
 
 Schema (every method's file has the same shape)::
 
-    method: kinembed            # a key of CONFIGS
+    method: kinembed            # a key of emgcore.methods.METHODS
     metric: cv_r2               # what each trial reports and the stage selects on
     mode: max                   # max | min
     subjects: [S1, S3]          # optional: the subjects every trial is evaluated on
@@ -25,6 +25,10 @@ the papers' data-efficiency and batch-size figures.
 Dotted keys address fields of the method's configuration dataclass (``kinembed.lr`` is
 ``ExperimentConfig.kinembed.lr``); a key that names no field, a stage that inherits from a later
 or unknown stage, or a value of the wrong kind fails on load, naming the file and the key.
+Every point of a stage must be a distinct experiment. :func:`distinct` compares the points'
+effective configurations (:func:`emgcore.config.effective`: the fields the method will not read,
+like VICReg's temperature, left out) on the base config with the stage's fixed values and
+inherited winners; the sweep runs the first of each kind and lists the others as duplicates.
 This module imports no Ray: the sweep reads it, and so can a researcher's notebook.
 """
 
@@ -39,21 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emgcore.config import override, tuplify
+from emgcore.config import as_read, effective, override, tuplify, unused, yaml_problem
 from emgcore.errors import InvalidValueError
-from emgcore.experiment import ExperimentConfig
-from emgcore.posealign import PoseAlignConfig
-from emgcore.poseest import PoseEstConfig
+from emgcore.methods import METHODS
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-# method name -> the configuration dataclass its search space addresses
-CONFIGS: dict[str, type] = {
-    "kinembed": ExperimentConfig,
-    "mae": PoseAlignConfig,  # the pose-alignment family shares one config
-    "cpep": PoseAlignConfig,
-    "embridge": PoseAlignConfig,
-    "jepa": PoseEstConfig,
-}
 _TOP = {"method", "metric", "mode", "subjects", "stages", "studies"}
 _STAGE = {"name", "grid", "choice", "fixed", "inherit", "budget"}
 _STUDY = {"grid", "fixed"}
@@ -120,8 +114,11 @@ def load(path: str | Path) -> SearchSpace:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as e:
         raise InvalidValueError("search space file not found", source=path, field="file") from e
+    except OSError as e:  # a folder, unreadable
+        raise InvalidValueError(f"cannot read: {e.strerror}", source=path, field="file") from e
     except yaml.YAMLError as e:
-        raise InvalidValueError(f"not valid YAML: {e}", source=path, field="file") from e
+        msg = f"not valid YAML: {yaml_problem(e)}"
+        raise InvalidValueError(msg, source=path, field="file") from e
 
     def bad(msg: str, key: str) -> InvalidValueError:
         return InvalidValueError(msg, source=path, field=key)
@@ -131,13 +128,13 @@ def load(path: str | Path) -> SearchSpace:
     if unknown := set(data) - _TOP:
         raise bad(f"unknown key(s) {sorted(unknown)}; known: {sorted(_TOP)}", sorted(unknown)[0])
     method = data.get("method")
-    if method not in CONFIGS:
-        raise bad(f"unknown method {method!r}; known: {sorted(CONFIGS)}", "method")
+    if method not in METHODS:
+        raise bad(f"unknown method {method!r}; known: {sorted(METHODS)}", "method")
     if data.get("mode") not in ("max", "min"):
         raise bad(f"must be 'max' or 'min', got {data.get('mode')!r}", "mode")
     if not isinstance(data.get("metric"), str):
         raise bad("must name the metric trials report", "metric")
-    cls = CONFIGS[method]
+    cls = METHODS[method].config
     stages: list[Stage] = []
     for i, raw in enumerate(data.get("stages") or []):
         where = f"stages[{i}]"
@@ -252,3 +249,59 @@ def _check_values(cls: type, overrides: Mapping[str, Any], path: Path, where: st
 def apply(cfg: Any, overrides: Mapping[str, Any]) -> Any:
     """``cfg`` with dotted-key overrides, rebuilt through the config loader (values checked)."""
     return override(cfg, overrides)
+
+
+@dataclass(frozen=True)
+class Distinct:
+    """A stage's points split into the experiments to run and the points that repeat them."""
+
+    points: list[dict[str, Any]]  # the first point of each effective configuration, in order
+    repeats: list[tuple[dict[str, Any], dict[str, Any]]]  # (skipped point, the point it repeats)
+    reasons: tuple[str, ...] = ()  # e.g. "kinembed.loss=vicreg ignores kinembed.temperature"
+
+    def message(self, stage: str, kind: str = "stage") -> str:
+        """One line for the sweep's log; empty when nothing repeats."""
+        if not self.repeats:
+            return ""
+        n, total = len(self.repeats), len(self.points) + len(self.repeats)
+        return (
+            f"{kind} {stage}: {n} of {total} points repeat others "
+            f"({'; '.join(self.reasons)}), skipped"
+        )
+
+
+def distinct(
+    base: Any, points: list[Mapping[str, Any]], fixed: Mapping[str, Any] | None = None
+) -> Distinct:
+    """Drop the points whose configuration (``base`` with ``fixed`` and the point's dotted-key
+    overrides) trains the same experiment as an earlier point's: equal :func:`effective` data.
+
+    A point that does not build a valid config is kept (its trial fails with the reason).
+    """
+    fixed = dict(fixed or {})
+    first: dict[str, dict[str, Any]] = {}  # effective configuration -> the point that has it
+    kept: list[dict[str, Any]] = []
+    repeats: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    reasons: dict[str, None] = {}
+    for point in map(dict, points):
+        try:
+            cfg = apply(base, {**fixed, **point})
+        except InvalidValueError:
+            kept.append(point)
+            continue
+        key = json.dumps(effective(cfg), sort_keys=True, default=repr)
+        if key not in first:
+            first[key] = point
+            kept.append(point)
+            continue
+        other = first[key]
+        repeats.append((point, other))
+        ignored = unused(as_read(cfg))
+        differ = [k for k in point if tuplify(point[k]) != tuplify(other.get(k))]
+        for k in differ:
+            for u, why in ignored.items():
+                if k == u or k.startswith(f"{u}."):
+                    reasons[f"{why} ignores {u}"] = None
+        if not differ:
+            reasons["the same values twice"] = None
+    return Distinct(kept, repeats, tuple(reasons))

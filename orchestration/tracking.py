@@ -17,27 +17,36 @@ killed process left RUNNING.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import functools
+import glob
+import hashlib
 import math
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from emgcore.config import PARAM_MAX
+from emgcore.methods.base import Score, better
 
 T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
 KEY = "emg.key"  # the tag that identifies a run across restarts
-PARAM_MAX = 6000  # MLflow's limit on a param value's length
 
 
 class TrackingUnavailable(RuntimeError):
@@ -47,11 +56,14 @@ class TrackingUnavailable(RuntimeError):
 def resolve_uri(uri: str | None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
 
-    The SQLite path is made absolute: Ray workers run in other working directories.
+    Local paths (SQLite files, a file store) are made absolute: Ray workers run in other working
+    directories.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    elif uri.startswith("file:") or not _scheme(uri):  # a plain path is a file store
+        uri = Path(urllib.parse.urlparse(uri).path or uri).resolve().as_uri()
     return uri
 
 
@@ -62,25 +74,177 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+# the schemes MLflow 3 has stores for (its tracking store registry); "+driver" suffixes allowed
+_DATABASES = ("postgresql", "mysql", "mssql")
+_SCHEMES = ("sqlite", "http", "https", "file", "databricks", "databricks-uc", "uc", *_DATABASES)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_LOCK_S = 300.0  # initialising a store takes seconds; a lock held longer is someone stuck
+_ready: set[str] = set()  # stores this process has checked (and initialised) already
+
+
+def _scheme(uri: str) -> str:
+    """``uri``'s scheme; MLflow also takes a bare ``databricks`` (its default profile)."""
+    return urllib.parse.urlparse(uri).scheme or (uri if uri in _SCHEMES else "")
+
+
+def _line(e: BaseException) -> str:
+    """An exception as one short line (MLflow's messages run to paragraphs)."""
+    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return text[:300]
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when the backend is down (instead of minutes of HTTP retries)."""
-    if uri.startswith(("http://", "https://")):
+    """Fail fast, in one line naming ``uri`` and what to do, for every state of the backend a
+    user can reach: a server that is down, a scheme MLflow has no store for, a SQLite path in a
+    missing or read-only folder, a file that is not SQLite, a store half-migrated or written by
+    another MLflow version, a file store (refused by MLflow 3 unless opted in). A new SQLite
+    file is created here, once, under a lock (:func:`_init_sqlite`). Then one read through
+    MLflow itself catches whatever is left (a missing database driver, bad credentials)."""
+    if uri in _ready:
+        return
+    scheme = _scheme(uri)
+    if scheme.split("+")[0] not in _SCHEMES:
+        raise TrackingUnavailable(
+            f"tracking URI {uri} has an unknown scheme {scheme + ':' if scheme else ''!r}: use "
+            "sqlite:///<path>.db, http(s)://<server> or a database URL (postgresql://, mysql://, "
+            "mssql://)"
+        )
+    if scheme in ("http", "https"):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status != 200:
-                    raise TrackingUnavailable(
-                        f"tracking server {uri} answered {r.status} on /health"
-                    )
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:  # something answers, but not an MLflow server
+            raise TrackingUnavailable(
+                f"tracking server {uri} answered {e.code} on /health: is it an MLflow server? "
+                "Pass --tracking-uri / MLFLOW_TRACKING_URI"
+            ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TrackingUnavailable(
                 f"tracking server {uri} is unreachable ({reason}); start it, or pass "
                 "--tracking-uri / MLFLOW_TRACKING_URI"
             ) from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingUnavailable(f"tracking database folder {folder} is not writable")
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme == "file" and not MLFLOW_ALLOW_FILE_STORE.get():
+        raise TrackingUnavailable(
+            f"tracking URI {uri} is a file store, which MLflow 3 refuses (maintenance mode): "
+            "convert it with 'mlflow migrate-filestore' and pass sqlite:///<path>.db, or set "
+            "MLFLOW_ALLOW_FILE_STORE=true"
+        )
+    try:  # one read of each store through MLflow; few retries: what fails here rarely passes
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        retry(client.search_experiments, max_results=1, attempts=3)
+        retry(client.search_registered_models, max_results=1, attempts=3)
+    except Exception as e:
+        raise TrackingUnavailable(f"tracking store {uri} cannot be used: {_line(e)}") from None
+    _ready.add(uri)
+
+
+def _check_sqlite(uri: str) -> None:
+    """A SQLite store's file, checked without changing it; created when absent or empty."""
+    rest = uri.removeprefix("sqlite:///")
+    if not uri.startswith("sqlite:///") or not rest or rest.startswith(":memory:"):
+        raise TrackingUnavailable(
+            f"tracking URI {uri} is not a SQLite file: Ray workers need a file, pass "
+            "sqlite:///<path>.db"
+        )
+    db = Path(rest)
+    folder = db.parent
+    if not folder.is_dir():
+        raise TrackingUnavailable(
+            f"tracking database folder {folder} does not exist ({uri}): create it or pass "
+            "another --tracking-uri"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackingUnavailable(
+            f"tracking database folder {folder} is not writable ({uri}): fix its permissions "
+            "or pass another --tracking-uri"
+        )
+    if db.is_dir():
+        raise TrackingUnavailable(
+            f"tracking database {db} is a folder, not a SQLite file: pass sqlite:///<path>.db"
+        )
+    if not db.exists() or db.stat().st_size == 0:
+        _init_sqlite(db)
+    _check_sqlite_file(db, uri)
+
+
+def _check_sqlite_file(db: Path, uri: str) -> None:
+    """An existing file: SQLite, writable, MLflow's tables at this MLflow's schema revision."""
+    what = f"tracking database {db}"
+    if not os.access(db, os.R_OK | os.W_OK):
+        raise TrackingUnavailable(
+            f"{what} is not writable: fix its permissions or pass another --tracking-uri"
+        )
+    with db.open("rb") as f:
+        if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+            raise TrackingUnavailable(
+                f"{what} is not a SQLite database: move it away or pass another --tracking-uri"
+            )
+    try:
+        # a generous busy timeout: other sweeps may be writing, which is no damage
+        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=60) as c:
+            tables = {r[0] for r in c.execute("select name from sqlite_master where type='table'")}
+            rev = ""
+            if "alembic_version" in tables:
+                row = c.execute("select version_num from alembic_version").fetchone()
+                rev = row[0] if row else ""
+        c.close()
+    except sqlite3.Error as e:
+        raise TrackingUnavailable(f"{what} cannot be read ({e}): is it damaged?") from None
+    if half := sorted(t for t in tables if t.startswith("_alembic_tmp_")):
+        raise TrackingUnavailable(
+            f"{what} was left half-migrated by an interrupted MLflow schema migration (table "
+            f"{half[0]}): restore a backup, or move it away to start a new store"
+        )
+    if "experiments" not in tables or not rev:
+        raise TrackingUnavailable(
+            f"{what} is a SQLite database but not an MLflow store: pass another --tracking-uri"
+        )
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    if rev != head:  # MLflow refuses it; upgrading in place is the user's call (take a backup)
+        raise TrackingUnavailable(
+            f"{what} has MLflow schema {rev}, this MLflow {mlflow.__version__} needs {head}: back "
+            f"it up, then run 'mlflow db upgrade {uri}' (or use the MLflow that wrote it)"
+        )
+
+
+def _init_sqlite(db: Path) -> None:
+    """Create a new SQLite store: once, under a lock on ``<db>.lock``, and atomically.
+
+    MLflow creates and migrates a new database on first use, and two processes doing so at once
+    race (seen: ``duplicate column name: step``, ``table runs already exists``, alembic's
+    "expected to match one row"), which can leave the file half-migrated (``_alembic_tmp_*``
+    tables) and unusable. So the project's processes take a file lock, and the first builds
+    the whole schema in a copy beside it that is renamed into place: ``db`` is either absent
+    or complete, even when the process is killed mid-migration.
+    """
+    from filelock import FileLock, Timeout
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    try:
+        with FileLock(f"{db}.lock", timeout=_LOCK_S):
+            if db.exists() and db.stat().st_size > 0:
+                return  # another process made it while this one waited
+            for stale in db.parent.glob(f"{glob.escape(db.name)}.init*"):
+                stale.unlink(missing_ok=True)  # left by a killed process (it held this lock)
+            tmp = db.with_name(f"{db.name}.init{os.getpid()}")
+            tmp_uri = f"sqlite:///{tmp}"
+            try:
+                store = SqlAlchemyStore(tmp_uri, artifact_root(f"sqlite:///{db}"))
+                store.engine.dispose()
+                SqlAlchemyStore._engine_map.pop(tmp_uri, None)  # MLflow caches engines by URI
+                os.replace(tmp, db)
+            finally:
+                tmp.unlink(missing_ok=True)
+    except Timeout:
+        raise TrackingUnavailable(
+            f"tracking database {db}: another process has held {db}.lock for {_LOCK_S:.0f} s; "
+            "if none is running, delete the lock file"
+        ) from None
 
 
 _TRANSIENT = (MlflowException, OSError, ConnectionError, TimeoutError)
@@ -112,16 +276,46 @@ def retry(
     raise AssertionError("unreachable")
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    """A (nested) config as MLflow params with dotted keys: ``{"kinembed.lr": "0.003"}``."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        out: dict[str, str] = {}
-        for k, v in obj.items():
-            out |= flatten(v, f"{prefix}{k}.")
-        return out
-    return {prefix.rstrip("."): str(list(obj) if isinstance(obj, tuple) else obj)[:PARAM_MAX]}
+# MLflow's rule for metric, param and tag keys (mlflow/utils/validation.py) is ``[/\w.\- :]*``,
+# at most 250 characters, and no key that path-normalises to another ("a//b", "x/..", "."). A
+# part keeps only ASCII letters, digits, ``_ - .`` and space: ``:`` is refused on Windows, ``\w``
+# is Unicode only in Python, and ``/`` separates the parts of a key.
+_NOT_KEY = re.compile(r"[^A-Za-z0-9_\-. ]")
+KEY_MAX = 240  # a key, leaving room for the ``emg.name.`` tag that names it
+NAME_TAG = "emg.name."  # tag ``emg.name.<key>``: the readable key a renamed one stands for
+
+
+@functools.lru_cache(maxsize=65536)
+def key_part(name: str, limit: int = KEY_MAX) -> str:
+    """Any name (a subject, session, label) as a valid part of an MLflow key, stable across
+    processes: itself when MLflow takes it, else its refused characters as ``_``, cut to
+    ``limit``, plus ``--`` and 8 hex digits of the name's SHA-256, so names that read alike
+    after the replacement (``P01 (pilot)``, ``P01 [pilot]``) stay distinct."""
+    part = _NOT_KEY.sub("_", name)
+    if part == name and len(part) <= limit and part.strip("."):
+        return part  # "", "." and ".." would normalise away as path segments
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{part[: limit - 10]}--{digest}"
+
+
+def mlflow_key(key: str) -> str:
+    """A key built from any names (``r2.<subject>/<fold>``) as one MLflow takes: each
+    ``/``-separated part through :func:`key_part` (a key MLflow takes already is unchanged),
+    the whole once more when it is longer than :data:`KEY_MAX`. Every metric, param and tag
+    key goes through here (:class:`Tracker`, :class:`MetricLogger`), so no data name can fail
+    a trial at a flush."""
+    out = "/".join(key_part(p) for p in key.split("/"))
+    return out if len(out) <= KEY_MAX else key_part(key)
+
+
+def _renamed(keys: Sequence[str]) -> dict[str, str]:
+    """``{mlflow key: readable key}`` for the keys :func:`mlflow_key` changes."""
+    return {m: k for k in keys if (m := mlflow_key(k)) != k}
+
+
+def name_tags(renamed: Mapping[str, str]) -> dict[str, str]:
+    """The tags that keep renamed keys readable: ``emg.name.<mlflow key>`` = the readable."""
+    return {f"{NAME_TAG}{m}": k[:PARAM_MAX] for m, k in renamed.items()}
 
 
 def git_commit() -> str:
@@ -142,13 +336,26 @@ class Tracker:
     """One process's handle on the backend: experiments, runs, buffered metrics, registry."""
 
     def __init__(self, uri: str):
+        check_reachable(uri)  # once per process: a new SQLite store is created here, safely
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     # -- experiments and runs ------------------------------------------------------------------
 
-    def experiment(self, name: str) -> str:
+    def check_experiment(self, name: str) -> Any | None:
+        """Experiment ``name`` (None when it does not exist yet); one line when it is deleted:
+        MLflow refuses runs in it, and restoring what someone deleted is theirs to decide."""
         exp = retry(self.client.get_experiment_by_name, name)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise TrackingUnavailable(
+                f"experiment {name!r} (id {exp.experiment_id}) in {self.uri} is deleted: restore "
+                f"it (MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore --experiment-id "
+                f"{exp.experiment_id}) or pass --experiment with another name"
+            )
+        return exp
+
+    def experiment(self, name: str) -> str:
+        exp = self.check_experiment(name)
         if exp is not None:
             return exp.experiment_id
         try:
@@ -201,18 +408,51 @@ class Tracker:
             self.end(r.info.run_id, status)
         return len(runs)
 
+    def sweeps(
+        self, *, sweep: str | None = None, method: str | None = None, running: bool = False
+    ) -> list[Run]:
+        """Sweep parent runs (those tagged ``emg.driver``) in every active experiment, newest
+        first: one sweep id's, one method's, or only those still RUNNING."""
+        where = ["tags.`emg.driver` LIKE '%'"]
+        if sweep:
+            where.append(f"tags.`{KEY}` = '{sweep}'")
+        if method:
+            where.append(f"tags.`emg.method` = '{method}'")
+        if running:
+            where.append("attributes.status = 'RUNNING'")
+        ids = [e.experiment_id for e in retry(self.client.search_experiments)]
+        if not ids:
+            return []
+        return retry(
+            self.client.search_runs,
+            ids,
+            filter_string=" and ".join(where),
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+        )
+
     def status(self, run_id: str) -> str:
         return retry(self.client.get_run, run_id).info.status
 
     # -- data ------------------------------------------------------------------------------------
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:PARAM_MAX]) for k, v in params.items()]
+        """Params under valid keys (:func:`mlflow_key`); renamed ones keep their readable key
+        in an ``emg.name.`` tag."""
+        items = [Param(mlflow_key(k), str(v)[:PARAM_MAX]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit on params
             retry(self.client.log_batch, run_id, params=items[i : i + 100])
+        self._send_tags(run_id, name_tags(_renamed(list(params))))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        """Tags under valid keys (:func:`mlflow_key`), with ``emg.name.`` tags for renamed."""
+        named = {mlflow_key(k): str(v) for k, v in tags.items()}
+        self._send_tags(run_id, named | name_tags(_renamed(list(tags))))
+
+    def _send_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        items = [RunTag(k, v) for k, v in tags.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit on tags
+            retry(self.client.log_batch, run_id, tags=items[i : i + 100])
 
     def log_artifact(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         retry(self.client.log_artifact, run_id, str(path), folder)
@@ -231,14 +471,30 @@ class MetricLogger:
     def __init__(self, tracker: Tracker, run_id: str, every: int = 200):
         self.tracker, self.run_id, self.every = tracker, run_id, every
         self.buffer: list[Metric] = []
+        self.names: dict[str, str] = {}  # renamed keys whose emg.name. tag is not sent yet
+        self.named: set[str] = set()  # ... and those whose tag is
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer ``metrics`` under valid keys (:func:`mlflow_key`): a key built from any data
+        name is taken, so a unit's metrics are never refused after minutes of training."""
         ts = int(time.time() * 1000)
-        self.buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        keys = {k: mlflow_key(k) for k in metrics}
+        self.names |= {m: k for k, m in keys.items() if m != k and m not in self.named}
+        self.buffer += [Metric(keys[k], float(v), ts, step) for k, v in metrics.items()]
         if len(self.buffer) >= self.every:
             self.flush(raise_errors=False)
 
     def flush(self, raise_errors: bool = True) -> None:
+        if self.names:
+            try:
+                self.tracker._send_tags(self.run_id, name_tags(self.names))
+            except _TRANSIENT:
+                if raise_errors:
+                    raise
+                print("tracking: flush failed, keeping metrics for the next one", file=sys.stderr)
+                return
+            self.named |= set(self.names)
+            self.names = {}
         while self.buffer:
             chunk = self.buffer[:1000]  # MLflow's batch limit on metrics
             try:
@@ -273,6 +529,27 @@ def end_with_error(tracker: Tracker, run_id: str, log: MetricLogger, e: BaseExce
     tracker.end(run_id, status)
 
 
+EXAMPLE_BATCH = 4  # least batch of a logged model's input example
+
+
+def example_batch(x: Any, n: int = EXAMPLE_BATCH, cap: int = 64) -> Any:
+    """A representative input example of a model to log: the first ``cap`` windows (rows) of
+    ``x``, repeated to at least ``n`` when fewer. MLflow's export fixes every dimension whose
+    example size is 1, so a one-window example would give a champion that only ever takes one
+    window (and can never be scored again on a batch)."""
+    import numpy as np
+
+    x = x[:cap]
+    if 0 < len(x) < n:
+        if isinstance(x, np.ndarray):
+            x = np.concatenate([x] * -(-n // len(x)))
+        else:  # a torch tensor
+            import torch
+
+            x = torch.cat([x] * -(-n // len(x)))
+    return x
+
+
 def log_model_version(
     run_id: str,
     model: Any,
@@ -294,7 +571,7 @@ def log_model_version(
             mlflow.pytorch.log_model,
             model,
             name="model",
-            input_example=input_example,
+            input_example=example_batch(input_example),
             extra_files=[str(f) for f in extra_files] or None,
         )
     version = retry(mlflow.register_model, info.model_uri, name, tags=dict(tags))
@@ -306,53 +583,150 @@ def register(
     model: Any,
     input_example: Any,
     name: str,
-    score: float,
-    champion_score: float | None,
+    selection: Score,
+    champion_selection: float | None,
+    test: Score,
     tags: Mapping[str, str],
-    metric: str = "heldout_r2",
     extra_files: Sequence[str | Path] = (),
-    mode: str = "max",
 ) -> tuple[str, bool]:
-    """Log and register ``model``; move ``name@champion`` to it only if it is better.
+    """Log and register ``model``; move ``name@champion`` to it only if it earns it.
 
-    ``score`` and ``champion_score`` must come from the same held-out evaluation;
-    ``champion_score`` is None when there is no champion yet and NaN when the champion could not
-    be evaluated on that data (then the alias stays). Better is higher for ``mode="max"`` (R^2,
-    accuracy), lower for ``"min"`` (an error such as JA-MAE); a tie keeps the champion. Both are
-    tagged as ``metric`` and ``champion_<metric>``. Returns ``(version, became champion)``.
+    The champion rule (README, "The registry"): the new version must beat the current champion
+    on the **selection** split (validation data fixed per data set, never the reported test
+    split), ``champion_selection`` being the champion's score on that same split (None: no
+    champion yet; NaN: not comparable, the alias stays; a tie keeps the champion). And it must
+    beat the trivial baseline of its task on the selection split and on the test split: a model
+    worse than predicting the mean is registered and flagged (``below_trivial``) but never
+    champion. The test split can only veto, never choose between models, so repeated sweeps
+    cannot select on test data. The comparison and the move are atomic per model name
+    (:func:`move_champion`): when another sweep moved the champion since the caller scored it,
+    the new champion's recorded score decides, and the version's ``became_champion``,
+    ``champion_<metric>`` and ``reason`` tags say so. Returns ``(version, became champion)``.
     """
-    promote = beats_champion(score, champion_score, mode)
-    old = math.nan if champion_score is None else champion_score
+    floor_ok = selection.beats_trivial() and test.beats_trivial()
+    promote = floor_ok and beats_champion(selection.value, champion_selection, selection.mode)
+    old = math.nan if champion_selection is None else champion_selection
     all_tags = {
-        metric: f"{score:.6f}",
-        f"champion_{metric}": f"{old:.6f}",
+        **selection.tags("selection"),
+        **test.tags("test"),
+        "selection_metric": selection.metric,
+        "test_metric": test.metric,
+        f"champion_{selection.metric}": f"{old:.6f}",
+        "below_trivial": str(not floor_ok).lower(),
         "became_champion": str(promote).lower(),
         **tags,
     }
     _, version = log_model_version(run_id, model, input_example, name, all_tags, extra_files)
-    if promote:
-        client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
-        retry(client.set_registered_model_alias, name, "champion", version)
-    return version, promote
+    client = MlflowClient(
+        tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri()
+    )
+    moved, now_old, note = move_champion(
+        client, name, version, selection, champion_selection, floor_ok
+    )
+    if note:  # the champion changed while this version was trained and logged: say what won
+        fixed = {
+            f"champion_{selection.metric}": f"{math.nan if now_old is None else now_old:.6f}",
+            "became_champion": str(moved).lower(),
+            "reason": f"{tags.get('reason', '')}; {note}".strip("; ")[:5000],
+        }
+        for k, v in fixed.items():
+            retry(client.set_model_version_tag, name, version, k, v)
+    return version, moved
+
+
+_compared: dict[str, str | None] = {}  # model name -> the champion version last scored here
+
+
+def move_champion(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    selection: Score,
+    champion_selection: float | None,
+    floor_ok: bool,
+) -> tuple[bool, float | None, str]:
+    """Move ``name@champion`` to registered ``version`` if it beats the champion (and the
+    trivial floor, ``floor_ok``): :func:`register`'s last step, atomic per model name.
+
+    Two sweeps finishing together both scored the same old champion; without this both would
+    promote and the alias would end on whichever moved last, the worse one maybe. So the
+    decision is made again here, under a lock per (store, model name) for local stores, against
+    the champion as it is now: when it is no longer the version the caller scored
+    (:func:`rescore_champion` / :func:`recorded_champion` remember it), the new champion's
+    recorded selection score is compared instead. Right before the alias moves it is read once
+    more (for a server, where no lock spans machines) and the decision retried if it moved.
+    Returns ``(moved, the champion score compared, a note when the champion had moved)``.
+    """
+    compared = _compared.pop(name, "?")  # "?": the caller scored whatever is champion now
+    old, note = champion_selection, ""
+    with _registry_lock(mlflow.get_tracking_uri(), name):
+        for _ in range(5):
+            current = champion(client, name)
+            now = None if current is None else str(current.version)
+            if compared == "?":
+                compared = now
+            if now != compared:  # re-read the new champion's recorded score
+                old, why = _recorded(current, selection)
+                was = "no champion" if compared is None else f"v{compared}"
+                note = f"the champion moved from {was} while v{version} was registered: {why}"
+                compared = now
+            if not (floor_ok and beats_champion(selection.value, old, selection.mode)):
+                return False, old, note
+            again = champion(client, name)
+            if (None if again is None else str(again.version)) != now:
+                continue  # moved in between (no lock across machines): decide again
+            retry(client.set_registered_model_alias, name, "champion", version)
+            return True, old, note
+    return False, old, f"{note}; the champion kept moving, left as it is".strip("; ")
+
+
+def _registry_lock(uri: str, name: str) -> Any:
+    """A file lock per (local store, model name); a server's store gets none (see
+    :func:`move_champion`'s re-check)."""
+    from filelock import FileLock
+
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    if uri.startswith("sqlite:///"):
+        return FileLock(f"{uri.removeprefix('sqlite:///')}.registry-{digest}.lock", timeout=_LOCK_S)
+    if uri.startswith("file:"):
+        folder = Path(urllib.parse.urlparse(uri).path)
+        return FileLock(str(folder / f".registry-{digest}.lock"), timeout=_LOCK_S)
+    return contextlib.nullcontext()
+
+
+def champion_reason(
+    selection: Score, test: Score, champion_selection: float | None, why: str
+) -> str:
+    """The registry decision in words (the summary screen and the ``reason`` tag)."""
+    for s, role in ((selection, "selection"), (test, "test")):
+        if not s.beats_trivial():
+            return (
+                f"{s.metric} {s.value:.4f} on the {role} split does not beat the trivial "
+                f"baseline's {s.trivial:.4f}: flagged below_trivial, never champion; {why}"
+            )
+    return why
 
 
 def beats_champion(score: float, champion_score: float | None, mode: str = "max") -> bool:
     """The champion rule: no champion yet, or strictly better on the same evaluation (higher for
     ``mode="max"``, lower for ``"min"``); a champion that could not be scored (NaN) stays."""
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    if champion_score is None:
-        return True
-    if not (math.isfinite(champion_score) and math.isfinite(score)):
-        return False
-    return score > champion_score if mode == "max" else score < champion_score
+    return better(score, champion_score, mode)
 
 
 def champion(client: MlflowClient, name: str) -> Any | None:
-    try:
-        return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
+    """``name@champion``, or None when the model or its alias does not exist. Other errors are
+    retried, then raised: a store that does not answer must not read as "no champion", or the
+    next version registered would take the alias whatever it scores."""
+
+    def get() -> Any | None:
+        try:
+            return client.get_model_version_by_alias(name, "champion")
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    return retry(get)
 
 
 def rescore_champion(
@@ -368,17 +742,42 @@ def rescore_champion(
     ``load`` turns the champion's URI into a model (default: the logged graph, :func:`load_model`);
     ``where`` names the evaluation in the reason."""
     current = champion(client, name)
+    _compared[name] = None if current is None else str(current.version)  # see move_champion
     if current is None:
         return None, "no champion yet"
     try:
         import torch
 
-        model = (load or load_model)(f"models:/{name}@champion")
+        # the version read above, not the alias: it may move meanwhile (see move_champion)
+        model = (load or load_model)(f"models:/{name}/{current.version}")
         with torch.no_grad():
             old = float(score(model))
     except Exception as e:  # not comparable: the alias stays (see beats_champion)
         return math.nan, f"champion v{current.version} cannot be evaluated on {where}: {e}"[:500]
     return old, f"champion v{current.version} scores {old:.4f} on {where}"
+
+
+def recorded_champion(
+    client: MlflowClient, name: str, selection: Score
+) -> tuple[float | None, str]:
+    """``name@champion``'s selection score as recorded on its version, for models that cannot
+    be scored again (KinEMbed's score is a configuration's session CV; encoders alone have no
+    score): ``(None, why)`` without a champion, ``(NaN, why)`` when it was selected on another
+    split or metric (not comparable: the alias stays), else ``(score, why)``."""
+    current = champion(client, name)
+    _compared[name] = None if current is None else str(current.version)  # see move_champion
+    return _recorded(current, selection)
+
+
+def _recorded(current: Any | None, selection: Score) -> tuple[float | None, str]:
+    if current is None:
+        return None, "no champion yet"
+    tags = current.tags
+    if tags.get("selection_split") != selection.split or selection.metric not in tags:
+        where = tags.get("selection_split", "an unrecorded split")
+        return math.nan, f"champion v{current.version} was selected on {where}: not comparable"
+    old = float(tags[selection.metric])
+    return old, f"champion v{current.version} scored {old:.4f} on the same selection split"
 
 
 def load_model(uri: str) -> Any:

@@ -1,72 +1,215 @@
-"""What the pose families' Train workers share (:mod:`orchestration.pose_trial`,
-:mod:`orchestration.jepa_trial`): the trial's MLflow run on rank 0, per-epoch hooks that log to
-it and report to Train, and the trial's end (finished, failed or killed)."""
+"""The one Train worker loop: any method's trial, made resumable and tracked.
+
+Every method's trial (:class:`emgcore.methods.base.Trial`) is a list of units. On every worker:
+
+1. the trial's configuration (the base preset, the trial's dotted-key overrides, the final run's
+   seeds and subjects) and data; rank 0 opens the trial's MLflow run and logs the configuration;
+2. each unit in order, skipping those the last checkpoint holds (a restarted worker resumes at
+   the first unfinished unit; units are deterministic for their seed, so a resumed trial ends
+   with exactly an uninterrupted one's result). Every epoch goes to MLflow (rank 0) and, at
+   most every :data:`launch.REPORT_S`, to Train and through it to Tune; after each unit but
+   the last, a checkpoint of the finished units' values (and the states the final run needs);
+3. the summary: a final run's report and registration (:func:`register`) on rank 0, then the
+   last report, with a checkpoint, whose metrics are the trial's result; the run ends
+   FINISHED, or FAILED / KILLED when anything raised.
+
+Nothing here names a method: it is ``spec["method"]`` as the sweep packed it
+(:func:`orchestration.launch.pack_method`).
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import tempfile
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.train.torch
+import torch
 
+from emgcore.config import flatten, load_yaml, override, resolve_config
 from emgcore.distributed import DataParallel
-from emgcore.kinembed import EpochHook
+from emgcore.methods.base import Method, Registration, TrialSetup
+from emgcore.training import EpochHook
 from orchestration import launch, tracking
+
+PROGRESS, STATES = "progress.json", "states.pt"
+
+
+def configure(method: Method, spec: Mapping[str, Any]) -> Any:
+    """The trial's configuration: the base preset with the trial's dotted-key overrides, and
+    the seeds and subjects the sweep gives a final run or a study."""
+    cfg = override(load_yaml(method.config, resolve_config(spec["config"])), spec["overrides"])
+    names = {f.name for f in fields(cfg)}
+    for key in ("seeds", "subjects"):
+        if spec.get(key) and key in names:
+            cfg = replace(cfg, **{key: tuple(spec[key])})
+    return cfg
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: ``config`` is ``{"spec": ..., "method": packed}``
+    (:func:`orchestration.launch.make_trainer`)."""
+    spec, method = config["spec"], launch.unpack_method(config["method"])
+    rank = ray.train.get_context().get_world_rank()
+    parallel = DataParallel.current()
+    torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+    setup = TrialSetup(
+        mode=spec["mode"],
+        parallel=parallel,
+        device=str(ray.train.torch.get_device()),
+        cache=spec.get("cache"),
+        data=spec["data"],
+        fingerprint=spec.get("fingerprint", ""),
+        selection=spec.get("selection") or {},
+        pretrained=_pretrained(method, spec),
+    )
+    trial = method.trial(configure(method, spec), launch.load_recordings(spec), setup)
+    run = TrialRun(spec, trial.config, parallel, rank)
+    with run:
+        if run.tracker is not None and spec.get("pretrained"):  # the versions it started from
+            pinned = {f"emg.{method.starts_from}.{k}": v for k, v in spec["pretrained"].items()}
+            run.tracker.set_tags(run.run_id, pinned)
+        values, states = run.resume()
+        for i, unit in enumerate(trial.units):
+            if unit in values:
+                if unit in states:
+                    trial.restore(unit, states[unit])
+                continue
+            run.unit = i
+            result = trial.run(unit, run.hooks)
+            values[unit] = result.value
+            if result.state is not None:
+                states[unit] = result.state
+            run.unit_done(result.metrics)
+            if i < len(trial.units) - 1:  # the last unit's result goes straight on
+                run.checkpoint(values, states, trial.summary(values))
+        summary = trial.summary(values)
+        if rank == 0 and spec["mode"] == "final":
+            summary |= run.publish(trial, values)
+        run.finish(summary, values, states)
 
 
 class TrialRun:
     """One worker's view of its trial: rank 0 holds the MLflow run (``tracker``, ``run_id``),
     every rank reports to Train. As a context manager it ends the run FAILED (KILLED on an
-    interrupt) when its block raises, and lets the error through::
-
-        with TrialRun(spec, cfg, parallel, rank) as trial:
-            summary = train(hooks=trial.hooks("model"))
-            trial.finish(summary)
-    """
+    interrupt) when its block raises, and lets the error through."""
 
     def __init__(self, spec: Mapping[str, Any], cfg: Any, parallel: DataParallel, rank: int):
-        self.parallel, self.rank = parallel, rank
+        self.spec, self.parallel, self.rank = spec, parallel, rank
         self.t_start = time.perf_counter()
         self.tracker: tracking.Tracker | None = None
         self.run_id: str | None = None
         self.log: tracking.MetricLogger | None = None
         if rank == 0:
-            params = tracking.flatten(cfg) | {"trial.workers": parallel.world_size}
+            params = flatten(cfg) | {"trial.workers": parallel.world_size}
             self.tracker, self.run_id, self.log = tracking.open_trial_run(spec["tracking"], params)
-        self.step, self.t_report = 0, -math.inf
+        self.step, self.unit, self.units_done = 0, 0, 0
+        self.t_report = self.t_epoch = -math.inf
 
-    def hooks(self, name: str) -> tuple[EpochHook]:
-        """Epoch hook of model ``name``: every epoch to MLflow as ``name.<metric>``; the latest
-        to Train at most every :data:`launch.REPORT_S` (a report is a collective, so the
-        workers agree on making one)."""
+    def hooks(self, model: str | None) -> tuple[EpochHook]:
+        """Epoch hook of ``model`` (None: the method's only one): every epoch to MLflow, as
+        ``<model>.<metric>`` when named, with its wall time ``epoch_s``; the latest to Train at
+        most every :data:`launch.REPORT_S` (a report is a collective, so the workers agree on
+        making one)."""
+        self.t_epoch = time.perf_counter()
 
-        def on_epoch(epoch: int, metrics: Mapping[str, float], model: Any) -> None:
+        def on_epoch(epoch: int, metrics: Mapping[str, float], m: Any) -> None:
             self.step += 1
-            if self.log is not None:
-                self.log.log({f"{name}.{k}": v for k, v in metrics.items()}, self.step)
             now = time.perf_counter()
+            metrics = {**metrics, "epoch_s": now - self.t_epoch}  # hooks included
+            self.t_epoch = now
+            if self.log is not None:
+                prefix = f"{model}." if model else ""
+                self.log.log({f"{prefix}{k}": v for k, v in metrics.items()}, self.step)
             if self.parallel.agree(now - self.t_report >= launch.REPORT_S):
                 self.t_report = now
-                ray.train.report({"model": name, "epoch": epoch, **metrics})
+                named = {"model": model} if model else {}
+                ray.train.report(
+                    {
+                        **metrics,
+                        **named,
+                        "epoch": epoch,
+                        "unit": self.unit,
+                        "units_done": self.units_done,
+                    }
+                )
+            _maybe_fault(self.spec, self.unit, epoch)
 
         return (on_epoch,)
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """The trial's result: logged and the run ended FINISHED (rank 0), reported to Train."""
-        summary |= {
-            "loop_s": time.perf_counter() - self.t_start,
-            "done": True,
-            **launch.placement(),
-        }
+    def unit_done(self, metrics: Mapping[str, float]) -> None:
+        """Count the unit finished and log its ``metrics`` (rank 0)."""
+        self.units_done += 1
+        if self.log is not None:
+            # a unit key may hold data names ("P01 (pilot)"): the logger makes it one MLflow
+            # takes and tags the readable one (tracking.mlflow_key)
+            self.log.log(dict(metrics), self.step)
+            self.log.flush()
+
+    def resume(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The finished units' values and kept states from the last checkpoint, if any."""
+        ckpt = ray.train.get_checkpoint()
+        if not ckpt:
+            return {}, {}
+        with ckpt.as_directory() as d:
+            progress = json.loads((Path(d) / PROGRESS).read_text())
+            states = (
+                torch.load(Path(d) / STATES, weights_only=True)
+                if (Path(d) / STATES).exists()
+                else {}
+            )
+        self.step = progress["step"]
+        self.units_done = len(progress["values"])
+        return progress["values"], states
+
+    def checkpoint(
+        self, values: Mapping[str, Any], states: Mapping[str, Any], metrics: dict[str, Any]
+    ) -> None:
+        """Report with a checkpoint of the finished units (rank 0 writes the files)."""
+        metrics = {**metrics, "unit": self.unit, "units_done": len(values), **launch.placement()}
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / PROGRESS).write_text(json.dumps({"values": values, "step": self.step}))
+            if states:
+                torch.save(dict(states), Path(d) / STATES)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def publish(self, trial: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A final run's report (unless a study's) and registration (unless ``registry`` is
+        None): rank 0, after every unit."""
+        assert self.tracker is not None and self.run_id is not None
+        if self.spec.get("report", True):
+            with tempfile.TemporaryDirectory() as d:
+                for f in trial.report(values, Path(d)):
+                    self.tracker.log_artifact(self.run_id, f, "report")
+        if not self.spec.get("registry"):  # a study registers nothing
+            return {}
+        return register(self.spec, trial.registration(values), self.tracker, self.run_id)
+
+    def finish(
+        self, summary: dict[str, Any], values: Mapping[str, Any], states: Mapping[str, Any]
+    ) -> None:
+        """The trial's result: logged, the run ended FINISHED (rank 0), and reported to Train
+        with a checkpoint (Train V2's ``Result.metrics`` are the latest checkpointed report's:
+        the sweep reads the trial's numbers from there)."""
+        summary |= {"loop_s": time.perf_counter() - self.t_start, "done": True}
         if self.log is not None and self.tracker is not None:
             self.log.log({k: v for k, v in summary.items() if isinstance(v, float)}, self.step)
             self.log.flush()
             self.tracker.set_tags(self.run_id, {"emg.status": "finished"})
             self.tracker.end(self.run_id, "FINISHED")
-        launch.report_last(summary, self.rank)
+        self.checkpoint(values, states, summary)
 
     def __enter__(self) -> TrialRun:
         return self
@@ -77,3 +220,90 @@ class TrialRun:
                 tracking.end_with_error(self.tracker, self.run_id, self.log, e)
             traceback.print_exc()
         return False  # the error goes on to Train
+
+
+def register(
+    spec: Mapping[str, Any], reg: Registration, tracker: tracking.Tracker, run_id: str
+) -> dict[str, Any]:
+    """Log and register each of the trial's exports as ``<registry name><suffix>``; its
+    ``champion`` alias moves only if the version earns it (:func:`tracking.register`: better on
+    the selection split than the champion, scored again here when the export says how, else its
+    recorded score; and better than the trivial baseline on both splits). Returns what the
+    trial's summary adds: version, decision and reason (of the last export), the names
+    registered, and the selection and test scores."""
+    tracking.use(tracker.uri)
+    base = spec["registry"]["name"]
+    common = {
+        "sweep": spec["tracking"]["tags"].get("emg.sweep", ""),
+        "data_fingerprint": spec["fingerprint"],
+    }
+    out: dict[str, Any] = {}
+    for ex in reg.exports:
+        name = f"{base}{ex.suffix}"
+        if ex.rescore is None:
+            old, why = tracking.recorded_champion(tracker.client, name, reg.selection)
+        else:
+            load = (lambda uri, f=ex.load: f(tracking.model_files(uri))) if ex.load else None
+            old, why = tracking.rescore_champion(
+                tracker.client, name, ex.rescore, ex.rescored_on, load
+            )
+        why = tracking.champion_reason(reg.selection, reg.test, old, why)
+        with tempfile.TemporaryDirectory() as d:
+            files = list(ex.write_files(Path(d))) if ex.write_files else []
+            version, promote = tracking.register(
+                run_id,
+                ex.model,
+                ex.example,
+                name,
+                reg.selection,
+                old,
+                reg.test,
+                {**common, **reg.tags, "reason": why},
+                files,
+            )
+        tracker.set_tags(
+            run_id,
+            {
+                f"registry.{name}.version": version,
+                "registry.version": version,
+                "registry.champion": str(promote),
+            },
+        )
+        out |= {
+            "registry_version": int(version),
+            "became_champion": bool(promote),
+            "champion_reason": why,
+            f"champion_{reg.selection.metric}": math.nan if old is None else old,
+            "registered": ",".join(filter(None, [out.get("registered", ""), f"{name} v{version}"])),
+        }
+    sel, test = reg.selection, reg.test
+    return out | {
+        f"registered_{sel.metric}": sel.value,
+        f"registered_{test.metric}": test.value,
+        f"trivial_{sel.metric}": sel.trivial,
+        f"trivial_{test.metric}": test.trivial,
+    }
+
+
+def _pretrained(method: Method, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The registered models the trial starts from (``spec["pretrained"]``: model URIs the
+    sweep pinned to versions), loaded; empty when the trial trains its own."""
+    uris = spec.get("pretrained") or {}
+    if not uris:
+        return {}
+    assert method.load_pretrained is not None, f"{method.name} starts from nothing"
+    tracking.use(spec["tracking"]["uri"])
+    return {k: method.load_pretrained(tracking.model_files(uri)) for k, uri in uris.items()}
+
+
+def _maybe_fault(spec: Mapping[str, Any], unit: int, epoch: int) -> None:
+    """Fault injection for the tests: SIGKILL this worker once, in unit ``kill_in_unit`` at
+    epoch ``at_epoch``, after the previous unit's checkpoint (a report returns before the
+    controller has registered its checkpoint, hence the pause)."""
+    fault = spec.get("fault") or {}
+    marker = Path(fault.get("marker", "/nonexistent"))
+    hit = fault.get("kill_in_unit") == unit and fault.get("at_epoch", 2) == epoch
+    if hit and not marker.exists():
+        time.sleep(2.0)  # past the controller's next poll: the last checkpoint is registered
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.io
@@ -82,11 +83,132 @@ def ninapro_arrays(db: str, n: int = 4000, seed: int = 0) -> dict[str, np.ndarra
     return out
 
 
-def write_ninapro(path: Path, db: str, **arrays: np.ndarray) -> Path:
-    """Write a NinaPro-format MATLAB v5 file; ``arrays`` override or add variables."""
+def write_ninapro(path: Path, db: str, *, mat: str = "5", **arrays: np.ndarray) -> Path:
+    """Write a NinaPro-format MATLAB file (``mat``: "5" as published, "7.3" as MATLAB's
+    ``save -v7.3`` writes it); ``arrays`` override or add variables."""
     data = ninapro_arrays(db, n=len(arrays["emg"]) if "emg" in arrays else 4000) | arrays
-    scipy.io.savemat(path, data, format="5")
+    write_mat(path, data, mat)
     return path
+
+
+def write_mat(path: Path, variables: dict, mat: str = "5", *, userblock: bool = True) -> Path:
+    """A MATLAB file: v5 through scipy, or v7.3 laid out the way MATLAB writes it.
+
+    v7.3: an HDF5 file (behind a 512-byte userblock holding MATLAB's text header, unless
+    ``userblock=False``); every array stored transposed with a ``MATLAB_class`` attribute;
+    ``str`` as a uint16 ``char`` array; ``list`` as a ``cell`` of object references into
+    ``#refs#``; ``dict`` as a ``struct`` group.
+    """
+    if mat == "5":
+        scipy.io.savemat(path, {k: _v5(v) for k, v in variables.items()}, format="5")
+        return path
+    with h5py.File(path, "w", userblock_size=512 if userblock else 0) as f:
+        for k, v in variables.items():
+            _h5_write(f, f, k, v)
+    if userblock:
+        head = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Nov 30 12:00:00 2026 HDF5"
+        with open(path, "r+b") as fh:
+            fh.write(head.ljust(116) + b"\x00" * 8 + b"\x00\x02IM")
+    return path
+
+
+def _v5(v: object) -> object:
+    """Lists as cells (savemat would make a char or numeric matrix of them)."""
+    if isinstance(v, dict):
+        return {k: _v5(x) for k, x in v.items()}
+    if isinstance(v, list):
+        out = np.empty((1, len(v)), dtype=object)
+        for i, x in enumerate(v):  # a str alone would become one padded char matrix
+            out[0, i] = np.array(x) if isinstance(x, str) else _v5(x)
+        return out
+    return v
+
+
+_MAT_CLASS = {"f": "double", "b": "logical"}
+
+
+def _h5_write(f: h5py.File, parent: h5py.Group, name: str, v: object) -> None:
+    if isinstance(v, dict):
+        g = parent.create_group(name)
+        g.attrs["MATLAB_class"] = np.bytes_("struct")
+        for k, x in v.items():
+            _h5_write(f, g, k, x)
+        return
+    if isinstance(v, str):
+        ds = parent.create_dataset(name, data=np.array([[ord(c)] for c in v], np.uint16))
+        ds.attrs["MATLAB_class"] = np.bytes_("char")
+        ds.attrs["MATLAB_int_decode"] = np.int32(2)
+        return
+    if isinstance(v, list):
+        refs = f.require_group("#refs#")
+        out = np.empty((len(v), 1), dtype=h5py.ref_dtype)  # MATLAB (1, n), transposed
+        for i, x in enumerate(v):
+            key = f"{name}_{len(refs)}"
+            _h5_write(f, refs, key, x)
+            out[i, 0] = refs[key].ref
+        ds = parent.create_dataset(name, data=out, dtype=h5py.ref_dtype)
+        ds.attrs["MATLAB_class"] = np.bytes_("cell")
+        return
+    a = np.atleast_2d(np.asarray(v))
+    ds = parent.create_dataset(name, data=a.T)  # MATLAB's column-major array, as HDF5 sees it
+    ds.attrs["MATLAB_class"] = np.bytes_(_MAT_CLASS.get(a.dtype.kind, a.dtype.name))
+
+
+def write_flexemg(
+    root: Path,
+    folders: tuple[str, ...] = ("001-Session1Train", "001-Session1Test"),
+    *,
+    trials: int = 1,
+    mat: str = "5",
+    n: int = 700,
+) -> Path:
+    """A flexemg tree in the published layout: ``arraymap.mat`` (16 x 4, 1-based channels) and
+    ``data/<folder>/<subj>-<trial>.mat`` with ``raw`` (n, 96) uint16 and the struct ``p``
+    (short timeline: 100 samples of rest, four 100-sample gestures, rest)."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    grid = (np.arange(64).reshape(4, 16).T + 1).astype(np.float64)  # any 1..64 permutation
+    write_mat(root / "arraymap.mat", {"arraymap": grid}, mat)
+    for folder in folders:
+        (root / "data" / folder).mkdir(parents=True, exist_ok=True)
+        subject = folder.split("-")[0]
+        for t in range(1, trials + 1):
+            p = {
+                "lsbmV": np.array([[0.0030517578125]]),
+                "labelnames": ["Fist", "Raise", "Lower", "Open"],
+                "numlabels": np.array([[4]], np.uint8),
+                "sequence": np.array([[3, 4, 2, 1]], np.uint8),
+                "reps": np.array([[1]], np.uint8),
+                "timegest": np.array([[100]], np.uint16),
+                "timerest": np.array([[100]], np.uint16),
+            }
+            raw = rng.integers(30000, 35000, (n, 96)).astype(np.uint16)
+            write_mat(root / "data" / folder / f"{subject}-{t:03d}.mat", {"raw": raw, "p": p}, mat)
+    return root
+
+
+def write_myoarmband(
+    root: Path, people: dict[str, tuple[str, ...]] | None = None, *, frames: int = 50
+) -> Path:
+    """A myoarmband tree: ``<cohort>/<person>/<session>/classe_<i>.dat`` (frames x 8 int16,
+    i = 0..27) and each person's ``experiment.csv``; ``people`` maps ``cohort/person`` to its
+    sessions (default: one pre-training and one evaluation person)."""
+    rng = np.random.default_rng(0)
+    people = people or {
+        "PreTrainingDataset/Female0": ("training0",),
+        "EvaluationDataset/Male0": ("training0", "Test0"),
+    }
+    for cohort in ("PreTrainingDataset", "EvaluationDataset"):
+        (root / cohort).mkdir(parents=True, exist_ok=True)
+    for person, sessions in people.items():
+        (root / person).mkdir(parents=True, exist_ok=True)
+        (root / person / "experiment.csv").write_text("sex,age,forearm\nF,30,25\n")
+        for session in sessions:
+            (root / person / session).mkdir(parents=True, exist_ok=True)
+            for i in range(28):
+                x = rng.integers(-128, 128, (frames, 8)).astype("<i2")
+                x.tofile(root / person / session / f"classe_{i}.dat")
+    return root
 
 
 # The simulated hand movement standing in for each NinaPro movement of the EMBridge benchmark:

@@ -1,5 +1,5 @@
-"""libemg's feature extractor, the reference our features are checked (tests) and timed (bench)
-against."""
+"""Slow, plainly written references our code is checked against: libemg's feature extractor
+(tests; timed in bench) and loss equations written out as loops in float64."""
 
 from __future__ import annotations
 
@@ -51,3 +51,22 @@ def libemg_mdf(windows: np.ndarray, fs: float) -> np.ndarray:
         for j in range(windows.shape[1]):
             out[i, j] = (fs / 2) * np.argwhere(cum[i, j] > total[i, j] / 2)[0, 0] / (nextpow2 / 2)
     return out
+
+
+def mprl_eq2(pred: Any, target: Any, hidden: Any) -> float:
+    """EMBridge eq. 2 written out: per sample ``1/|M| sum_{m in M} ||g(H_P[m]) - P[m]||_2^2``,
+    a squared L2 norm per hidden token, averaged over that sample's hidden tokens ``M``, then
+    over the batch; Python floats (float64) in loops.
+
+    ``pred``, ``target``: ``(B, L, S*J)`` decoded and true pose tokens; ``hidden (B, L)`` bool.
+    """
+    per_sample = []
+    for b in range(len(pred)):
+        hidden_tokens = [m for m in range(len(pred[b])) if bool(hidden[b][m])]
+        total = 0.0
+        for m in hidden_tokens:
+            total += sum(
+                (float(p) - float(t)) ** 2 for p, t in zip(pred[b][m], target[b][m], strict=True)
+            )
+        per_sample.append(total / len(hidden_tokens))
+    return sum(per_sample) / len(per_sample)

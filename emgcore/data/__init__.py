@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emgcore.data._io import read_mat, warn_skipped
 from emgcore.data.byod import MANIFEST, load_byod, write_byod
-from emgcore.data.emg2pose import load_emg2pose, load_emg2pose_dataset, write_emg2pose
+from emgcore.data.emg2pose import (
+    load_emg2pose,
+    load_emg2pose_dataset,
+    load_emg2pose_segments,
+    write_emg2pose,
+)
+from emgcore.data.ninapro import NAME as NINAPRO_NAME
 from emgcore.data.ninapro import load_ninapro
 from emgcore.data.real import load_flexemg, load_myoarmband
 from emgcore.data.simulator import PRESETS, SimConfig, preset, simulate, simulate_recording
@@ -22,11 +29,13 @@ __all__ = [
     "load_byod",
     "load_emg2pose",
     "load_emg2pose_dataset",
+    "load_emg2pose_segments",
     "load_flexemg",
     "load_myoarmband",
     "load_ninapro",
     "open_dataset",
     "preset",
+    "read_mat",
     "simulate",
     "simulate_recording",
     "write_byod",
@@ -46,7 +55,7 @@ def open_dataset(spec: str | Path, **preset_overrides: object) -> list[Recording
         )
     if path.is_file():
         if path.suffix in (".hdf5", ".h5"):
-            return [load_emg2pose(path)]
+            return load_emg2pose_segments(path)
         if path.suffix == ".mat":
             return [load_ninapro(path)]
     elif (path / "metadata.csv").exists():
@@ -57,8 +66,13 @@ def open_dataset(spec: str | Path, **preset_overrides: object) -> list[Recording
         return load_myoarmband(path)
     elif (path / "arraymap.mat").exists():
         return load_flexemg(path)
-    elif mats := sorted(path.glob("S*_E*_A*.mat")) or sorted(path.glob("*/S*_E*_A*.mat")):
-        return [load_ninapro(m) for m in mats]  # one folder, or one per database (DB2/, DB7/)
+    elif mats := sorted(path.glob("*.mat")) + sorted(path.glob("*/*.mat")):
+        # NinaPro: one folder, or one per database (DB2/, DB7/); both levels are read, and a
+        # .mat not named S<s>_E<e>_A<a>.mat is named in a warning, never read as a recording
+        ok = [m for m in mats if NINAPRO_NAME.match(m.name)]
+        if ok:
+            warn_skipped(path, [m for m in mats if m not in ok], "not NinaPro S<s>_E<e>_A<a>.mat")
+            return [load_ninapro(m) for m in ok]
     raise FormatError(
         "cannot tell the format: expected an emg2pose folder (metadata.csv), a BYOD folder "
         "(sessions.csv), NinaPro S*_E*_A*.mat files (here or one folder down), myoarmband or "

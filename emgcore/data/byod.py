@@ -25,7 +25,15 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from emgcore.data._io import file_fingerprint, h5_get, open_h5, read_rows, require_file
+from emgcore.data._io import (
+    file_fingerprint,
+    h5_get,
+    open_h5,
+    read_csv,
+    read_rows,
+    require_file,
+    warn_skipped,
+)
 from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
 from emgcore.recording import ChannelLayout, LazyArray, Recording
 
@@ -76,13 +84,36 @@ def write_byod(root: str | Path, recordings: Sequence[Recording]) -> Path:
 
 
 def load_byod(root: str | Path) -> list[Recording]:
-    """Every recording listed in ``root/sessions.csv``, lazily."""
+    """Every recording listed in ``root/sessions.csv``, lazily.
+
+    Each file must agree with its row (fs, n_channels, n_samples), else
+    :class:`InvalidValueError` naming the manifest and column; a file listed twice raises;
+    HDF5 files in ``root`` that the manifest does not list are skipped and named in one
+    :class:`UserWarning`.
+    """
     root = require_file(root, "BYOD dataset folder")
     manifest = require_file(root / MANIFEST, "BYOD manifest")
-    df = pd.read_csv(manifest, dtype={"subject": str, "session": str, "device": str})
+    df = read_csv(manifest, dtype={"subject": str, "session": str, "device": str})
     for col in COLUMNS:
         if col not in df.columns:
             raise MissingFieldError("column missing", source=manifest, field=col)
+    for col in ("fs", "n_channels", "n_samples"):  # numbers in every row, else name the row
+        numbers = pd.to_numeric(df[col], errors="coerce")
+        if (bad := numbers.isna() | (numbers <= 0)).any():
+            i = int(bad.to_numpy().argmax())
+            msg = f"row {i + 2}: expected a positive number, got {df[col].iloc[i]!r}"
+            raise InvalidValueError(msg, source=manifest, field=col)
+        df[col] = numbers
+    if (blank := df["file"].isna() | (df["file"].astype(str).str.strip() == "")).any():
+        i = int(blank.to_numpy().argmax())
+        raise InvalidValueError(f"row {i + 2}: empty", source=manifest, field="file")
+    files = df["file"].astype(str).tolist()
+    if dup := sorted({f for f in files if files.count(f) > 1}):
+        raise InvalidValueError(
+            f"files listed more than once: {dup}", source=manifest, field="file"
+        )
+    unlisted = [p for p in (*root.glob("*.h5"), *root.glob("*.hdf5")) if p.name not in files]
+    warn_skipped(root, unlisted, f"not listed in {MANIFEST}")
     return [_load_one(root, row, manifest) for row in df.itertuples(index=False)]
 
 
@@ -92,6 +123,9 @@ def _load_one(root: Path, row: object, manifest: Path) -> Recording:
         emg = h5_get(f, "emg", path)
         if emg.ndim != 2:
             raise ShapeError(f"must be (T, C), got {emg.shape}", source=path, field="emg")
+        if emg.dtype.kind not in "fiu":
+            msg = f"must hold numbers, got dtype {emg.dtype}"
+            raise InvalidValueError(msg, source=path, field="emg")
         shape = emg.shape
         if "header" not in f.attrs:
             raise MissingFieldError("attribute missing", source=path, field="attrs.header")
@@ -99,6 +133,12 @@ def _load_one(root: Path, row: object, manifest: Path) -> Recording:
             head = json.loads(f.attrs["header"])
         except json.JSONDecodeError as e:
             raise InvalidValueError(f"not JSON: {e}", source=path, field="attrs.header") from e
+        if not isinstance(head, dict):
+            msg = f"must be a JSON object, got {type(head).__name__}"
+            raise InvalidValueError(msg, source=path, field="attrs.header")
+        if "labels" in f and not isinstance(f["labels"], h5py.Group):
+            msg = "must be a group of (T,) label datasets"
+            raise InvalidValueError(msg, source=path, field="labels")
         kin_shape = f["kinematics"].shape if "kinematics" in f else None
         has_valid = "valid" in f
         file_fs = float(f.attrs["fs"]) if "fs" in f.attrs else None
@@ -119,6 +159,12 @@ def _load_one(root: Path, row: object, manifest: Path) -> Recording:
         layout = ChannelLayout.from_dict(head["layout"])
     except KeyError as e:
         raise MissingFieldError("layout entry missing", source=path, field=f"header.{e}") from e
+    except (TypeError, AttributeError, ValueError) as e:
+        raise InvalidValueError(f"not a layout: {e}", source=path, field="header.layout") from e
+    names = head.get("joint_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        msg = f"must be a list of names, got {names!r}"
+        raise InvalidValueError(msg, source=path, field="header.joint_names")
     return Recording(
         emg=LazyArray(reader("emg"), shape, np.float32, source=src, field="emg"),
         fs=float(row.fs),  # type: ignore[attr-defined]

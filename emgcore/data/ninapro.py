@@ -1,8 +1,8 @@
-"""NinaPro ``.mat`` files (MATLAB v5): DB8, DB2, DB7 and DB4.
+"""NinaPro ``.mat`` files (MATLAB v5 as published, or v7.3 when re-saved): DB8, DB2, DB7, DB4.
 
-Files are ``S{s}_E{e}_A{a}.mat``; every variable is 2-D and labels are (N, 1). MATLAB v5 cannot
-be sliced on disk, so only the variables needed are read (``variable_names``; DB8's 48 IMU
-columns are skipped). DB8's 18 CyberGlove channels map to KinEMbed's 5 degrees of actuation with
+Files are ``S{s}_E{e}_A{a}.mat``; every variable is 2-D and labels are (N, 1). Only the
+variables needed are read (:func:`emgcore.data._io.read_mat`; DB8's 48 IMU columns are
+skipped). DB8's 18 CyberGlove channels map to KinEMbed's 5 degrees of actuation with
 the matrix of its eq. 6 (Krasoulis et al. 2019). ``restimulus``/``rerepetition`` (relabelled to
 the actual movement) become the ``gesture``/``repetition`` labels.
 
@@ -17,6 +17,15 @@ the fifth grasp), which is how the papers refer to them (EMBridge Sec. 3: "gestu
 
 Glove columns are named after the CyberGlove II sensors (18- or 22-sensor model, the
 manufacturer's order) so that DB2's 22 and DB7's 18 sensors can be matched by name.
+
+Electrodes. DB2, DB7 and DB4 place 12: electrodes 1-8 equally spaced around the forearm at the
+height of the radio-humeral joint, 9 and 10 on the main activity spots of the flexor and extensor
+digitorum superficialis, 11 and 12 on those of biceps and triceps (Atzori et al. 2014). Only the
+first 8 form a ring, so the layout is ``custom`` and ``meta["ring_channels"]`` lists the ring's
+channels in order around the arm: what channel-rotation augmentation may roll
+(:func:`emgcore.gestures.ring_channels`). DB8's 16 electrodes (two rings of 8) still get one
+ring of 16: the pose-alignment benchmark does not read DB8, and KinEMbed / EMG-JEPA (which do)
+own how their masks and features use it.
 """
 
 from __future__ import annotations
@@ -27,10 +36,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import scipy.io
 
-from emgcore.data._io import file_fingerprint, require_file
-from emgcore.errors import FormatError, InvalidValueError, MissingFieldError, ShapeError
+from emgcore.data._io import file_fingerprint, read_mat, require_file
+from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
 from emgcore.recording import ChannelLayout, Recording
 
 # KinEMbed eq. 6: y (5 DoA) = A x (18 glove sensors). Rows: thumb rotation, thumb flexion, index,
@@ -95,6 +103,18 @@ class NinaProSpec:
     device: str
     layout: str  # how the electrodes sit
     exercises: str  # exercise letter of file E1, E2, ...; "" when the movement set is its own
+    ring: int | None = None  # electrodes 1..ring form a ring and the rest sit on muscle spots
+
+    def channel_layout(self) -> ChannelLayout:
+        """Electrode positions ``(arc around the forearm, distance along it)`` in mm: the ring
+        at the radio-humeral joint (along 0), the muscle-spot electrodes at approximate places
+        (the papers name muscles, not coordinates): flexor / extensor digitorum superficialis
+        60 mm distal on the volar / dorsal side, biceps / triceps 150 mm proximal."""
+        if self.ring is None:
+            return ChannelLayout.ring(self.n_emg)
+        ring = ChannelLayout.ring(self.ring, RING_MM).positions_mm
+        spots = np.array([[62.5, 60.0], [187.5, 60.0], [62.5, -150.0], [187.5, -150.0]])
+        return ChannelLayout("custom", np.vstack([ring, spots[: self.n_emg - self.ring]]))
 
     @property
     def glove_names(self) -> tuple[str, ...]:
@@ -112,12 +132,14 @@ class NinaProSpec:
         return sum(EXERCISE_SIZE[x] for x in self.exercises[: exercise - 1])
 
 
+RING_MM = 250.0  # forearm circumference the ring spans (ChannelLayout.ring's default)
 SPECS = {
     "db8": NinaProSpec(16, 18, "Delsys Trigno IM", "two rings of 8", ""),
-    "db2": NinaProSpec(12, 22, "Delsys Trigno", "ring of 8 + 4 on muscle spots", "BCD"),
-    "db7": NinaProSpec(12, 18, "Delsys Trigno IM", "ring of 8 + 4 on muscle spots", "BC"),
-    "db4": NinaProSpec(12, None, "Cometa Wave Plus", "ring of 8 + 4 on muscle spots", "ABC"),
+    "db2": NinaProSpec(12, 22, "Delsys Trigno", "ring of 8 + 4 on muscle spots", "BCD", 8),
+    "db7": NinaProSpec(12, 18, "Delsys Trigno IM", "ring of 8 + 4 on muscle spots", "BC", 8),
+    "db4": NinaProSpec(12, None, "Cometa Wave Plus", "ring of 8 + 4 on muscle spots", "ABC", 8),
 }
+LAYOUT_VERSION = 2  # in the fingerprint: cached copies from the one-ring-of-12 layout are stale
 FS = 2000.0  # all four are 2 kHz (DB8 upsampled from 1111 Hz); files carry no reliable rate
 NAME = re.compile(r"^S(\d+)_E(\d+)_A(\d+)\.mat$", re.IGNORECASE)
 
@@ -140,10 +162,7 @@ def load_ninapro(
         )
     subject, exercise, acquisition = (int(g) for g in m.groups())
     wanted = ["emg", "glove", "restimulus", "rerepetition", "frequency"]
-    try:
-        mat = scipy.io.loadmat(path, variable_names=wanted)
-    except Exception as e:  # scipy raises ValueError/TypeError/OSError for corrupt files
-        raise FormatError(f"cannot read as a MATLAB v5 file: {e}", source=path) from e
+    mat = read_mat(path, wanted)  # v5 or v7.3, one shape convention
     for key in ("emg", "restimulus", "rerepetition"):
         if key not in mat:
             raise MissingFieldError("variable missing", source=path, field=key)
@@ -200,7 +219,7 @@ def load_ninapro(
     return Recording(  # MATLAB arrays load column-major: stored row-major like every recording
         emg=np.ascontiguousarray(emg, np.float32),
         fs=FS,
-        layout=ChannelLayout.ring(spec.n_emg),
+        layout=spec.channel_layout(),
         subject=f"S{subject}",
         session=f"A{acquisition}",
         device=spec.device,
@@ -210,8 +229,9 @@ def load_ninapro(
         kinematics_unit=unit,
         labels=labels,
         label_names={"gesture": spec.movement_names()} if spec.exercises else {},
-        meta={"database": db, "exercise": exercise, "electrodes": spec.layout},
-        fingerprint=file_fingerprint(path, "ninapro", db, kinematics),
+        meta={"database": db, "exercise": exercise, "electrodes": spec.layout}
+        | ({"ring_channels": list(range(spec.ring))} if spec.ring else {}),
+        fingerprint=file_fingerprint(path, "ninapro", db, kinematics, LAYOUT_VERSION),
     )
 
 

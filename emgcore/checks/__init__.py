@@ -1,0 +1,1 @@
+"""Real-signal checks: the recipes trained on the real data sets in ``../shared/data``."""

@@ -1,0 +1,950 @@
+"""The sweep's state machine, behind ``python orchestration/sweep.py`` (the command line):
+one :class:`Sweep` runs a method's stages as Ray Tune experiments (or a study), retrains and
+registers the winner, and keeps ``sweep.json`` so that ``--resume`` continues it. It starts Ray
+(a private local cluster, or ``--address``), ends every MLflow run it opened on any exit, and
+turns SIGTERM/SIGINT into a clean stop. It never names a method: what it needs from one is
+``emgcore.methods.METHODS[name]``; leaderboards and plots are :mod:`orchestration.results`'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from emgcore.errors import EmgDataError
+from emgcore.methods import METHODS
+from orchestration import launch, results, tracking
+from orchestration import search_space as spaces
+from orchestration.state import HEARTBEAT_S, SweepStore, driver_gone, driver_id
+
+SMOKE = {"points_per_stage": 2, "seeds": (0, 1, 2)}
+# the flags a sweep is started with that a bare ``--resume`` continues with (resource flags, the
+# tracking URI and the storage path are the resume's own)
+RESUMED_FLAGS = (
+    "data",
+    "config",
+    "space",
+    "stages",
+    "smoke",
+    "duration",
+    "sim_subjects",
+    "study",
+    "experiment",
+    "registry_name",
+    "skip_final",
+    "mae_any_data",
+    "cache",
+)
+
+
+@dataclass
+class Options:
+    method: str
+    data: str = ""  # empty: the method's simulator preset
+    config: str | None = None
+    space: str | None = None
+    stages: tuple[str, ...] = ()
+    smoke: bool | None = False  # None: not given (a resume takes the saved value)
+    resume: str | None = None
+    max_concurrent: int | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    address: str | None = None
+    storage_path: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    duration: float | None = None
+    sim_subjects: int | None = None
+    cache: str | None = None
+    registry_name: str | None = None
+    skip_final: bool | None = False
+    study: str | None = None
+    mae_any_data: bool | None = False
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT reached the driver: end every open run KILLED, then exit."""
+
+
+class Sweep:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.uri = tracking.resolve_uri(opts.tracking_uri)
+        # every tracking-store problem is one line and exit 2 here, before Ray or any training
+        # (a new SQLite store is created here, once, under a lock)
+        tracking.check_reachable(self.uri)
+        self.tracker = tracking.Tracker(self.uri)
+        self.store = SweepStore(_storage(opts.storage_path))
+        self.resumed = self._find_sweep() if opts.resume else None
+        if self.resumed:  # the flags it started with, where this start leaves them out
+            saved = self.resumed.get("flags", {})
+            given = {k: saved[k] for k in RESUMED_FLAGS if k in saved and not getattr(opts, k)}
+            if "stages" in given:
+                given["stages"] = tuple(given["stages"])
+            opts = dataclasses.replace(opts, **given)
+        opts = dataclasses.replace(
+            opts,
+            smoke=bool(opts.smoke),
+            skip_final=bool(opts.skip_final),
+            mae_any_data=bool(opts.mae_any_data),
+        )
+        self.opts = opts
+        self.storage = self.store.storage
+        path = Path(opts.space) if opts.space else spaces.path_for(opts.method)
+        self.space = spaces.load(path)
+        self.space_path = str(path.resolve())
+        if self.space.method != opts.method:
+            raise EmgDataError(
+                f"is {self.space.method}'s search space, not {opts.method}'s",
+                source=path,
+                field="method",
+            )
+        if unknown := set(opts.stages) - {s.name for s in self.space.stages}:
+            raise EmgDataError(f"unknown stage(s) {sorted(unknown)}", source=path, field="--stages")
+        if opts.study:
+            self.space.study(opts.study)  # fails early, naming the space's studies
+        self.tracker.check_experiment(opts.experiment or opts.method)  # not a deleted one
+        self.method = m = METHODS[opts.method]
+        if not opts.data:
+            self.opts = opts = dataclasses.replace(opts, data=m.data)
+        self.config = opts.config or (m.smoke_preset if opts.smoke else m.preset)
+        from emgcore.config import load_yaml, resolve_config
+
+        # fails early on a bad config
+        self.base = load_yaml(m.config, resolve_config(self.config))
+        self.sim: dict[str, Any] = dict(m.smoke_sim) if opts.smoke else {}
+        if opts.duration:
+            self.sim["duration_s"] = opts.duration
+        if opts.sim_subjects:
+            self.sim["n_subjects"] = opts.sim_subjects
+        self.cache = str(
+            Path(opts.cache or os.environ.get("EMGCORE_CACHE", ".emgcore_cache")).resolve()
+        )
+        self.registry = opts.registry_name or opts.method
+        self.pretrained: dict[str, str] = {}  # the registered models it starts from (CPEP: MAEs)
+
+    # -- the whole sweep -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        import ray
+
+        state = self._open_state()
+        self._check_subjects(state)  # bad data fails here, before Ray or MLflow runs start
+        self._check_same_data(state)  # so does a resume on data that changed since
+        self._check_pretrained(state)  # so does a starting model trained on other data
+        self._end_dead_sweeps(state)  # and resuming a sweep that still runs
+        self._save_state(state)  # and a storage path that takes no state, before any run opens
+        self._start_ray()
+        t0 = time.time()
+        sid = state["sweep_id"]
+        exp = self.tracker.experiment(self.opts.experiment or self.opts.method)
+        self.exp = exp
+        tags = self._tags(sid, state)
+        parent = self.tracker.open_run(exp, f"{sid}", f"sweep {sid}", tags)
+        state["parent"] = parent
+        state["status"], state["ended"] = "RUNNING", {}
+        self._save_state(state)
+        stop_heartbeat = self._heartbeat(parent)
+        _print(
+            f"sweep {sid}: {self.opts.method} on {self.opts.data}, {len(self.space.stages)} "
+            f"stages, {self.concurrency} concurrent trial(s) x {self.opts.workers} worker(s); "
+            f"MLflow {self.uri}"
+        )
+        status, code, how = "FINISHED", 0, "finished"
+        handlers = self._install_signals()
+        try:  # from here on every failure ends the runs it reopened (never left RUNNING)
+            self._log_sweep(state, parent)
+            self.pretrained = self._pretrained_dependency(state, parent, tags)
+            if state.get("study"):
+                self._run_study(self.space.study(state["study"]), state, parent, tags)
+            for stage in self.space.stages if not state.get("study") else ():
+                if self.opts.stages and stage.name not in self.opts.stages:
+                    continue
+                if state["stages"].get(stage.name, {}).get("done"):
+                    _print(f"stage {stage.name}: done in an earlier run, winner kept")
+                    continue
+                self._run_stage(stage, state, parent, tags)
+            skip = self.opts.skip_final or state.get("study")
+            final = {} if skip else self._final(state, parent, tags)
+            self._summary(state, final, time.time() - t0)
+        except BaseException as e:
+            if not (self.stop or isinstance(e, Interrupted | KeyboardInterrupt)):
+                if not isinstance(e, Exception):
+                    raise
+                status, code, how = "FAILED", 1, f"failed: {type(e).__name__}: {e}"[:2000]
+                self.tracker.set_tags(parent, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
+                _print(f"sweep failed: {type(e).__name__}: {e}")
+            else:
+                status, code = "KILLED", 130
+                how = f"interrupted by {self.stop or 'SIGINT'}"
+                _print(
+                    f"interrupted ({self.stop or 'SIGINT'}): open runs ended KILLED; "
+                    f"continue with --resume {sid}"
+                )
+        finally:
+            _restore_signals(handlers)
+            stop_heartbeat()
+            self.tracker.end_orphans(exp, "emg.sweep", sid, "KILLED" if code else "FAILED")
+            self.tracker.end(parent, status)
+            _record_end(state, {"status": status, "how": how, "at": _now()})
+            self._save_state(state)
+            ray.shutdown()
+        return code
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def _run_stage(self, stage: spaces.Stage, state: dict, parent: str, tags: dict) -> None:
+
+        sid = state["sweep_id"]
+        fixed = dict(stage.fixed)
+        for name in stage.inherit:
+            fixed |= state["stages"].get(name, {}).get("winner", {})
+        points = self._points(stage, fixed)
+        stage_key = f"{sid}/{stage.name}"
+        run = self.tracker.open_run(
+            self.exp,
+            stage_key,
+            f"stage {stage.name}",
+            {**tags, "emg.stage": stage.name},
+            parent=parent,
+        )
+        self.tracker.log_params(run, {f"fixed.{k}": v for k, v in fixed.items()})
+        _print(f"stage {stage.name}: {len(points)} trial(s); fixed {fixed or '-'}")
+        trial_tags = {**tags, "emg.stage": stage.name}
+        spec = self._spec("cv", fixed, stage_key, run, trial_tags)
+        grid = self._tune(stage.name, spec, points, sid, run, self.space.metric)
+        rows = results.leaderboard(grid, points, self.space.metric, self.space.mode)
+        ok = [r for r in rows if r["status"] == "ok"]
+        board = self.store.local(sid) / f"leaderboard-{stage.name}.csv"
+        results.write_csv(board, self._with_repeats(stage.name, rows))
+        self.store.publish(sid, board)
+        self.tracker.log_artifact(run, board, "leaderboards")
+        self.tracker.log_artifact(parent, board, "leaderboards")
+        plot = results.stage_plot(rows, stage.name, self.space.metric, board.with_suffix(".png"))
+        if plot:
+            self.store.publish(sid, plot)
+            self.tracker.log_artifact(run, plot, "plots")
+        if not ok:
+            self.tracker.end(run, "FAILED")
+            raise RuntimeError(f"stage {stage.name}: every trial failed ({rows[0]['error']})")
+        best = ok[0]
+        winner = {**{k: v for k, v in fixed.items()}, **json.loads(best["overrides"])}
+        self.tracker.log_params(run, {f"winner.{k}": v for k, v in winner.items()})
+        self.tracker.set_tags(run, {"winner.trial": best["trial"]})
+        metric = self.space.metric
+        logger = self.tracker.logger(run)
+        logger.log({f"best_{metric}": best[metric], "trials_failed": len(rows) - len(ok)}, 0)
+        logger.flush()
+        self.tracker.end(run, "FINISHED")
+        state["stages"][stage.name] = {
+            "winner": winner,
+            "score": best[metric],
+            "trial": best["trial"],
+            "done": True,
+        }
+        self._save_state(state)
+        _print(
+            f"stage {stage.name}: best {metric} {best[metric]:+.4f} with "
+            f"{json.loads(best['overrides'])}; {len(rows) - len(ok)} failed"
+        )
+
+    def _tune(
+        self, name: str, spec: dict, points: list[dict], sid: str, run: str, metric: str
+    ) -> Any:
+        """One Tune experiment: a trial per point over ``spec``, resumed if it was interrupted.
+        Returns its ``ResultGrid``; an interrupted experiment ends ``run`` KILLED and raises."""
+        from ray import tune
+
+        spec["storage"] = f"{self.storage}/{sid}/{name}-train"
+        driver = tune.with_resources(launch.tune_driver, {"CPU": 0, "memory": 2**20})
+        param_space = {
+            "spec": spec,
+            "method": launch.pack_method(self.method),
+            "trainer": self._trainer_args(),
+            "overrides": tune.grid_search(points),
+        }
+        path = f"{self.storage}/{sid}/{name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(
+                path,
+                driver,
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+        else:
+            tuner = tune.Tuner(
+                driver,
+                param_space=param_space,
+                # not reuse_actors: with a function trainable Ray 2.60 logs "Could not re-use
+                # actor ... requires reset_config()" and the stage can then hang (seen here)
+                tune_config=tune.TuneConfig(max_concurrent_trials=self.concurrency),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=f"{self.storage}/{sid}",
+                    callbacks=[_Progress(name, metric)],
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+        launch.release_leaked_placement_groups()
+        self.in_tune = True
+        try:
+            grid = tuner.fit()
+        finally:
+            self.in_tune = False
+        if self.stop or grid.num_terminated + grid.num_errors < len(grid):
+            self.tracker.end(run, "KILLED")
+            raise Interrupted(f"{name} was interrupted")  # Tune saved it for --resume
+        return grid
+
+    # -- studies ---------------------------------------------------------------------------------
+
+    def _run_study(self, study: spaces.Stage, state: dict, parent: str, tags: dict) -> None:
+        """Every point of ``study`` retrained per seed and scored like the final run (no model
+        registered); the scores as a CSV table and a figure against the grid, in MLflow."""
+        sid, name = state["sweep_id"], f"study-{study.name}"
+        key, run_tags = f"{sid}/{name}", {**tags, "emg.stage": name}
+        run = self.tracker.open_run(self.exp, key, f"study {study.name}", run_tags, parent=parent)
+        seeds = SMOKE["seeds"] if self.opts.smoke else self.base.seeds
+        points = self._points(study)
+        self.tracker.log_params(
+            run, {f"fixed.{k}": v for k, v in study.fixed.items()} | {"study.seeds": list(seeds)}
+        )
+        spec = self._spec("final", dict(study.fixed), key, run, run_tags)
+        spec |= {"seeds": list(seeds), "subjects": state.get("subjects") or []}
+        spec |= {"registry": None, "report": False}  # a study scores; it registers nothing
+        _print(f"study {study.name}: {len(points)} point(s) x seeds {list(seeds)}")
+        grid = self._tune(name, spec, points, sid, run, self.method.final_metric)
+        rows = results.study_rows(grid, points, self.method.final_metric)
+        table = self.store.local(sid) / f"{name}.csv"
+        results.write_csv(table, rows)
+        files = [
+            table,
+            results.study_plot(rows, study, self.method.final_metric, table.with_suffix(".png")),
+        ]
+        for f in filter(None, files):
+            self.store.publish(sid, f)
+            self.tracker.log_artifact(run, f, "study")
+            self.tracker.log_artifact(parent, f, "study")
+        failed = [r for r in rows if r["status"] != "ok"]
+        self.tracker.end(run, "FAILED" if len(failed) == len(rows) else "FINISHED")
+        if len(failed) == len(rows):
+            raise RuntimeError(f"study {study.name}: every trial failed ({rows[0]['error']})")
+        state["study_table"] = f"{self.store.dir(sid)}/{table.name}"
+        self._save_state(state)
+        metric = self.method.final_metric
+        for r in rows:
+            point = {k: r[k] for k in study.grid}
+            value = f"{r[metric]:+.4f} +- {r[metric + '_std']:.4f}" if r["status"] == "ok" else "-"
+            _print(f"study {study.name}: {point} {metric} {value} {r['error']}")
+
+    def _points(self, stage: spaces.Stage, fixed: dict | None = None) -> list[dict[str, Any]]:
+        """The stage's grid, plus ``budget`` seeded draws from its ``choice`` keys, less the
+        points that repeat another on the base config with ``fixed`` (the stage's fixed values
+        and inherited winners): one line says how many and why, and ``self.repeats[stage]``
+        keeps them for the leaderboard (:func:`orchestration.search_space.distinct`)."""
+        points = stage.grid_points()
+        if stage.choice:
+            rng = random.Random(f"{self.space.digest()}/{stage.name}")
+            draws = [
+                {k: rng.choice(list(v)) for k, v in stage.choice.items()}
+                for _ in range(stage.budget or 1)
+            ]
+            points = [{**p, **d} for p in points for d in draws]
+        found = spaces.distinct(self.base, points, {**stage.fixed, **(fixed or {})})
+        points = found.points
+        if self.opts.smoke and len(points) > SMOKE["points_per_stage"]:
+            points = [points[0], points[-1]]  # both ends of the grid
+        if found.repeats:
+            study = stage is self.space.studies.get(stage.name)
+            _print(found.message(stage.name, "study" if study else "stage"))
+
+        def plain(p: dict) -> dict:  # what Tune holds and the leaderboard's ``overrides`` show
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()}
+
+        self.repeats = getattr(self, "repeats", {}) | {
+            stage.name: [(plain(p), plain(q)) for p, q in found.repeats if q in points]
+        }
+        return [plain(p) for p in points]
+
+    def _with_repeats(self, stage: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Leaderboard ``rows`` plus a row per point :meth:`_points` skipped: status ``duplicate
+        of <trial>`` and that trial's score, copied (the same experiment; not ``ok``, so it is
+        never selected)."""
+        ran = {r["overrides"]: r for r in rows}
+        out = list(rows)
+        for point, same in getattr(self, "repeats", {}).get(stage, []):
+            src = ran.get(json.dumps(same, sort_keys=True), {})
+            row = {k: src.get(k, "") for k in rows[0]} | {"trial": "", "error": ""}
+            row |= {"overrides": json.dumps(point, sort_keys=True)}
+            out.append(row | {"status": f"duplicate of {src.get('trial', '?')}"})
+        return out
+
+    # -- what a method starts from (CPEP and EMBridge: the registered MAEs) ---------------------
+
+    def _pretrained_dependency(self, state: dict, parent: str, tags: dict) -> dict[str, str]:
+        """``{key: uri}``: the registered champions of ``method.starts_from`` a sweep starts
+        from (CPEP / EMBridge: ``mae-emg`` and ``mae-pose``), pinned to their versions (a
+        champion that moves mid-sweep changes nothing). When any is missing that method is
+        trained first with its base config (one seed, scored and registered as its sweep's
+        final run would)."""
+        source, keys = self.method.starts_from, self.method.pretrained_keys
+        if source is None:
+            return {}
+        if state.get("pretrained"):
+            return state["pretrained"]
+        sid, client = state["sweep_id"], self.tracker.client
+        found = {k: tracking.champion(client, f"{source}-{k}") for k in keys}
+        names = " / ".join(f"{source}-{k}@champion" for k in keys)
+        if any(v is None for v in found.values()):
+            _print(f"no {names}: pre-training them first ({source})")
+            key = f"{sid}/{source}-pretraining"
+            run_tags = {**tags, "emg.stage": f"{source}-pretraining"}
+            run = self.tracker.open_run(
+                self.exp, key, f"{source} pre-training", run_tags, parent=parent
+            )
+            spec = self._spec("final", {}, key, run, run_tags)
+            spec |= {"method": source, "registry": {"name": source}, "pretrained": {}}
+            spec["seeds"] = [self.base.seeds[0]]
+            spec["tracking"]["run_id"] = run
+            self._fit_once(spec, METHODS[source], f"{sid}-{source}", sid)
+            # the versions this run registered, champions or not (below chance they are not)
+            tags = client.get_run(run).data.tags
+            found = {k: tags[f"registry.{source}-{k}.version"] for k in keys}
+        else:
+            found = {k: v.version for k, v in found.items()}
+        pinned = {k: f"models:/{source}-{k}/{v}" for k, v in found.items()}
+        self.tracker.log_params(parent, {f"{source}.{k}": uri for k, uri in pinned.items()})
+        _print(f"starting from {' and '.join(pinned.values())}")
+        state["pretrained"] = pinned
+        self._save_state(state)
+        return pinned
+
+    # -- the final model -------------------------------------------------------------------------
+
+    def _final(self, state: dict, parent: str, tags: dict) -> dict[str, Any]:
+        """Retrain the winner with every seed on all training sessions; register the model."""
+        sid = state["sweep_id"]
+        winner: dict[str, Any] = {}
+        for stage in self.space.stages:
+            winner |= state["stages"].get(stage.name, {}).get("winner", {})
+        key = f"{sid}/final"
+        run = self.tracker.open_run(
+            self.exp, key, "final", {**tags, "emg.stage": "final"}, parent=parent
+        )
+        seeds = SMOKE["seeds"] if self.opts.smoke else self.base.seeds
+        spec = self._spec("final", winner, key, run, {**tags, "emg.stage": "final"})
+        spec["seeds"] = list(seeds)
+        # every evaluation subject the config names (the paper reports them all), not only the
+        # subjects that chose the hyper-parameters; the champion rule reads the selection score
+        spec["subjects"] = []
+        spec["selection"] = {"value": self._selection_score(state), "subjects": state["subjects"]}
+        spec["tracking"]["run_id"] = run
+        _print(f"final: winner retrained with seeds {list(seeds)} -> held-out data")
+        m = self._fit_once(spec, self.method, f"{sid}-final", sid)
+        state["final"] = {k: v for k, v in m.items() if isinstance(v, int | float | str | bool)}
+        self._save_state(state)
+        self.tracker.log_params(parent, {f"winner.{k}": v for k, v in winner.items()})
+        logger = self.tracker.logger(parent)
+        metric = self.method.final_metric
+        logger.log({metric: m[metric], f"{metric}_std": m[f"{metric}_std"]}, 0)
+        logger.flush()
+        return m
+
+    def _selection_score(self, state: dict) -> float:
+        """The final configuration's selection score: the best trial of the last stage that ran
+        (it holds every earlier stage's winner), or NaN when no stage ran."""
+        done = [state["stages"][s.name] for s in self.space.stages if s.name in state["stages"]]
+        return float(done[-1]["score"]) if done else math.nan
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def _fit_once(self, spec: dict, method: Any, name: str, sid: str) -> dict[str, Any]:
+        """One TorchTrainer run outside Tune (final retrain, MAE pre-training): its metrics."""
+        trainer = launch.make_trainer(
+            spec, launch.pack_method(method), self._trainer_args(), name, f"{self.storage}/{sid}"
+        )
+        launch.release_leaked_placement_groups()
+        m = dict(trainer.fit().metrics)
+        launch.release_placement_group(m.get("placement_group", ""))
+        return m
+
+    def _install_signals(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT end the sweep cleanly: runs KILLED, Tune state saved for --resume.
+
+        Inside ``tuner.fit()`` Tune owns SIGINT (it stops the trials and saves the experiment),
+        so a SIGTERM there is handed to it as a SIGINT; elsewhere the handler raises.
+        """
+
+        def handler(signum: int, frame: Any) -> None:
+            self.stop = signal.Signals(signum).name
+            if self.in_tune:
+                signal.raise_signal(signal.SIGINT)
+                return
+            raise Interrupted(self.stop)
+
+        self.stop, self.in_tune = "", False
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _spec(self, mode: str, overrides: dict, key: str, parent: str, tags: dict) -> dict:
+        """What a trial's workers need (:func:`orchestration.launch.trial_spec`)."""
+        from orchestration.launch import trial_spec
+
+        spec = trial_spec(
+            method=self.opts.method,
+            mode=mode,
+            config=self.config,
+            overrides=overrides,
+            data=self.opts.data,
+            sim=self.sim,
+            cache=self.cache,
+            subjects=list(self.subjects),
+            threads=max(1, int(self.opts.cpus_per_worker)),
+            fingerprint=self.fingerprint,
+            registry=self.registry,
+            materialised=self.materialised,
+            tracking={
+                "uri": self.uri,
+                "experiment_id": self.exp,
+                "parent": parent,
+                "key": key,
+                "name": key.split("/", 1)[1],
+                "tags": tags,
+            },
+        )
+        return spec | {"pretrained": self.pretrained}
+
+    def _trainer_args(self) -> dict[str, Any]:
+        o = self.opts
+        res: dict[str, float] = {"CPU": o.cpus_per_worker}
+        if o.gpus_per_worker:
+            res["GPU"] = o.gpus_per_worker
+        return {
+            "scaling": {
+                "num_workers": o.workers,
+                "use_gpu": o.gpus_per_worker > 0,
+                "resources_per_worker": res,
+            },
+            "max_failures": launch.MAX_WORKER_FAILURES,
+        }
+
+    def _start_ray(self) -> None:
+        import ray
+
+        address = self.opts.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            # in a `ray job submit` the job's working dir is already on every worker's path
+            ray.init(address=address, log_to_driver=False)
+        else:
+            local = launch.local_cluster_options()
+            root = str(Path(__file__).resolve().parent.parent)
+            local["runtime_env"]["env_vars"]["PYTHONPATH"] = root
+            # address="local": a new private cluster even when a `ray start` one runs here (a
+            # bare ray.init() would attach to it via ray_current_cluster, and then refuse the
+            # _system_config); it ends with this process
+            ray.init(
+                address="local",
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=False,
+                **local,
+            )
+            _print("started a private local Ray cluster (no --address or RAY_ADDRESS given)")
+        res = ray.cluster_resources()
+        o = self.opts
+        per_trial = {"CPU": o.workers * o.cpus_per_worker, "GPU": o.workers * o.gpus_per_worker}
+        fits = [int(res.get(k, 0) // v) for k, v in per_trial.items() if v > 0]
+        self.concurrency = max(1, min(fits) if fits else 1)
+        if o.max_concurrent:
+            self.concurrency = max(1, min(self.concurrency, o.max_concurrent))
+
+    def _find_sweep(self) -> dict:
+        """The state of the sweep ``--resume`` names (``latest``: this method's newest) under
+        the storage path. When no ``--storage-path`` was given and ``./ray_results`` does not
+        hold it, the tracking server says where the sweep keeps it (its parent run's
+        ``emg.storage``): a resume works from any directory or machine that sees the same
+        storage path and tracking server."""
+        o = self.opts
+        sid = None if o.resume == "latest" else o.resume
+        if sid is not None and (not re.fullmatch(r"[\w.-]+", sid) or ".." in sid):
+            raise EmgDataError(
+                f"{sid!r} is not a sweep id (e.g. {o.method}-20261201-120000)",
+                source=self.store.storage,
+                field="--resume",
+            )
+        sid = sid or self.store.latest(o.method)
+        state = self.store.read(sid) if sid else None
+        if state is None and not o.storage_path:
+            for run in self.tracker.sweeps(sweep=sid, method=o.method)[:1]:
+                store = SweepStore(run.data.tags["emg.storage"])
+                found = store.read(run.data.tags[tracking.KEY])
+                if found is not None:
+                    self.store, state, sid = store, found, found["sweep_id"]
+        if state is None:
+            what = f"no sweep {sid}" if sid else f"no {o.method} sweep to resume"
+            raise EmgDataError(
+                f"{what} in {self.store.storage} (nor one the tracking server {self.uri} knows):"
+                " give the --storage-path it ran with",
+                source=self.store.dir(sid or ""),
+                field="--resume",
+            )
+        if state.get("status") == "FINISHED":
+            raise EmgDataError(
+                f"sweep {sid} already finished", source=self.store.dir(sid), field="--resume"
+            )
+        return state
+
+    def _open_state(self) -> dict:
+        defining = self._defining()
+        if self.resumed is not None:
+            state = self.resumed
+            sid = state["sweep_id"]
+            if "mae" in state:  # saved before the method registry named it generically
+                state["pretrained"] = state.pop("mae")
+            self._check_same_sweep(state, Path(self.store.dir(sid)) / "sweep.json")
+            _print(f"resuming sweep {sid} from {self.store.dir(sid)}")
+        else:
+            sid = f"{self.opts.method}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+            state = {"sweep_id": sid, "stages": {}, "started": time.time()}
+            state["defining"] = defining
+            if self.opts.study:
+                state["study"] = self.opts.study
+        # what a bare --resume continues with, resolved so that it means the same from anywhere
+        state["flags"] = {k: getattr(self.opts, k) for k in RESUMED_FLAGS} | {
+            "data": defining["--data"],
+            "config": self.config,
+            "space": self.space_path,
+            "cache": self.cache,
+        }
+        self.sweep_id = sid
+        state.setdefault("stages", {})
+        return state
+
+    def _log_sweep(self, state: dict, parent: str) -> None:
+        """The parent run's params: what defines the sweep, logged once (a resume cannot change
+        them). The resources of each start are a tag, ``emg.resume.<n>`` for the n-th resume."""
+        self.tracker.set_tags(parent, {"emg.data_fingerprint": self.fingerprint})
+        params = {
+            "sweep.data": self.opts.data,
+            "sweep.config": self.config,
+            "sweep.smoke": self.opts.smoke,
+            **{f"sweep.sim.{k}": v for k, v in self.sim.items()},
+            **{f"split.{k}": v for k, v in state.get("split", {}).items()},
+        }
+        if not self.opts.resume:
+            params["sweep.workers"] = self.opts.workers
+        self.tracker.log_params(parent, params)
+        if self.opts.resume:
+            state["resumes"] = n = int(state.get("resumes", 0)) + 1
+            self._save_state(state)
+            self.tracker.set_tags(parent, {f"emg.resume.{n}": self._resources()})
+
+    def _resources(self) -> str:
+        """The flags that only change resources (free to differ on a resume), as given."""
+        o = self.opts
+        return " ".join(
+            f"--{k.replace('_', '-')} {getattr(o, k)}"
+            for k in ("workers", "gpus_per_worker", "cpus_per_worker", "max_concurrent", "address")
+            if getattr(o, k) is not None
+        )
+
+    def _defining(self) -> dict[str, Any]:
+        """The flags that change results, resolved (``--data``/``--config`` to their defaults),
+        and the search space's digest: saved at the first start, the same on every resume."""
+        o = self.opts
+        return {
+            "--data": str(Path(o.data).resolve()) if Path(o.data).exists() else o.data,
+            "--config": self.config,
+            "--smoke": o.smoke,
+            "--duration": o.duration,
+            "--sim-subjects": o.sim_subjects,
+            "--study": o.study,
+            "search space": self.space.digest(),
+        }
+
+    def _check_same_sweep(self, state: dict, path: Path) -> None:
+        """A resume refuses, in one line before anything starts, flags or a search space that
+        differ from the sweep's first start (a sweep state from before they were saved: no
+        check). ``--study`` may be left out: the state names it."""
+        saved = state.get("defining")
+        if not saved:
+            return
+        now = self._defining()
+        if self.opts.study is None:
+            now["--study"] = saved.get("--study")
+        changed = [k for k in saved if saved[k] != now.get(k)]
+        if changed:
+            what = ", ".join(f"{k} {saved[k]!r} -> {now.get(k)!r}" for k in changed)
+            raise EmgDataError(
+                f"sweep {state['sweep_id']} was started otherwise ({what}): leave those flags out "
+                "to continue with the ones it started with; only --workers, --gpus-per-worker, "
+                "--cpus-per-worker, --max-concurrent and --address may change",
+                source=path,
+                field="--resume",
+            )
+
+    def _check_same_data(self, state: dict) -> None:
+        """The data fingerprint is saved at the first start; a resume on changed data (the same
+        --data, other recordings) refuses in one line, before Ray starts."""
+        saved = state.setdefault("data_fingerprint", self.fingerprint)
+        if saved != self.fingerprint:
+            raise EmgDataError(
+                f"sweep {state['sweep_id']} started on data {saved}, {self.opts.data} is now "
+                f"{self.fingerprint}: the data changed; start a new sweep",
+                source=self.opts.data,
+                field="--resume",
+            )
+
+    def _save_state(self, state: dict) -> None:
+        self.store.write(state["sweep_id"], state)
+
+    def _end_dead_sweeps(self, state: dict) -> None:
+        """Sweeps whose driver died without ending its runs (SIGKILL, an OOM kill, a lost node)
+        left them RUNNING: end them KILLED and record how in their state, before this sweep
+        starts. Resuming a sweep whose driver is still alive is refused in one line."""
+        sid = state["sweep_id"]
+        for run in self.tracker.sweeps(running=True):
+            tags = run.data.tags
+            other, beat = tags.get(tracking.KEY, ""), tags.get("emg.heartbeat")
+            why = driver_gone(tags["emg.driver"], float(beat) if beat else None)
+            if not why:
+                if other == sid:
+                    raise EmgDataError(
+                        f"sweep {sid} is still running (driver {tags['emg.driver']}): stop it "
+                        "before resuming it",
+                        source=self.store.dir(sid),
+                        field="--resume",
+                    )
+                continue
+            n = self.tracker.end_orphans(run.info.experiment_id, "emg.sweep", other, "KILLED")
+            ended = {"status": "KILLED", "how": why, "at": _now(), "found_by": sid}
+            self.tracker.set_tags(run.info.run_id, {"emg.ended": f"KILLED: {why}"})
+            note = ""
+            try:  # its state records how it ended, where its storage path can be reached
+                if other == sid:  # the sweep this start resumes
+                    _record_end(state, ended)
+                    self._save_state(state)
+                else:
+                    store = SweepStore(tags.get("emg.storage", ""))
+                    if (old := store.read(other)) is not None:
+                        store.write(other, _record_end(old, ended))
+            except Exception as e:  # another machine's storage: say so, go on
+                note = f"; its sweep.json was not updated ({type(e).__name__}: {e})"
+            _print(f"sweep {other} was left RUNNING ({why}): {n} run(s) ended KILLED{note}")
+
+    def _heartbeat(self, parent: str) -> Callable[[], None]:
+        """Mark the parent run as this driver's (``emg.driver``, ``emg.storage``) and refresh
+        its ``emg.heartbeat`` every ``HEARTBEAT_S`` from a daemon thread, so that a later start
+        can tell a dead driver's RUNNING runs from a live one's. Returns the stop function."""
+        self.tracker.set_tags(
+            parent,
+            {
+                "emg.driver": driver_id(),
+                "emg.storage": self.store.storage,
+                "emg.heartbeat": f"{time.time():.0f}",
+            },
+        )
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT_S):
+                with contextlib.suppress(Exception):  # a tracking outage: the next beat retries
+                    self.tracker.set_tags(parent, {"emg.heartbeat": f"{time.time():.0f}"})
+
+        threading.Thread(target=beat, name="emg-heartbeat", daemon=True).start()
+        return done.set
+
+    def _check_subjects(self, state: dict) -> None:
+        """The space's subjects when the data has them; else every subject, said out loud."""
+        from emgcore.recording import digest
+
+        recs = self._load_data()
+        have = sorted({r.subject for r in recs if r.kinematics is not None})
+        if not have:
+            raise EmgDataError(
+                f"no recording has kinematics (joint angles, DoA or glove): {self.opts.method} "
+                "learns from EMG paired with them",
+                source=self.opts.data,
+                field="kinematics",
+            )
+        wanted = [s for s in self.space.subjects if s in have]
+        if self.space.subjects and len(wanted) < len(self.space.subjects):
+            _print(
+                f"data has no subject(s) {sorted(set(self.space.subjects) - set(have))}; "
+                f"every trial is evaluated on all {len(have)}: {have}"
+            )
+            wanted = have
+        self.subjects = wanted or have
+        state["subjects"] = self.subjects
+        self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
+        if self.method.session_split:  # which session is held out is chosen on purpose
+            train, test = self.method.session_split({r.session for r in recs}, self.base)
+            state["split"] = {"train_sessions": ",".join(train), "test_session": test}
+            _print(
+                f"split: sessions {', '.join(train)} train (session CV selects on them), "
+                f"{test} held out for the test score only"
+            )
+
+    def _check_pretrained(self, state: dict) -> None:
+        """A method starts from the registered champions of ``starts_from`` only when those
+        were trained on this sweep's data and split (their ``data_fingerprint`` and ``split``
+        tags), unless ``--mae-any-data``; else one line naming the model, exit 2."""
+        source, m = self.method.starts_from, self.method
+        if source is None or state.get("pretrained"):
+            return
+        want = (self.fingerprint, m.split_id(self.base) if m.split_id else "?")
+        for k in m.pretrained_keys:
+            v = tracking.champion(self.tracker.client, f"{source}-{k}")
+            if v is None or self.opts.mae_any_data:
+                continue  # a missing one is trained on this data first
+            have = (v.tags.get("data_fingerprint", "?"), v.tags.get("split", "?"))
+            if have != want:
+                raise EmgDataError(
+                    f"{source}-{k}@champion v{v.version} was pre-trained on data {have[0]} split "
+                    f"{have[1]}, this sweep's is data {want[0]} split {want[1]}: run "
+                    f"'sweep.py {source}' on this data first, or pass --mae-any-data",
+                    source=self.uri,
+                    field=f"{source}-{k}@champion",
+                )
+
+    def _load_data(self) -> list:
+        """The recordings; a simulated dataset is written once into the cache (BYOD format).
+
+        Trials then read that copy instead of each simulating it again (12 s of a 2-core
+        machine for one DB8-like subject with 10-minute sessions). A worker on a node that cannot
+        see the cache folder falls back to simulating.
+        """
+        from emgcore.data import PRESETS, load_byod, open_dataset, write_byod
+        from emgcore.data.byod import MANIFEST
+        from emgcore.recording import digest
+
+        self.materialised = ""
+        if self.opts.data not in PRESETS:
+            return open_dataset(self.opts.data)
+        folder = Path(self.cache) / "simulated" / f"{self.opts.data}-{digest(self.sim)[:12]}"
+        if not (folder / MANIFEST).exists():
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            write_byod(tmp, open_dataset(self.opts.data, **self.sim))
+            try:
+                tmp.replace(folder)  # atomic: a reader never sees half a dataset
+            except OSError:  # another sweep wrote the same copy first
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.materialised = str(folder)
+        return load_byod(folder)
+
+    def _tags(self, sid: str, state: dict) -> dict[str, str]:
+        return {
+            "emg.method": self.opts.method,
+            "emg.sweep": sid,
+            "emg.space_hash": self.space.digest(),
+            "emg.git_commit": tracking.git_commit(),
+            "emg.data": self.opts.data,
+        } | ({"emg.study": state["study"]} if state.get("study") else {})
+
+    def _summary(self, state: dict, final: dict[str, Any], seconds: float) -> None:
+        metric = self.space.metric
+        lines = ["", f"== sweep {state['sweep_id']} ({seconds / 60:.1f} min) =="]
+        for name, st in state["stages"].items():
+            lines.append(f"  {name:<14} {metric} {st['score']:+.4f}  {st['winner']}")
+        if state.get("study_table"):
+            lines.append(f"  study           {state['study']}: {state['study_table']} (+ .png)")
+        if final:
+            m, label = self.method.final_metric, self.method.final_label
+            lines.append(
+                f"  {label:<15} {final[m]:+.4f} +- {final[m + '_std']:.4f} "
+                f"({self.method.final_over})"
+            )
+            if state.get("split"):  # a held-out session: who chose, who was scored
+                scored = final.get("scored", "").split(",")
+                lines.append(
+                    f"  chosen on       {', '.join(state['subjects'])} (session CV on "
+                    f"{state['split']['train_sessions']}); held-out "
+                    f"{state['split']['test_session']} scored on all {len(scored)}: "
+                    f"{', '.join(scored)}"
+                )
+            champ = "became champion" if final.get("became_champion") else "champion unchanged"
+            what = final.get("registered") or f"{self.registry} v{final.get('registry_version')}"
+            lines.append(f"  registry        {what}: {champ} ({final.get('champion_reason', '')})")
+        lines.append(f"  MLflow UI       {_ui_command(self.uri)}")
+        lines.append(
+            f"  experiment      {self.opts.experiment or self.opts.method}, "
+            f"run 'sweep {state['sweep_id']}'"
+        )
+        print("\n".join(lines), flush=True)
+
+
+class _Progress:
+    """Tune callback: one console line per trial event."""
+
+    def __new__(cls, stage: str, metric: str) -> Any:
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+                _print(f"  {stage} {trial.trial_id} started {trial.config['overrides']}")
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                if "units_done" in result and "epoch" not in result and not result.get("done"):
+                    _print(
+                        f"  {stage} {trial.trial_id} unit {result['units_done']} done, "
+                        f"{metric} so far {result.get(metric, math.nan):+.4f}"
+                    )
+
+            def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+                r = trial.last_result or {}
+                _print(
+                    f"  {stage} {trial.trial_id} finished: {metric} {r.get(metric, math.nan):+.4f}"
+                )
+
+            def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+                _print(f"  {stage} {trial.trial_id} FAILED: {results.trial_error(trial)}")
+
+        return Progress()
+
+
+def _storage(path: str | None) -> str:
+    if path and "://" in path:
+        return path.rstrip("/")
+    return str(Path(path or "ray_results").resolve())
+
+
+def _record_end(state: dict, ended: dict) -> dict:
+    """``state`` with how the sweep ended: ``status``, ``ended``, and every ending in order in
+    ``history`` (a resumed sweep may have been interrupted several times)."""
+    state["status"], state["ended"] = ended["status"], ended
+    state.setdefault("history", []).append(ended)
+    return state
+
+
+def _now() -> str:
+    return f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"open {uri}"
+
+
+def _print(msg: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def _restore_signals(old: dict[int, Any]) -> None:
+    for sig, h in old.items():
+        signal.signal(sig, h)

@@ -1,0 +1,705 @@
+"""The sweep end to end: ``ray job submit`` against a real ``ray start --head``, MLflow, registry.
+
+One ``--smoke`` sweep is submitted as a Ray job (module fixture); the tests then read what it left
+in MLflow: the run tree, params, per-epoch metrics, tags, artifacts, the registered champion. The
+fault tests (NaN trial, SIGTERM, ``--resume``, a killed worker) run their own small sweeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEP = ROOT / "orchestration" / "sweep.py"
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        **extra,
+    )
+    # a test that loaded a model pointed mlflow at its own store, and mlflow.set_tracking_uri
+    # exports it as these variables: a later sweep would then log into that test's store
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(var, None)
+    return env
+
+
+def _stop_own_ray(temp_dir: Path) -> None:
+    """Stop the Ray cluster started with ``--temp-dir=temp_dir``, and no other: every one of its
+    processes names that folder on its command line; Ray's own CLI stop command would end every
+    Ray cluster on the machine, so it is never used."""
+
+    def mine() -> list[int]:
+        pids = []
+        for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if str(temp_dir).encode() in cmd.read_bytes():
+                    pids.append(int(cmd.parent.name))
+        return [p for p in pids if p != os.getpid()]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 15
+        while mine() and time.time() < deadline:
+            time.sleep(0.5)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``sweep.py kinembed ARGS`` in ``cwd``: a quick run that should stop at its checks."""
+    return subprocess.run(
+        [sys.executable, str(SWEEP), "kinembed", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=_env(),
+    )
+
+
+def test_help_names_every_option():
+    out = subprocess.run(
+        [sys.executable, str(SWEEP), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0
+    for opt in (
+        "--data",
+        "--stages",
+        "--smoke",
+        "--resume",
+        "--max-concurrent",
+        "--address",
+        "--storage-path",
+        "--tracking-uri",
+        "--experiment",
+        "--workers",
+        "--gpus-per-worker",
+        "--study",
+    ):
+        assert opt in out.stdout, opt
+
+
+@pytest.mark.mlflow
+def test_unreachable_tracking_server_is_a_one_line_error(tmp_path):
+    port = _free_port()
+    out = _sweep(tmp_path, "--smoke", "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "unreachable" in lines[0]
+    assert not (tmp_path / "ray_results").exists()  # nothing started
+
+
+def test_unknown_stage_names_the_option(tmp_path):
+    out = _sweep(tmp_path, "--stages", "loss,nope")
+    assert out.returncode == 2
+    assert "--stages" in out.stderr and "nope" in out.stderr
+    out = _sweep(tmp_path, "--study", "data_efficiency")  # kinembed's space has no studies
+    assert out.returncode == 2
+    assert "--study" in out.stderr and "no study 'data_efficiency'" in out.stderr
+    assert not (tmp_path / "ray_results").exists()  # nothing started
+
+
+@pytest.mark.mlflow
+def test_data_without_kinematics_is_refused_before_anything_starts(tmp_path):
+    """EMG alone (e.g. flexemg, myoarmband) cannot train any of the sweeps: one clear line naming
+    the data and the field, exit 2, and no Ray results or MLflow run left behind."""
+    from dataclasses import replace
+
+    from emgcore.data import open_dataset, write_byod
+
+    recs = open_dataset("emg2pose-like", duration_s=1.0, n_subjects=2, sessions=("s0",))
+    folder = tmp_path / "emg_only"
+    write_byod(folder, [replace(r, kinematics=None, joint_names=()) for r in recs[:4]])
+    out = subprocess.run(
+        [sys.executable, str(SWEEP), "jepa", "--data", str(folder)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert str(folder) in out.stderr and "'kinematics'" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "ray_results").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.mlflow
+def test_unnamed_sessions_are_refused_until_the_held_out_one_is_chosen(tmp_path):
+    """Sessions not named like DB8's A1/A2/A3: no silent alphabetical choice of the held-out
+    session; one line naming the field, exit 2, nothing started. Named in a config, the split
+    is accepted, printed and recorded resolved (checked by the smoke job below for A1-A3)."""
+    from dataclasses import replace
+
+    from emgcore.data import open_dataset, write_byod
+
+    names = {"A1": "gait", "A2": "standing", "A3": "sitting"}
+    recs = open_dataset("db8-like", duration_s=2.0, n_subjects=1)
+    folder = tmp_path / "byod"
+    write_byod(folder, [replace(r, session=names[r.session]) for r in recs])
+    out = _sweep(tmp_path, "--data", str(folder))
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]  # after MLflow's own notes on a new store
+    assert line.startswith("error: field 'test_session': cannot tell which of the sessions")
+    assert "['gait', 'sitting', 'standing']" in line, line
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.mlflow
+def test_mae_pretrained_on_other_data_is_refused_before_anything_starts(tmp_path):
+    """CPEP / EMBridge start from the registered MAEs only when those saw this sweep's data and
+    split: otherwise one line naming the model and the way out, exit 2, nothing started."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    for k in ("emg", "pose"):
+        client.create_registered_model(f"mae-{k}")
+        v = client.create_model_version(
+            f"mae-{k}",
+            source=str(tmp_path / "model"),
+            tags={"data_fingerprint": "0123456789ab", "split": "feedfacecafe"},
+        )
+        client.set_registered_model_alias(f"mae-{k}", "champion", v.version)
+    out = subprocess.run(
+        [sys.executable, str(SWEEP), "cpep", "--smoke", "--tracking-uri", uri],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert "mae-emg@champion v1 was pre-trained on data 0123456789ab split feedfacecafe" in line
+    assert "--mae-any-data" in line
+    assert not (tmp_path / "ray_results").exists()
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+# -- one smoke sweep submitted as a Ray job -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("job")
+    # its own temp dir names this cluster's processes (short: Ray's socket paths live in it)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    # Every port named: the dashboard agent's HTTP port defaults to 52365, and when another Ray
+    # on the machine holds it the agent stays up without HTTP, so every submission answers "No
+    # available agent" (Ray 2.60 dashboard/agent.py) -- what failed CI once.
+    port, dash, agent = _free_port(), _free_port(), _free_port()
+    env = _env(EMGCORE_CACHE=str(tmp / "cache"))
+    subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
+            "--disable-usage-stats",
+            f"--temp-dir={ray_tmp}",
+        ],
+        check=True,
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        timeout=120,
+    )
+    db = tmp / "mlflow.db"
+    # hyper-parameters chosen on one subject, the final scored on both
+    space = tmp / "kinembed.yaml"
+    text = (ROOT / "search_spaces" / "kinembed.yaml").read_text()
+    space.write_text(text.replace("subjects: [S1, S3, S6, S8, S11]", "subjects: [s00]"))
+    try:
+        deadline = time.time() + 120  # the agent can come up after `ray start` returns (loaded)
+        while True:
+            out = subprocess.run(
+                [
+                    str(BIN / "ray"),
+                    "job",
+                    "submit",
+                    "--address",
+                    f"http://127.0.0.1:{dash}",
+                    "--working-dir",
+                    ".",
+                    "--",
+                    "python",
+                    "orchestration/sweep.py",
+                    "kinembed",
+                    "--smoke",
+                    "--sim-subjects",
+                    "2",
+                    "--space",
+                    str(space),
+                    "--tracking-uri",
+                    f"sqlite:///{db}",
+                    "--storage-path",
+                    str(tmp / "results"),
+                ],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=1800,  # two subjects; a loaded machine needs the headroom
+            )
+            if "No available agent to submit job" not in out.stdout + out.stderr:
+                break
+            if time.time() > deadline:
+                log = next(ray_tmp.glob("session_*/logs/dashboard_agent.log"), None)
+                out.stderr += "\n--- dashboard_agent.log ---\n" + (
+                    log.read_text()[-3000:] if log else "absent"
+                )
+                break
+            time.sleep(3)
+    finally:
+        _stop_own_ray(ray_tmp)
+    return {
+        "out": out.stdout + out.stderr,
+        "rc": out.returncode,
+        "uri": f"sqlite:///{db}",
+        "tmp": tmp,
+    }
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _runs(uri: str):
+    c = _client(uri)
+    exp = c.get_experiment_by_name("kinembed")
+    return c, exp, c.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_job_submission_runs_the_sweep_and_prints_one_summary(job):
+    assert job["rc"] == 0, job["out"][-3000:]
+    out = job["out"]
+    assert "succeeded" in out
+    for stage in ("loss", "architecture", "widths", "optimisation"):
+        assert f"stage {stage}: best cv_r2" in out
+    assert "held-out R^2" in out and "registry        kinembed v1: " in out
+    assert "split: sessions A1, A2 train (session CV selects on them), A3 held out" in out
+    assert "chosen on       s00 (session CV on A1,A2); held-out A3 scored on all 2: s00, s01" in out
+    assert f"mlflow ui --backend-store-uri {job['uri']}" in out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_mlflow_holds_the_run_tree_params_metrics_tags_artifacts(job):
+    c, _exp, runs = _runs(job["uri"])
+    by_stage: dict[str | None, list] = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags.get("emg.stage"), []).append(r)
+    (parent,) = by_stage[None]
+    assert {k: len(v) for k, v in by_stage.items() if k} == {
+        "loss": 3,  # the stage run and its 2 trials
+        "architecture": 3,
+        "widths": 3,
+        "optimisation": 3,
+        "final": 1,
+    }
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    pid = parent.info.run_id
+    stage_runs = {r.data.tags["emg.stage"]: r for r in runs if r.info.run_name.startswith("stage")}
+    for r in runs:
+        if r is parent:
+            continue
+        want = pid if r.info.run_name.startswith(("stage", "final")) else None
+        got = r.data.tags["mlflow.parentRunId"]
+        if want:
+            assert got == want
+        else:  # a trial hangs under its stage's run
+            assert got == stage_runs[r.data.tags["emg.stage"]].info.run_id
+        for tag in ("emg.method", "emg.sweep", "emg.git_commit", "emg.space_hash"):
+            assert r.data.tags[tag], tag
+    assert len(parent.data.tags["emg.data_fingerprint"]) == 12
+    assert parent.data.metrics["heldout_r2"] > 0.0  # the smoke model still decodes something
+    trial = next(r for r in runs if r.info.run_name.startswith("trial"))
+    assert trial.data.params["kinembed.batch_size"] in {"128", "256", "512"}
+    # the split each run was computed on, resolved (not the config's empty defaults)
+    assert trial.data.params["test_session"] == "A3"
+    assert trial.data.params["train_sessions"] == "['A1', 'A2']"
+    assert parent.data.params["split.test_session"] == "A3"
+    assert "decoder.dilations" in trial.data.params
+    history = c.get_metric_history(trial.info.run_id, "train_loss")
+    steps = [m.step for m in history]
+    assert len(steps) >= 4 and steps == sorted(set(steps))  # per epoch, once each
+    assert "cv_r2" in trial.data.metrics
+    arts = {a.path for a in c.list_artifacts(pid, "leaderboards")}
+    assert {f"leaderboards/leaderboard-{s}.csv" for s in stage_runs} <= arts
+    final = next(r for r in runs if r.info.run_name == "final")
+    report = {a.path for a in c.list_artifacts(final.info.run_id, "report")}
+    for name in ("config.yaml", "fig2_trace.png", "fig3_per_doa.png", "tables.txt", "scores.csv"):
+        assert f"report/{name}" in report, name
+    assert any(
+        a.path.endswith(".png") for a in c.list_artifacts(stage_runs["loss"].info.run_id, "plots")
+    )
+    loss_board = c.download_artifacts(pid, "leaderboards/leaderboard-loss.csv")
+    text = Path(loss_board).read_text()
+    assert text.startswith("trial,overrides,cv_r2,status,error")
+    import csv
+
+    board = list(csv.DictReader(text.splitlines()))
+    ran = [r for r in board if r["status"] == "ok"]
+    assert len(ran) == 2  # the smoke budget: both ends of the distinct points
+    # points that cannot differ from a trial that ran (VICReg ignores the temperature) are
+    # listed as its duplicates with its score, never run
+    for r in [r for r in board if r["status"] != "ok"]:
+        (twin,) = [t for t in ran if r["status"] == f"duplicate of {t['trial']}"]
+        assert r["cv_r2"] == twin["cv_r2"] and json.loads(r["overrides"])["kinembed.loss"] == (
+            "vicreg"
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_registered_champion_loads_and_reproduces_its_score(job):
+    import torch
+
+    from emgcore.config import resolve_config
+    from emgcore.data import open_dataset
+    from emgcore.methods.kinembed import load_config, prepare
+    from emgcore.models.decoder import r2_per_output
+    from orchestration import tracking
+
+    c = _client(job["uri"])
+    champ = c.get_model_version_by_alias("kinembed", "champion")
+    assert champ.tags["became_champion"] == "true"
+    tracking.use(job["uri"])
+    model = tracking.load_model("models:/kinembed@champion")
+    # the same held-out session the sweep scored it on
+    cfg = load_config(resolve_config("kinembed-smoke"))
+    recs = open_dataset("db8-like", duration_s=30.0, n_subjects=2)
+    subjects, train, test = prepare(recs, cfg)
+    subj = subjects[0]
+    fold = subj.fold(train, (test,))
+    seg = fold.evals[test]
+    with torch.no_grad():
+        pred = np.asarray(model(torch.as_tensor(fold.x_scale.inverse(seg.x))))
+    assert pred.shape == seg.y.shape
+    r2 = float(np.mean(r2_per_output(seg.y, pred)))
+    assert r2 == pytest.approx(float(champ.tags["heldout_r2"]), abs=1e-4)
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+FAULT_SPACE = """
+method: kinembed
+metric: cv_r2
+mode: max
+stages:
+  - name: temperature
+    grid:
+      kinembed.temperature: [1.0e-45, 0.2]   # the first one overflows the logits: NaN loss
+  - name: dropout
+    inherit: [temperature]
+    grid:
+      kinembed.dropout: [0.0, 0.1, 0.2]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(FAULT_SPACE)
+    db = tmp_path / "mlflow.db"
+    args = [
+        sys.executable,
+        str(SWEEP),
+        "kinembed",
+        "--smoke",
+        "--space",
+        str(space),
+        "--max-concurrent",
+        "1",
+        "--tracking-uri",
+        f"sqlite:///{db}",
+    ]
+    env = _env(EMGCORE_CACHE=str(tmp_path / "cache"))
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    # wait until the second stage has finished one trial, then SIGTERM the driver mid-stage:
+    # its handler ends every run KILLED, saves Tune's state and says how the sweep ended
+    deadline = time.time() + 600
+    text = ""
+    while time.time() < deadline and proc.poll() is None:
+        text = (tmp_path / "first.log").read_text()
+        if text.count("  dropout ") and " finished: cv_r2" in text.split("stage dropout:")[-1]:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, text[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    _kill_group(proc.pid)
+    text = (tmp_path / "first.log").read_text()
+    done_before = {
+        ln.split()[2] for ln in text.splitlines() if "  dropout " in ln and " finished: " in ln
+    }
+    assert done_before
+    assert "FAILED: " in text and "kinembed loss is nan" in text  # the stated reason
+    assert "stage temperature: best cv_r2" in text and "1 failed" in text
+
+    c, _, runs = _runs(f"sqlite:///{db}")
+    assert "RUNNING" not in {r.info.status for r in runs}
+    nan_run = next(r for r in runs if r.info.status == "FAILED")
+    assert "NonFiniteLossError" in nan_run.data.tags["emg.error"]
+    first_ids = {r.data.tags["emg.key"]: r.info.run_id for r in runs}
+    (state_file,) = (tmp_path / "ray_results").glob("*/sweep.json")
+    state = json.loads(state_file.read_text())
+    assert state["status"] == "KILLED" and state["ended"]["how"] == "interrupted by SIGTERM"
+
+    # resumed, then SIGTERM to its whole process group once a trial runs: Ray's raylet and GCS
+    # die with the driver, whose core worker then exits the process at once (seen: before the
+    # Python handler ran), as after a SIGKILL; its runs stay RUNNING until the next start
+    # finds its driver gone
+    log = (tmp_path / "second.log").open("w")
+    proc = subprocess.Popen(
+        [*args, "--resume"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if "  dropout " in (text := (tmp_path / "second.log").read_text()) and " started " in text:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    second_rc = proc.wait(180)
+    _kill_group(proc.pid)
+    c, _, runs = _runs(f"sqlite:///{db}")
+    left = "RUNNING" in {r.info.status for r in runs}
+    assert left == (second_rc != 130), (second_rc, (tmp_path / "second.log").read_text()[-3000:])
+
+    # a bare --resume from another directory: the tracking server knows where the state is
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    bare = [sys.executable, str(SWEEP), "kinembed", "--resume", "--tracking-uri", args[-1]]
+    resumed = subprocess.run(
+        bare, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming sweep {state['sweep_id']} from {tmp_path}/ray_results/" in resumed.stdout
+    if left:  # the runs the second driver left, ended by this start
+        assert f"sweep {state['sweep_id']} was left RUNNING (driver pid {proc.pid} on " in (
+            resumed.stdout
+        )
+    assert "stage temperature: done in an earlier run" in resumed.stdout
+    assert not (elsewhere / "ray_results").exists()  # everything went where the sweep lives
+    c, _exp, runs = _runs(f"sqlite:///{db}")
+    keys = [r.data.tags["emg.key"] for r in runs]
+    assert len(keys) == len(set(keys))  # no duplicate run
+    for key, run_id in first_ids.items():  # and the earlier ones were continued, not replaced
+        assert run_id in {r.info.run_id for r in runs if r.data.tags["emg.key"] == key}
+    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    assert len(trials) == 4  # 2 + 2 (--smoke keeps both ends of a grid): nothing ran twice
+    finished_first = [r for r in trials if r.data.tags["emg.trial"] in done_before]
+    assert len(finished_first) == len(done_before)
+    for r in finished_first:
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")]
+        assert steps == sorted(set(steps)), "a completed trial was repeated"
+    assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}
+    final = json.loads(state_file.read_text())
+    assert final["status"] == "FINISHED"
+    hows = [h["how"] for h in final["history"]]  # how each start of the sweep ended
+    assert hows[0] == "interrupted by SIGTERM" and hows[-1] == "finished"
+    assert len(hows) == 3 if left else hows[1] == "interrupted by SIGTERM"
+    if left:
+        assert "is gone" in hows[1] and final["history"][1]["found_by"] == final["sweep_id"]
+    again = subprocess.run(
+        [*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 2 and "already finished" in again.stderr
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a process group this test started (its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+
+
+def _trial_spec(tmp_path: Path, uri: str, experiment_id: str, key: str, fault: dict) -> dict:
+    from orchestration.launch import trial_spec
+
+    return trial_spec(
+        mode="cv",
+        method="kinembed",
+        config="kinembed-smoke",
+        overrides={"kinembed.temperature": 0.2},
+        data="db8-like",
+        sim={"duration_s": 30.0, "n_subjects": 1},
+        cache=str(tmp_path / "cache"),
+        fault=fault,
+        tracking={
+            "uri": uri,
+            "experiment_id": experiment_id,
+            "parent": None,
+            "key": key,
+            "name": key,
+            "tags": {"emg.sweep": "test"},
+        },
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_killed_worker_resumes_from_checkpoint_with_the_same_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from emgcore.methods import METHODS
+    from orchestration import tracking
+    from orchestration.launch import pack_method, train_loop
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    t = tracking.Tracker(uri)
+    exp = t.experiment("faults")
+    marker = tmp_path / "killed"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+        },
+    )
+    results = {}
+    try:
+        for name, fault in (
+            ("clean", {}),
+            ("killed", {"kill_in_unit": 1, "at_epoch": 2, "marker": str(marker)}),
+        ):
+            results[name] = TorchTrainer(
+                train_loop,
+                train_loop_config={
+                    "spec": _trial_spec(tmp_path, uri, exp, name, fault),
+                    "method": pack_method(METHODS["kinembed"]),
+                },
+                scaling_config=ray.train.ScalingConfig(num_workers=1),
+                run_config=ray.train.RunConfig(
+                    name=name,
+                    storage_path=str(tmp_path / "results"),
+                    failure_config=ray.train.FailureConfig(max_failures=1),
+                ),
+            ).fit()
+    finally:
+        ray.shutdown()
+    assert marker.exists()  # the worker really was SIGKILLed once
+    clean, killed = results["clean"].metrics, results["killed"].metrics
+    assert killed["units_done"] == clean["units_done"] == 2
+    assert killed["cv_r2"] == clean["cv_r2"]  # bit for bit: units are deterministic
+    run_id = t.find(exp, "killed")
+    assert t.status(run_id) == "FINISHED"
+    # unit 0 finished before the kill and was not run again after the restart
+    first_unit = [m for m in t.client.get_metric_history(run_id, "r2.s00/A1-to-A2")]
+    assert len(first_unit) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.mlflow
+def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
+    """Serve the sweep's MLflow store and read it the way a researcher does, in a real browser."""
+    import re
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.orchestration.test_tracking import _free_port as free_port
+    from tests.orchestration.test_tracking import start_server
+
+    _, exp, runs = _runs(job["uri"])
+    parent = next(r for r in runs if r.info.run_name.startswith("sweep "))
+    port = free_port()
+    server = start_server(job["uri"].removeprefix("sqlite:///"), str(tmp_path / "art"), port)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 2400, "height": 1200})
+            page.goto(
+                f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs"
+                "?workflowType=machine_learning",
+                wait_until="domcontentloaded",
+            )
+            page.get_by_text(re.compile(rf"^{len(runs)} matching runs")).wait_for(timeout=90_000)
+            # the metric columns a researcher compares runs on
+            page.get_by_role("button", name="Columns", exact=True).click()
+            page.get_by_text("Metrics (").click()
+            page.keyboard.press("Escape")
+            # the grid re-renders after the column change: wait for it (CI once read no headers)
+            header = page.locator("[role=columnheader]", has_text="heldout_r2_std").first
+            header.wait_for(timeout=30_000)
+            headers = {h.inner_text().strip() for h in page.locator("[role=columnheader]").all()}
+            assert {"cv_r2", "heldout_r2", "heldout_r2_std", "best_cv_r2"} <= headers
+            # the sweep's parent run opens onto its stages and the final run
+            row = page.locator("[role=row]", has_text=parent.info.run_name)
+            row.locator("button").first.click()
+            page.get_by_text("stage loss").wait_for(timeout=30_000)
+            grid = page.locator("[role=grid], [role=treegrid]").first.inner_text()
+            browser.close()
+    finally:
+        server.terminate()
+    for name in ("final", "stage loss", "stage architecture", "stage widths", "stage optimisation"):
+        assert name in grid
+    assert repr(parent.data.metrics["heldout_r2"]) in grid  # the held-out score, in its column
+    assert re.search(r"kinembed\s+v1", grid)  # the registered model beside the final run

@@ -322,7 +322,7 @@ class ZScore(Step):
                 field="preprocessing.zscore",
             )
         m, s = np.float32(self.mean), np.float32(self.std)
-        return rec.replace(emg=(np.asarray(rec.emg) - m) / s)
+        return rec.replace(emg=(np.asarray(rec.emg) - m) / s, emg_unit="a.u.")  # unitless now
 
 
 @register
@@ -367,7 +367,7 @@ class MedianL2(Step):
                 field="preprocessing.median_l2",
             )
         med, rms = (np.float32(v) for v in self.stats[rec.subject])
-        return rec.replace(emg=(np.asarray(rec.emg) - med) / rms)
+        return rec.replace(emg=(np.asarray(rec.emg) - med) / rms, emg_unit="a.u.")  # unitless
 
 
 def _require_fitted(step: Step, rec: Recording) -> None:

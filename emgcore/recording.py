@@ -1,8 +1,9 @@
 """The one recording type every loader produces and everything downstream consumes.
 
-A :class:`Recording` holds EMG ``(T, C)`` float32 at ``fs`` Hz, the electrode layout, optional
-kinematics ``(T, J)`` with joint names and unit, optional per-sample integer labels, a per-sample
-validity mask for the targets (emg2pose IK failures), and subject/session/device/source metadata.
+A :class:`Recording` holds EMG ``(T, C)`` float32 at ``fs`` Hz in a stated unit (:data:`EMG_UNITS`),
+optional channel (muscle) names, the electrode layout, optional kinematics ``(T, J)`` with joint
+names and unit, optional per-sample integer labels, a per-sample validity mask for the targets
+(emg2pose IK failures), and subject/session/device/source metadata.
 It is validated on construction. Arrays may be in memory or lazy (:class:`LazyArray`, sliced from
 disk on demand); lazy arrays check what they read, so bad values still raise, naming the file.
 """
@@ -21,15 +22,43 @@ import numpy as np
 from emgcore.errors import InvalidValueError, ShapeError
 
 LayoutKind = Literal["ring", "grid", "custom"]
+LAYOUT_KINDS = ("ring", "grid", "custom")
+
+# EMG amplitude units a recording may state: volts, millivolts, microvolts, or arbitrary units
+# (ADC counts, a device's own scale, or values normalised away from any physical unit).
+EMG_UNITS = ("V", "mV", "uV", "a.u.")
+EMG_UNIT_ALIASES = {"µV": "uV", "μV": "uV"}  # micro sign / Greek mu spellings of uV
+VOLTS_PER_UNIT = {"V": 1.0, "mV": 1e-3, "uV": 1e-6}  # "a.u." has no conversion
+
+
+def check_emg_unit(value: object, *, source: str | None = None, field: str = "emg_unit") -> str:
+    """``value`` as one of :data:`EMG_UNITS` (``"µV"`` / ``"μV"`` read as ``"uV"``).
+
+    Raises :class:`InvalidValueError` naming ``source`` and ``field`` for anything else.
+    """
+    unit = EMG_UNIT_ALIASES.get(value, value) if isinstance(value, str) else value
+    if unit not in EMG_UNITS:
+        raise InvalidValueError(
+            f"unknown EMG unit {value!r}; expected one of {', '.join(EMG_UNITS)}",
+            source=source,
+            field=field,
+        )
+    return str(unit)
 
 
 @dataclass(frozen=True, eq=False)
 class ChannelLayout:
-    """Where the electrodes sit, on the forearm surface unrolled to a plane.
+    """Where the electrodes sit, on the skin of the limb unrolled to a plane.
 
-    ``positions_mm`` is ``(C, 2)``: column 0 is the arc length around the forearm, column 1 the
-    distance along it. A ring wraps around after ``circumference_mm``; a grid has ``grid``,
-    ``(rows, cols)`` channel indices (0-based; -1 where there is no electrode).
+    ``positions_mm`` is ``(C, 2)`` millimetres: column 0 is the arc length around the limb (from
+    any fixed line along it), column 1 the distance along the limb, positive towards distal (from
+    any fixed point). The limb is whatever the electrodes sit on: a forearm band, a thigh, a
+    grid on a calf. ``kind`` says how channels relate: a ``ring`` wraps around after
+    ``circumference_mm`` (channel rotation may roll it); a ``grid`` has ``grid``, ``(rows, cols)``
+    channel indices (0-based; -1 where there is no electrode), 4-connected neighbours; ``custom``
+    is any other placement (:meth:`custom`): no channel is a neighbour of another and nothing is
+    rolled. Raises :class:`ShapeError` for positions not ``(C, 2)`` or a grid that does not map
+    every channel once, :class:`InvalidValueError` for an unknown ``kind``.
     """
 
     kind: LayoutKind
@@ -38,6 +67,11 @@ class ChannelLayout:
     grid: np.ndarray | None = None  # grids: (rows, cols) channel index, -1 for none
 
     def __post_init__(self) -> None:
+        if self.kind not in LAYOUT_KINDS:
+            raise InvalidValueError(
+                f"unknown layout kind {self.kind!r}; expected one of {', '.join(LAYOUT_KINDS)}",
+                field="layout.kind",
+            )
         pos = np.asarray(self.positions_mm, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ShapeError(f"positions must be (C, 2), got {pos.shape}", field="layout.positions")
@@ -58,7 +92,8 @@ class ChannelLayout:
 
     @classmethod
     def ring(cls, n: int, circumference_mm: float = 250.0, z_mm: float = 0.0) -> ChannelLayout:
-        """``n`` electrodes evenly spaced around the forearm (Myo, emg2pose band, DB8 ring)."""
+        """``n`` electrodes evenly spaced around a limb of ``circumference_mm`` at ``z_mm``
+        along it (Myo, emg2pose band, DB8 ring on the forearm)."""
         arc = np.arange(n) * circumference_mm / n
         return cls("ring", np.stack([arc, np.full(n, z_mm)], axis=1), circumference_mm)
 
@@ -66,7 +101,7 @@ class ChannelLayout:
     def make_grid(
         cls, rows: int, cols: int, pitch_mm: float = 10.0, index: np.ndarray | None = None
     ) -> ChannelLayout:
-        """A ``rows x cols`` grid; rows run along the forearm, columns around it.
+        """A ``rows x cols`` grid, ``pitch_mm`` apart; rows run along the limb, columns around it.
 
         ``index[r, c]`` is the channel recorded at row r, column c (default: row-major order).
         """
@@ -75,6 +110,12 @@ class ChannelLayout:
         r, c = np.nonzero(idx >= 0)
         pos[idx[r, c]] = np.stack([c * pitch_mm, r * pitch_mm], axis=1)
         return cls("grid", pos, None, idx)
+
+    @classmethod
+    def custom(cls, positions_mm: Any) -> ChannelLayout:
+        """Electrodes at any places: ``positions_mm`` ``(C, 2)`` = (around, along) the limb in
+        mm, as in the class docstring (e.g. four electrodes on four thigh muscles)."""
+        return cls("custom", np.asarray(positions_mm, dtype=np.float64))
 
     def neighbours(self) -> list[tuple[int, ...]]:
         """Channels adjacent to each channel: ring neighbours wrap; grid is 4-connected."""
@@ -223,7 +264,14 @@ def digest(*parts: Any) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Recording:
-    """One continuous recording. Shapes: ``emg (T, C)``, ``kinematics (T, J)``, labels ``(T,)``."""
+    """One continuous recording. Shapes: ``emg (T, C)``, ``kinematics (T, J)``, labels ``(T,)``.
+
+    ``emg`` is in ``emg_unit`` (one of :data:`EMG_UNITS`; :data:`VOLTS_PER_UNIT` converts);
+    ``channel_names`` names the ``C`` channels (electrodes or the muscles under them) or is
+    ``()``; :attr:`channel_labels` always has ``C`` names. Validated on construction: a wrong
+    shape raises :class:`ShapeError`, a wrong value (NaN/Inf, unknown unit, repeated channel
+    names, ...) :class:`InvalidValueError`, each naming ``source`` and the field.
+    """
 
     emg: ArrayLike  # (T, C) float32
     fs: float  # sampling rate of emg, kinematics and labels, Hz
@@ -240,9 +288,12 @@ class Recording:
     valid: ArrayLike | None = None  # (T,) bool: is the kinematic target usable at this sample
     meta: Mapping[str, Any] = field(default_factory=dict)  # recording-level facts (stage, side...)
     fingerprint: str = ""  # identity of the source content; computed when empty
+    emg_unit: str = "a.u."  # one of EMG_UNITS: "V", "mV", "uV", "a.u." (unknown / no unit)
+    channel_names: tuple[str, ...] = ()  # (C,) electrode or muscle names; () = unnamed
 
     def __post_init__(self) -> None:
         src = self.source
+        object.__setattr__(self, "emg_unit", check_emg_unit(self.emg_unit, source=src))
         emg = self.emg
         if not isinstance(emg, LazyArray):
             emg = np.asarray(emg)
@@ -314,6 +365,21 @@ class Recording:
                 raise ShapeError(f"shape {v.shape}, expected ({t},)", source=src, field="valid")
             object.__setattr__(self, "valid", v)
         object.__setattr__(self, "joint_names", tuple(self.joint_names))
+        names = self.channel_names
+        if isinstance(names, str) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise InvalidValueError(
+                f"must be a sequence of non-empty names, got {names!r}",
+                source=src,
+                field="channel_names",
+            )
+        names = tuple(names)
+        if names and len(names) != c:
+            raise ShapeError(
+                f"{len(names)} names for {c} EMG channels", source=src, field="channel_names"
+            )
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise InvalidValueError(f"names repeated: {dup}", source=src, field="channel_names")
+        object.__setattr__(self, "channel_names", names)
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", self._content_digest())
 
@@ -331,6 +397,11 @@ class Recording:
         return self.n_samples / self.fs
 
     @property
+    def channel_labels(self) -> tuple[str, ...]:
+        """``(C,)`` names to print: :attr:`channel_names`, else ``ch0``, ``ch1``, ..."""
+        return self.channel_names or tuple(f"ch{i}" for i in range(self.n_channels))
+
+    @property
     def is_lazy(self) -> bool:
         return any(isinstance(a, LazyArray) for a in (self.emg, self.kinematics, self.valid))
 
@@ -338,6 +409,8 @@ class Recording:
         """Everything but the arrays, JSON-serialisable (the cache and BYOD manifest use it)."""
         return {
             "fs": self.fs,
+            "emg_unit": self.emg_unit,
+            "channel_names": list(self.channel_names),
             "layout": self.layout.to_dict(),
             "subject": self.subject,
             "session": self.session,
@@ -379,11 +452,18 @@ class Recording:
         if self.valid is not None:
             arrays.append(np.asarray(self.valid))
         head = {k: v for k, v in self.header().items() if k != "fingerprint"}
+        # unit and names count only when given, so recordings made before they existed keep
+        # their fingerprints (and their cached copies)
+        if head["emg_unit"] == "a.u.":
+            del head["emg_unit"]
+        if not head["channel_names"]:
+            del head["channel_names"]
         return digest(head, *arrays)
 
     def __repr__(self) -> str:
         kin = "" if self.kinematics is None else f", J={self.kinematics.shape[1]}"
         return (
-            f"Recording({self.subject}/{self.session}, {self.device}, C={self.n_channels}{kin}, "
+            f"Recording({self.subject}/{self.session}, {self.device}, C={self.n_channels} "
+            f"{self.emg_unit}{kin}, "
             f"{self.duration_s:.1f}s @ {self.fs:g} Hz, labels={sorted(self.labels)})"
         )

@@ -31,7 +31,7 @@ from emgcore.preprocessing import Pipeline
 from emgcore.recording import ChannelLayout, Recording, digest
 
 CACHE_ENV = "EMGCORE_CACHE"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: headers carry emg_unit and channel_names
 
 
 def default_cache_dir() -> Path:
@@ -105,6 +105,8 @@ class CachedRecording:
         return Recording(
             emg=np.array(self.emg),
             fs=h["fs"],
+            emg_unit=h["emg_unit"],
+            channel_names=tuple(h["channel_names"]),
             layout=ChannelLayout.from_dict(h["layout"]),
             subject=h["subject"],
             session=h["session"],

@@ -19,6 +19,7 @@ from emgcore.data.emg2pose import (
 from emgcore.data.ninapro import NAME as NINAPRO_NAME
 from emgcore.data.ninapro import load_ninapro
 from emgcore.data.real import load_flexemg, load_myoarmband
+from emgcore.data.sessions import split_sessions
 from emgcore.data.simulator import PRESETS, SimConfig, preset, simulate, simulate_recording
 from emgcore.errors import FormatError, MissingFileError
 from emgcore.recording import Recording
@@ -38,6 +39,7 @@ __all__ = [
     "read_mat",
     "simulate",
     "simulate_recording",
+    "split_sessions",
     "write_byod",
     "write_emg2pose",
 ]

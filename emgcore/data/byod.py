@@ -3,16 +3,23 @@
 A dataset is a folder with ``sessions.csv`` and one HDF5 file per recording::
 
     sessions.csv   file, subject, session, device, fs, n_channels, n_samples
-    <file>.h5      emg          (T, C) float32            required
+    <file>.h5      emg          (T, C) float32            required, in header.emg_unit
                    kinematics   (T, J) float32            optional
                    valid        (T,)   bool                optional (target usable?)
                    labels/<k>   (T,)   int                 optional, any number
                    attrs["header"] = JSON: layout (kind, positions_mm, circumference_mm, grid),
-                                     joint_names, kinematics_unit, label_names, meta
+                                     emg_unit, channel_names, joint_names, kinematics_unit,
+                                     label_names, meta
+                   attrs["format_version"], attrs["fs"]
 
-Write one with :func:`write_byod` from :class:`Recording` objects; read it back lazily (arrays
-are sliced on demand) with :func:`load_byod`. The manifest lets splits be planned without
-opening a file; loading checks that each file agrees with it.
+``emg_unit`` is one of :data:`emgcore.recording.EMG_UNITS` (``V``, ``mV``, ``uV``, ``a.u.``);
+``channel_names`` is a list of ``C`` names or empty. Files written before format version 2 have
+neither: they load with ``emg_unit="a.u."`` (unknown) and no channel names.
+
+Write one with :func:`write_byod` from :class:`Recording` objects (optionally cutting each into
+time blocks that act as sessions, :func:`emgcore.data.sessions.split_sessions`); read it back
+lazily (arrays are sliced on demand) with :func:`load_byod`. The manifest lets splits be planned
+without opening a file; loading checks that each file agrees with it.
 """
 
 from __future__ import annotations
@@ -34,16 +41,48 @@ from emgcore.data._io import (
     require_file,
     warn_skipped,
 )
-from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
-from emgcore.recording import ChannelLayout, LazyArray, Recording
+from emgcore.data.sessions import split_sessions
+from emgcore.errors import EmgDataError, InvalidValueError, MissingFieldError, ShapeError
+from emgcore.recording import ChannelLayout, LazyArray, Recording, check_emg_unit
 
 MANIFEST = "sessions.csv"
 COLUMNS = ("file", "subject", "session", "device", "fs", "n_channels", "n_samples")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: header.emg_unit and header.channel_names (1: neither; still read)
+DEFAULT_EMG_UNIT = "a.u."  # what a version-1 file, which states no unit, loads with
+HEADER_KEYS = (
+    "layout",
+    "emg_unit",
+    "channel_names",
+    "joint_names",
+    "kinematics_unit",
+    "label_names",
+    "meta",
+)
 
 
-def write_byod(root: str | Path, recordings: Sequence[Recording]) -> Path:
-    """Write ``recordings`` as a BYOD dataset in ``root`` (created); returns the manifest path."""
+def write_byod(
+    root: str | Path,
+    recordings: Sequence[Recording],
+    *,
+    n_blocks: int | None = None,
+    block_s: float | None = None,
+    **split: object,
+) -> Path:
+    """Write ``recordings`` as a BYOD dataset in ``root`` (created); returns the manifest path.
+
+    Each recording becomes one HDF5 file (``emg`` float32 in its ``emg_unit``; unit, channel
+    names, layout and the rest in the JSON header). With ``n_blocks`` or ``block_s``, each
+    recording is first cut into time blocks that act as sessions and every block is written as a
+    recording of its own: :func:`~emgcore.data.sessions.split_sessions`, which also takes
+    ``gap_s``, ``min_block_s`` and ``names`` here and raises its errors (blocks too short) before
+    anything is written.
+    """
+    if n_blocks is not None or block_s is not None or split:
+        recordings = [
+            b
+            for r in recordings
+            for b in split_sessions(r, n_blocks, block_s=block_s, **split)  # type: ignore[arg-type]
+        ]
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -59,10 +98,7 @@ def write_byod(root: str | Path, recordings: Sequence[Recording]) -> Path:
                 f.create_dataset(f"labels/{k}", data=v)
             head = rec.header()
             f.attrs["header"] = json.dumps(
-                {
-                    k: head[k]
-                    for k in ("layout", "joint_names", "kinematics_unit", "label_names", "meta")
-                },
+                {k: head[k] for k in HEADER_KEYS},
                 default=str,
             )
             f.attrs["format_version"] = FORMAT_VERSION
@@ -159,12 +195,27 @@ def _load_one(root: Path, row: object, manifest: Path) -> Recording:
         layout = ChannelLayout.from_dict(head["layout"])
     except KeyError as e:
         raise MissingFieldError("layout entry missing", source=path, field=f"header.{e}") from e
+    except EmgDataError as e:  # positions, grid or kind: say which file, as the header's field
+        raise type(e)(e.message, source=path, field=f"header.{e.field}") from e
     except (TypeError, AttributeError, ValueError) as e:
         raise InvalidValueError(f"not a layout: {e}", source=path, field="header.layout") from e
     names = head.get("joint_names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         msg = f"must be a list of names, got {names!r}"
         raise InvalidValueError(msg, source=path, field="header.joint_names")
+    unit = check_emg_unit(
+        head.get("emg_unit", DEFAULT_EMG_UNIT), source=path, field="header.emg_unit"
+    )
+    channels = head.get("channel_names", [])
+    if not isinstance(channels, list) or not all(isinstance(n, str) for n in channels):
+        msg = f"must be a list of names, got {channels!r}"
+        raise InvalidValueError(msg, source=path, field="header.channel_names")
+    if channels and len(channels) != shape[1]:
+        msg = f"{len(channels)} names but emg has {shape[1]} channels"
+        raise ShapeError(msg, source=path, field="header.channel_names")
+    if layout.n_channels != shape[1]:
+        msg = f"{layout.n_channels} electrodes but emg has {shape[1]} channels"
+        raise ShapeError(msg, source=path, field="header.layout")
     return Recording(
         emg=LazyArray(reader("emg"), shape, np.float32, source=src, field="emg"),
         fs=float(row.fs),  # type: ignore[attr-defined]
@@ -185,6 +236,8 @@ def _load_one(root: Path, row: object, manifest: Path) -> Recording:
         else None,
         meta=head.get("meta", {}),
         fingerprint=file_fingerprint(path, "byod", FORMAT_VERSION, float(row.fs)),  # type: ignore[attr-defined]
+        emg_unit=unit,
+        channel_names=tuple(channels),
     )
 
 

@@ -3,7 +3,9 @@
 Format (shared/notes/data-formats.md): group ``emg2pose``, compound dataset ``timeseries`` with
 fields ``time`` (<f8, unix s), ``joint_angles`` (<f8, (20,), radians) and ``emg`` (<f4, (16,),
 2 kHz, high-passed); attributes on the group; ``metadata.csv`` in the dataset root fixes the
-splits and stage labels. Joint angles are converted to degrees (the unit results are reported
+splits and stage labels. The format states no EMG unit (neither the file attributes nor the
+dataset's documentation give one), so recordings carry ``emg_unit="a.u."``; channels are the 16
+band electrodes, unnamed. Joint angles are converted to degrees (the unit results are reported
 in); samples where all 20 angles are ~0 are IK failures and marked invalid. Timestamps are
 checked on load (:func:`emgcore.data._io.time_segments`); a gap splits a file into continuous
 segments (:func:`load_emg2pose_segments`).
@@ -67,12 +69,14 @@ JOINTS = (
 )
 IK_FAILURE_RAD = 1e-6  # all angles within this of zero = inverse kinematics failed
 DATASET = "emg2pose/timeseries"
+EMG_UNIT = "a.u."  # the published format states no unit for its (high-passed) emg field
 
 
 def load_emg2pose(path: str | Path, meta: dict | None = None) -> Recording:
     """One emg2pose file as one lazy recording; ``meta`` adds metadata.csv facts for it.
 
-    Shapes: ``emg (T, 16)`` float32, ``kinematics (T, 20)`` degrees, ``valid (T,)`` (IK
+    Shapes: ``emg (T, 16)`` float32 (``emg_unit="a.u."``: the format states none),
+    ``kinematics (T, 20)`` degrees, ``valid (T,)`` (IK
     failures False), ``fs`` from the ``sample_rate`` attribute. Raises an
     :class:`~emgcore.errors.EmgDataError` naming the file and field for bad timestamps,
     attributes or layout, and for a file whose timestamps have a gap (it is not one continuous
@@ -202,6 +206,7 @@ def _segment(
         valid=LazyArray(valid, (n,), bool, source=src, field=f"{DATASET}.joint_angles"),
         meta=meta,
         fingerprint=fp,
+        emg_unit=EMG_UNIT,
     )
 
 

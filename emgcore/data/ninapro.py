@@ -18,6 +18,9 @@ the fifth grasp), which is how the papers refer to them (EMBridge Sec. 3: "gestu
 Glove columns are named after the CyberGlove II sensors (18- or 22-sensor model, the
 manufacturer's order) so that DB2's 22 and DB7's 18 sensors can be matched by name.
 
+EMG is in volts in every database (``emg_unit="V"``; DB8 and DB7's Delsys Trigno, DB4's Cometa
+as exported by NinaPro), so amplitude thresholds must be scaled to volts.
+
 Electrodes. DB2, DB7 and DB4 place 12: electrodes 1-8 equally spaced around the forearm at the
 height of the radio-humeral joint, 9 and 10 on the main activity spots of the flexor and extensor
 digitorum superficialis, 11 and 12 on those of biceps and triceps (Atzori et al. 2014). Only the
@@ -25,7 +28,9 @@ first 8 form a ring, so the layout is ``custom`` and ``meta["ring_channels"]`` l
 channels in order around the arm: what channel-rotation augmentation may roll
 (:func:`emgcore.gestures.ring_channels`). DB8's 16 electrodes (two rings of 8) still get one
 ring of 16: the pose-alignment benchmark does not read DB8, and KinEMbed / EMG-JEPA (which do)
-own how their masks and features use it.
+own how their masks and features use it. DB2/DB7/DB4 channels are named
+(:meth:`NinaProSpec.channel_names`: ``ring_1`` ... ``ring_8`` and the four muscles); DB8's are
+not.
 """
 
 from __future__ import annotations
@@ -116,6 +121,13 @@ class NinaProSpec:
         spots = np.array([[62.5, 60.0], [187.5, 60.0], [62.5, -150.0], [187.5, -150.0]])
         return ChannelLayout("custom", np.vstack([ring, spots[: self.n_emg - self.ring]]))
 
+    def channel_names(self) -> tuple[str, ...]:
+        """``(C,)`` names: the ring's electrodes by position, the others by their muscle;
+        ``()`` for a plain ring (DB8)."""
+        if self.ring is None:
+            return ()
+        return (*(f"ring_{i + 1}" for i in range(self.ring)), *SPOT_MUSCLES)[: self.n_emg]
+
     @property
     def glove_names(self) -> tuple[str, ...]:
         return {18: GLOVE_18, 22: GLOVE_22}.get(self.n_glove or 0, ())
@@ -132,6 +144,14 @@ class NinaProSpec:
         return sum(EXERCISE_SIZE[x] for x in self.exercises[: exercise - 1])
 
 
+# muscles under electrodes 9-12 of DB2/DB7/DB4 (Atzori et al. 2014), in channel order
+SPOT_MUSCLES = (
+    "flexor_digitorum_superficialis",
+    "extensor_digitorum_superficialis",
+    "biceps_brachii",
+    "triceps_brachii",
+)
+EMG_UNIT = "V"  # every NinaPro database stores EMG in volts
 RING_MM = 250.0  # forearm circumference the ring spans (ChannelLayout.ring's default)
 SPECS = {
     "db8": NinaProSpec(16, 18, "Delsys Trigno IM", "two rings of 8", ""),
@@ -151,8 +171,10 @@ def load_ninapro(
 ) -> Recording:
     """One NinaPro file. ``db`` is inferred from the channel counts when not given.
 
-    ``kinematics="doa"`` (DB8 only) gives KinEMbed's 5 DoA; ``"glove"`` the raw glove columns,
-    named (:data:`GLOVE_22`, :data:`GLOVE_18`); ``"auto"`` the DoA for DB8, the glove otherwise.
+    ``emg (T, C)`` float32 volts at 2 kHz (``C`` = 16 for DB8, 12 otherwise), named channels
+    for DB2/DB7/DB4; labels ``gesture``/``repetition`` ``(T,)``. ``kinematics="doa"`` (DB8
+    only) gives KinEMbed's 5 DoA; ``"glove"`` the raw glove columns, named (:data:`GLOVE_22`,
+    :data:`GLOVE_18`); ``"auto"`` the DoA for DB8, the glove otherwise.
     """
     path = require_file(path, "NinaPro file")
     m = NAME.match(path.name)
@@ -232,6 +254,8 @@ def load_ninapro(
         meta={"database": db, "exercise": exercise, "electrodes": spec.layout}
         | ({"ring_channels": list(range(spec.ring))} if spec.ring else {}),
         fingerprint=file_fingerprint(path, "ninapro", db, kinematics, LAYOUT_VERSION),
+        emg_unit=EMG_UNIT,
+        channel_names=spec.channel_names(),
     )
 
 

@@ -32,7 +32,11 @@ MYO_COHORTS = {"PreTrainingDataset": "pre", "EvaluationDataset": "eval"}
 
 
 def load_myoarmband_file(path: str | Path, subject: str, session: str) -> Recording:
-    """One ``classe_<i>.dat``: frames x 8 int16; gesture = i % 7, cycle = i // 7."""
+    """One ``classe_<i>.dat``: frames x 8 int16; gesture = i % 7, cycle = i // 7.
+
+    Returns ``emg (T, 8)`` float32 in the Myo's own 8-bit scale (``emg_unit="a.u."``: the
+    device reports no physical unit) at 200 Hz, ``labels["gesture"]``/``["cycle"]`` ``(T,)``.
+    """
     path = require_file(path, "myoarmband file")
     try:
         i = int(path.stem.split("_")[1])
@@ -61,6 +65,7 @@ def load_myoarmband_file(path: str | Path, subject: str, session: str) -> Record
         labels={"gesture": np.full(n, i % 7), "cycle": np.full(n, i // 7)},
         label_names={"gesture": MYO_GESTURES},
         meta={"gesture": MYO_GESTURES[i % 7], "cycle": i // 7, "units": "Myo 8-bit a.u."},
+        emg_unit="a.u.",
     )
 
 
@@ -148,7 +153,8 @@ def load_flexemg_file(
 ) -> Recording:
     """One trial: ``raw`` (T, >= 64) uint16, columns 0..63 EMG -> volts; labels from ``p``.
 
-    Returns a recording of ``emg (T, 64)`` float32 volts at 1 kHz, ``labels["gesture"] (T,)``.
+    Returns a recording of ``emg (T, 64)`` float32 volts (``emg_unit="V"``) at 1 kHz,
+    ``labels["gesture"] (T,)``.
     Raises :class:`MissingFieldError` / :class:`ShapeError` naming the file and variable.
     """
     path = require_file(path, "flexemg file")
@@ -197,6 +203,7 @@ def load_flexemg_file(
         label_names={"gesture": FLEX_LABELS},
         meta={"part": part, "trial": path.stem},
         fingerprint=file_fingerprint(path, "flexemg", FLEX_VERSION, session, part),
+        emg_unit="V",
     )
 
 

@@ -560,6 +560,8 @@ def simulate_recording(
 ) -> Recording:
     """One recording: user ``subject``, session index ``session`` (and stage, if staged).
 
+    ``emg (T, C)`` float32 in volts (``emg_unit="V"``), ``kinematics (T, J)`` degrees.
+
     ``band_offset`` (degrees, mm) moves the electrode band further than the session's own random
     placement: the same movements, recorded through shifted electrodes.
     """
@@ -638,6 +640,7 @@ def simulate_recording(
         label_names={"gesture": cfg.gesture_names},
         meta=meta,
         fingerprint=digest("sim", SIM_VERSION, config_id, subject, session, stage, band_offset),
+        emg_unit="V",  # amplitudes, noise, mains and drift are all set in microvolts * 1e-6
     )
 
 

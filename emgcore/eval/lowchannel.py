@@ -66,6 +66,7 @@ def emulate(rec: Recording, n: int = 8) -> Recording:
         device=f"{n}-channel band emulated from {rec.device}",
         source=f"{rec.source} (emulated {n}-channel)",
         fingerprint=digest(rec.fingerprint, "emulate", n),
+        channel_names=(),  # the band's electrodes are mixtures of the grid's, none named
         meta={**rec.meta, "emulated_from": rec.layout.n_channels},
     )
 

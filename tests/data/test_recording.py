@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from emgcore.errors import InvalidValueError, ShapeError
-from emgcore.recording import ChannelLayout, LazyArray, Recording
+from emgcore.recording import VOLTS_PER_UNIT, ChannelLayout, LazyArray, Recording
 
 
 def _rec(**kw) -> Recording:
@@ -34,6 +34,12 @@ def _rec(**kw) -> Recording:
         ({"labels": {"gesture": np.zeros(50)}}, ShapeError, "labels.gesture"),
         ({"labels": {"gesture": np.full(100, 0.5)}}, InvalidValueError, "labels.gesture"),
         ({"valid": np.ones(3, bool)}, ShapeError, "valid"),
+        ({"emg_unit": "microvolts"}, InvalidValueError, "emg_unit"),
+        ({"emg_unit": ""}, InvalidValueError, "emg_unit"),
+        ({"channel_names": ("a", "b", "c")}, ShapeError, "channel_names"),
+        ({"channel_names": ("a", "b", "a", "c")}, InvalidValueError, "channel_names"),
+        ({"channel_names": ("a", "", "b", "c")}, InvalidValueError, "channel_names"),
+        ({"channel_names": "abcd"}, InvalidValueError, "channel_names"),
     ],
 )
 def test_validation_names_source_and_field(kw, error, field) -> None:
@@ -88,4 +94,49 @@ def test_require_samples_names_the_recording_and_the_minimum() -> None:
     assert str(info.value) == (
         "x.h5: field 'emg': 100 samples (0.1 s at 1000 Hz), but one window needs at least 101 "
         "samples (0.101 s)"
+    )
+
+
+def test_emg_unit_and_channel_names() -> None:
+    r = _rec()
+    assert r.emg_unit == "a.u." and r.channel_names == ()  # not stated: unknown scale, unnamed
+    assert r.channel_labels == ("ch0", "ch1", "ch2", "ch3")
+    named = _rec(emg_unit="µV", channel_names=["RF", "VL", "VM", "BF"])
+    assert named.emg_unit == "uV" and named.channel_names == ("RF", "VL", "VM", "BF")
+    assert named.channel_labels == named.channel_names
+    head = named.header()
+    assert head["emg_unit"] == "uV" and head["channel_names"] == ["RF", "VL", "VM", "BF"]
+    assert VOLTS_PER_UNIT[_rec(emg_unit="mV").emg_unit] == 1e-3
+    with pytest.raises(InvalidValueError) as info:
+        _rec(emg_unit="volts")
+    assert str(info.value) == (
+        "x.h5: field 'emg_unit': unknown EMG unit 'volts'; expected one of V, mV, uV, a.u."
+    )
+
+
+def test_unit_and_names_count_in_the_fingerprint_only_when_given() -> None:
+    base = _rec(emg=np.arange(400).reshape(100, 4))
+    # recordings made before the fields existed keep their fingerprint (and cached copies)
+    assert base.fingerprint == _rec(emg=np.arange(400).reshape(100, 4), emg_unit="a.u.").fingerprint
+    fps = {
+        base.fingerprint,
+        _rec(emg=np.arange(400).reshape(100, 4), emg_unit="mV").fingerprint,
+        _rec(emg=np.arange(400).reshape(100, 4), emg_unit="uV").fingerprint,
+        _rec(emg=np.arange(400).reshape(100, 4), channel_names=("a", "b", "c", "d")).fingerprint,
+    }
+    assert len(fps) == 4
+
+
+def test_custom_layout_anywhere_on_a_limb() -> None:
+    thigh = ChannelLayout.custom([[0, 250], [-90, 220], [90, 230], [200, 260]])
+    assert thigh.kind == "custom" and thigh.n_channels == 4 and thigh.grid is None
+    assert thigh.neighbours() == [(), (), (), ()]  # no adjacency, nothing wraps
+    assert ChannelLayout.from_dict(thigh.to_dict()) == thigh
+    assert thigh.positions_mm.dtype == np.float64
+    with pytest.raises(ShapeError, match=r"field 'layout.positions': positions must be \(C, 2\)"):
+        ChannelLayout.custom([[0, 1, 2]])
+    with pytest.raises(InvalidValueError) as info:
+        ChannelLayout("thigh", np.zeros((4, 2)))  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "field 'layout.kind': unknown layout kind 'thigh'; expected one of ring, grid, custom"
     )

@@ -117,7 +117,7 @@ def stage_stats(uri: str, experiment: str) -> dict[str, float]:
     exp = c.get_experiment_by_name(experiment)
     runs = c.search_runs([exp.experiment_id], max_results=100)
     stage = next(r for r in runs if r.info.run_name.startswith("stage"))
-    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    trials = [r for r in runs if "emg.trial" in r.data.tags]  # named by their values
     epochs = []
     for t in trials:
         hist = sorted(c.get_metric_history(t.info.run_id, "epoch_s"), key=lambda m: m.step)

@@ -14,11 +14,33 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from emgcore.config import at_least
+# only light imports here: ``--help`` and a bad flag answer before torch loads (each command
+# imports what it runs; the method registry, emgcore.methods.METHODS, once the arguments parse)
+from emgcore.config import (
+    HelpFormatter,
+    at_least,
+    help_text,
+    override,
+    override_from_flag,
+    resolve_config,
+)
 from emgcore.errors import EmgDataError, InvalidValueError
+
+# each protocol's defaults are its sweep method's (emgcore.methods.METHODS[...].data / .preset),
+# filled in after parsing; named here for --help (tests/test_cli.py checks they agree)
+DEFAULTS = {
+    "kinembed": ("kinembed", "db8-like", "kinembed-sim"),
+    "posealign": ("cpep", "emg2pose-like", "posealign-sim"),
+    "jepa": ("jepa", "emg2pose-like", "jepa-sim"),
+}
+# ``--set`` examples each command's --help shows (tests/test_cli.py applies every one)
+SET_EXAMPLES = {
+    "kinembed": ("kinembed.epochs=50", "test_session=A2", "'methods=[pca,kinembed]'"),
+    "posealign": ("gestures.tune_users=1", "cpep.epochs=5"),
+    "jepa": ("head.epochs=5", "pretrain=false"),
+}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -41,9 +63,12 @@ def _demo(args: argparse.Namespace) -> int:
     )
     r0 = recs[0]
     print(
-        f"shape    {r0.n_channels} channels ({r0.layout.kind}) @ {r0.fs:g} Hz; kinematics "
-        f"{len(r0.joint_names)} ({r0.kinematics_unit or '-'}); labels {sorted(r0.labels)}"
+        f"shape    {r0.n_channels} channels ({r0.layout.kind}) @ {r0.fs:g} Hz in "
+        f"{r0.emg_unit}; kinematics {len(r0.joint_names)} ({r0.kinematics_unit or '-'}); "
+        f"labels {sorted(r0.labels)}"
     )
+    names = r0.channel_labels
+    print(f"channels {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
 
     steps = [dict(s) for s in DEFAULT_EMG]
     steps[0]["high"] = min(450.0, 0.45 * r0.fs)
@@ -78,19 +103,33 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace, cls: type) -> object:
+    """The command's config: ``--config`` (file or preset; an error names that file), then
+    ``--set`` (an error names ``--set`` and the pair), then ``--subjects`` / ``--methods``
+    where the command has them (an error names the flag)."""
+    from emgcore.config import load_yaml
+
+    cfg = override_from_flag(load_yaml(cls, resolve_config(args.config)), args.set)
+    for flag in ("subjects", "methods"):
+        if getattr(args, flag, None):
+            values = tuple(v.strip() for v in getattr(args, flag).split(","))
+            cfg = override(cfg, {flag: values}, source=f"--{flag} {getattr(args, flag)}")
+    return cfg
+
+
+def _kinembed_config(args: argparse.Namespace) -> object:
+    from emgcore.methods.kinembed import ExperimentConfig
+
+    return _config(args, ExperimentConfig)
+
+
 def _kinembed(args: argparse.Namespace) -> int:
-    from emgcore.config import override, resolve_config
     from emgcore.data import open_dataset
     from emgcore.eval import report
-    from emgcore.methods.kinembed import load_config, run
+    from emgcore.methods.kinembed import run
     from emgcore.windows import RecordingCache
 
-    path = resolve_config(args.config)
-    cfg = override(load_config(path), _settings(args.set), source=path)
-    if args.subjects:
-        cfg = replace(cfg, subjects=tuple(args.subjects.split(",")))
-    if args.methods:
-        cfg = replace(cfg, methods=tuple(args.methods.split(",")))
+    cfg = _kinembed_config(args)
     overrides = {"duration_s": args.duration} if args.duration else {}
     recs = open_dataset(args.data, **overrides)
     print(
@@ -121,64 +160,81 @@ def _kinembed_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(pairs: Sequence[str]) -> dict[str, object]:
-    """``--set KEY=VALUE`` pairs as config overrides; values are read as YAML."""
-    import yaml
-
-    from emgcore.config import yaml_problem
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            msg = "expected KEY=VALUE, e.g. gestures.tune_users=1"
-            raise InvalidValueError(msg, source=f"--set {pair}", field="--set")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            msg = f"not valid YAML: {yaml_problem(e)}"
-            raise InvalidValueError(msg, source=f"--set {pair}", field=key.strip()) from e
-    return out
-
-
 def _sim_overrides(args: argparse.Namespace) -> dict[str, object]:
     """``--duration`` / ``--sim-subjects`` as simulator preset overrides (unset ones left out)."""
     pairs = (("duration_s", args.duration), ("n_subjects", args.sim_subjects))
     return {k: v for k, v in pairs if v}
 
 
-def _add_run_options(p: argparse.ArgumentParser, sim_subjects: int | None) -> None:
-    """The options posealign and jepa share: --set, --duration, --sim-subjects."""
+def _add_config(
+    p: argparse.ArgumentParser, command: str, data: str, presets: str, note: str = ""
+) -> None:
+    """``--data`` (its help: ``data``), ``--config`` and ``--set``: the same for every command
+    that runs a config."""
+    method, default_data, preset = DEFAULTS[command]
+    p.add_argument("--data", default=None, help=f"{data} (default: {default_data})")
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"YAML file or a bundled preset: {presets} (default: {preset}, the {method} "
+        f"sweep's{note})",
+    )
+    examples = " or ".join(f"--set {e}" for e in SET_EXAMPLES[command])
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value (dotted key, YAML value), e.g. gestures.tune_users=1; "
-        "repeatable",
+        help="override one config value after --config: a dotted key of the config, a YAML "
+        f"value, e.g. {examples}; repeatable (default: none)",
     )
+
+
+def _default_data(args: argparse.Namespace, command: str) -> None:
+    """``--data`` / ``--config`` left out: the sweep method's (they are only named for --help)."""
+    from emgcore.methods import METHODS
+
+    m = METHODS[DEFAULTS[command][0]]
+    args.data = args.data or m.data
+    args.config = args.config or m.preset
+
+
+def _add_sim(p: argparse.ArgumentParser, sim_subjects: int | None, unit: str) -> None:
+    """``--duration`` and ``--sim-subjects``, for the simulator presets."""
+    preset = "the preset's"
     p.add_argument(
-        "--duration", type=at_least(0.1), default=None, help="seconds per simulated recording"
+        "--duration",
+        type=at_least(0.1),
+        default=None,
+        help=f"seconds per simulated {unit} (simulator only; default: the preset's)",
     )
     p.add_argument(
         "--sim-subjects",
         type=at_least(1, int),
         default=sim_subjects,
-        help="simulated users (simulator only)",
+        help=f"simulated users (simulator only; default: {sim_subjects or preset})",
     )
 
 
+def _posealign_config(args: argparse.Namespace) -> object:
+    from emgcore.methods.posealign import PoseAlignConfig
+
+    return _config(args, PoseAlignConfig)
+
+
+def _jepa_config(args: argparse.Namespace) -> object:
+    from emgcore.methods.jepa import PoseEstConfig
+
+    return _config(args, PoseEstConfig)
+
+
 def _posealign(args: argparse.Namespace) -> int:
-    from emgcore.config import load_yaml, override, resolve_config
     from emgcore.data import open_dataset
     from emgcore.eval.posereport import evaluate, write
     from emgcore.gestures import gesture_splits
-    from emgcore.methods.posealign import PoseAlignConfig, train_all
+    from emgcore.methods.posealign import train_all
 
-    path = resolve_config(args.config)
-    cfg = override(load_yaml(PoseAlignConfig, path), _settings(args.set), source=path)
-    if args.methods:
-        cfg = override(cfg, {"methods": tuple(args.methods.split(","))}, source="--methods")
+    cfg = _posealign_config(args)
     t0 = time.perf_counter()
     recs = open_dataset(args.data, **_sim_overrides(args))
     splits = gesture_splits(recs, cfg.gestures)
@@ -192,16 +248,13 @@ def _posealign(args: argparse.Namespace) -> int:
 
 
 def _jepa(args: argparse.Namespace) -> int:
-
     import pandas as pd
 
-    from emgcore.config import load_yaml, override, resolve_config
     from emgcore.data import open_dataset
     from emgcore.eval.lowchannel import low_channel_study
-    from emgcore.methods.jepa import ABLATIONS, PoseEstConfig, ablate, as_table, channel_study
+    from emgcore.methods.jepa import ABLATIONS, ablate, as_table, channel_study
 
-    path = resolve_config(args.config)
-    cfg = override(load_yaml(PoseEstConfig, path), _settings(args.set), source=path)
+    cfg = _jepa_config(args)
     sim = _sim_overrides(args)
     specs = args.data.split(",")
     layouts = {"channels": ("ring8", "ring16", "grid110"), "low_channel": ("ring8", "grid110")}
@@ -237,106 +290,144 @@ def _jepa(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from emgcore.methods import METHODS
-
+def parser() -> argparse.ArgumentParser:
+    """The command line; building it (and ``--help``) imports nothing heavy."""
     parser = argparse.ArgumentParser(
         prog="python -m emgcore",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=help_text(__doc__),
+        formatter_class=HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulate or load, preprocess, window, summarise")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    presets = "db8-like, emg2pose-like, grid110, myo-like, flexemg-like"
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            formatter_class=HelpFormatter,
+        )
+
+    demo = command("demo", "simulate or load, preprocess, window, summarise")
     demo.add_argument(
         "--data",
         default="db8-like",
-        help="simulator preset (db8-like, emg2pose-like, grid110, myo-like, "
-        "flexemg-like) or a dataset path (default: db8-like)",
+        help=f"simulator preset ({presets}) or a dataset path (default: db8-like)",
     )
     demo.add_argument(
         "--duration",
         type=at_least(0.1),
         default=None,
-        help="seconds per simulated recording (default: the preset's)",
+        help="seconds per simulated recording (simulator only; default: the preset's)",
     )
-    demo.add_argument("--window-ms", type=at_least(0.1), default=128.0)
-    demo.add_argument("--stride-ms", type=at_least(0.1), default=52.0)
     demo.add_argument(
-        "--cache", default=None, help="cache folder (default: $EMGCORE_CACHE or .emgcore_cache)"
+        "--window-ms",
+        type=at_least(0.1),
+        default=128.0,
+        help="window length in milliseconds (default: 128)",
     )
-    # each protocol's defaults are its sweep method's (emgcore.methods.METHODS)
-    kinembed, pose, jepa = (METHODS[m] for m in ("kinembed", "cpep", "jepa"))
-    kin = sub.add_parser("kinembed", help="KinEMbed and its baselines, held-out-session R^2")
-    kin.add_argument("--data", default=kinembed.data, help="simulator preset or dataset path")
+    demo.add_argument(
+        "--stride-ms",
+        type=at_least(0.1),
+        default=52.0,
+        help="step between window starts in milliseconds (default: 52)",
+    )
+    demo.add_argument(
+        "--cache",
+        default=None,
+        help="preprocessing cache folder (default: $EMGCORE_CACHE, else ./.emgcore_cache)",
+    )
+
+    kin = command("kinembed", "KinEMbed and its baselines, held-out-session R^2")
+    _add_config(
+        kin,
+        "kinembed",
+        f"simulator preset ({presets}) or dataset path",
+        "kinembed-paper, kinembed-sim, kinembed-smoke",
+    )
     kin.add_argument(
-        "--config",
-        default=kinembed.preset,
-        help="YAML file or a bundled preset: kinembed-paper, kinembed-sim, kinembed-smoke "
-        f"(default: {kinembed.preset})",
+        "--out",
+        default="kinembed_results",
+        help="output folder for tables, scores and figures (default: kinembed_results)",
     )
-    kin.add_argument("--out", default="kinembed_results", help="output folder")
-    kin.add_argument("--subjects", default=None, help="comma-separated subset of subjects")
-    kin.add_argument("--methods", default=None, help="comma-separated subset of methods")
     kin.add_argument(
-        "--duration", type=at_least(0.1), default=None, help="seconds per simulated session"
+        "--subjects",
+        default=None,
+        help="comma-separated subjects to run, e.g. s00,s01 on the simulator (default: the "
+        "config's subjects, else every subject with kinematics)",
     )
-    kin.add_argument("--cache", default=None, help="cache folder")
     kin.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value (dotted key, YAML value), e.g. test_session=sitting "
-        "or 'train_sessions=[gait,standing]'; repeatable",
+        "--methods",
+        default=None,
+        help="comma-separated methods to compare, e.g. pca,kinembed (default: the config's)",
     )
-    merge = sub.add_parser(
-        "kinembed-report", help="one report from kinembed runs over disjoint subjects"
+    _add_sim(kin, None, "session")
+    kin.add_argument(
+        "--cache",
+        default=None,
+        help="preprocessing cache folder (default: $EMGCORE_CACHE, else ./.emgcore_cache)",
     )
-    merge.add_argument("runs", nargs="+", help="output folders of kinembed runs")
-    merge.add_argument("--out", required=True, help="output folder")
-    pa = sub.add_parser("posealign", help="MAE, PoseT, CPEP, EMBridge: gesture LP / zero-shot")
-    pa.add_argument(
-        "--data",
-        default=pose.data,
-        help="simulator preset, emg2pose folder, or NinaPro DB2 + DB7 folder (with --config "
+
+    merge = command("kinembed-report", "one report from kinembed runs over disjoint subjects")
+    merge.add_argument(
+        "runs", nargs="+", help="output folders of kinembed runs (each holds scores.json)"
+    )
+    merge.add_argument(
+        "--out", required=True, help="output folder for the merged tables and figures"
+    )
+
+    pa = command("posealign", "MAE, PoseT, CPEP, EMBridge: gesture LP / zero-shot")
+    _add_config(
+        pa,
+        "posealign",
+        "simulator preset, emg2pose folder, or NinaPro DB2 + DB7 folder (with --config "
         "posealign-ninapro)",
+        "posealign-sim, posealign-smoke, posealign-ninapro",
+        "; the papers' sizes are PoseAlignConfig's defaults",
     )
     pa.add_argument(
-        "--config",
-        default=pose.preset,
-        help="YAML file or a bundled preset: posealign-sim, posealign-smoke (default: "
-        f"{pose.preset}; the papers' sizes are PoseAlignConfig's defaults)",
+        "--out",
+        default="posealign_results",
+        help="output folder for tables and figures (default: posealign_results)",
     )
-    pa.add_argument("--out", default="posealign_results", help="output folder")
-    pa.add_argument("--methods", default=None, help="comma-separated: emg_mae,poset,cpep,...")
-    _add_run_options(pa, sim_subjects=8)
-    jp = sub.add_parser("jepa", help="EMG-JEPA: pre-training, pose fine-tuning, ablation table")
-    jp.add_argument(
-        "--data",
-        default=jepa.data,
-        help="simulator preset or dataset path; comma-separated for --study channels / "
-        "low_channel (default: the simulator at 8, 16 and 110 channels)",
+    pa.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods to train, e.g. emg_mae,poset,cpep (default: the "
+        "config's: emg_mae, poset, cpep, qformer, embridge)",
     )
+    _add_sim(pa, 8, "recording")
+
+    jp = command("jepa", "EMG-JEPA: pre-training, pose fine-tuning, ablation table")
     jp.add_argument(
         "--study",
         choices=("ablations", "channels", "low_channel"),
         default="ablations",
-        help="ablations: Tables 2-5; channels: Table 1; low_channel: Table 6",
+        help="ablations: Tables 2-5; channels: Table 1; low_channel: Table 6 (default: ablations)",
     )
-    jp.add_argument(
-        "--config",
-        default=jepa.preset,
-        help="YAML file or a bundled preset: jepa-sim, jepa-smoke (default: "
-        f"{jepa.preset}; the paper's sizes are PoseEstConfig's defaults)",
+    _add_config(
+        jp,
+        "jepa",
+        "simulator preset or dataset path; comma-separated for --study channels / low_channel, "
+        "where the simulator runs at 8, 16 and 110 channels",
+        "jepa-sim, jepa-smoke",
+        "; the paper's sizes are PoseEstConfig's defaults",
     )
     jp.add_argument(
         "--ablations",
         default=None,
-        help="comma-separated rows to run (default: all of emgcore.methods.jepa.ABLATIONS)",
+        help="comma-separated rows to run, e.g. emg_jepa,supervised (default: all of "
+        "emgcore.methods.jepa.ABLATIONS)",
     )
-    jp.add_argument("--out", default="jepa_results", help="output folder")
-    _add_run_options(jp, sim_subjects=None)
-    args = parser.parse_args(argv)
+    jp.add_argument(
+        "--out", default="jepa_results", help="output folder for the table (default: jepa_results)"
+    )
+    _add_sim(jp, None, "recording")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     commands = {
         "demo": _demo,
         "kinembed": _kinembed,
@@ -345,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "jepa": _jepa,
     }
     try:
+        if args.command in DEFAULTS:
+            _default_data(args, args.command)
         return commands[args.command](args)
     except EmgDataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,10 +13,13 @@ method, or a rule registered here with :func:`rule` (for configs defined in othe
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
+import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,7 +151,10 @@ def override(cfg: T, overrides: Mapping[str, Any], source: str | Path | None = N
         node = data
         *path, last = dotted.split(".")
         for part in path:
-            if not isinstance(node.get(part), dict):
+            if part not in node:
+                msg = f"unknown section {part!r}; known: {sorted(node)}"
+                raise InvalidValueError(msg, source=source, field=dotted)
+            if not isinstance(node[part], dict):
                 raise InvalidValueError(f"{part!r} is not a section", source=source, field=dotted)
             node = node[part]
         if last not in node:
@@ -365,6 +371,95 @@ def resolve_config(spec: str | Path | None) -> Path | None:
     raise InvalidValueError(
         f"no such file, and not a bundled preset ({', '.join(names)})", source=path, field="config"
     )
+
+
+def parse_settings(pairs: Sequence[str], flag: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` pairs of a command-line ``flag`` (``--set``) as dotted-key overrides, each
+    value read as YAML; a malformed pair is one line naming the flag and the pair."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            msg = "expected KEY=VALUE (a dotted config key, a YAML value)"
+            raise InvalidValueError(msg, source=f"{flag} {pair}", field=flag)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            msg = f"not valid YAML: {yaml_problem(e)}"
+            raise InvalidValueError(msg, source=f"{flag} {pair}", field=key.strip()) from e
+    return out
+
+
+def override_from_flag(cfg: T, pairs: Sequence[str], flag: str = "--set") -> T:
+    """``cfg`` with a command-line ``flag``'s ``KEY=VALUE`` pairs applied together (so that
+    fields checked against each other can change at once). An error names the flag and the pair
+    it comes from (``--set gestures.tune_users=1: field 'gestures.tune_users': ...``), never the
+    config file the pairs override: that file was fine on its own."""
+    settings = parse_settings(pairs, flag)
+    if not settings:
+        return cfg
+    try:
+        return override(cfg, settings, source=flag)
+    except InvalidValueError as e:
+        field = e.field or ""
+        # the pair whose key is the field, or a section holding it; else every pair
+        owners = [p for p in pairs if _covers(p.partition("=")[0].strip(), field)]
+        given = [max(owners, key=len)] if owners else pairs
+        source = " ".join(f"{flag} {p}" for p in given)
+        raise InvalidValueError(e.message, source=source, field=field or flag) from e
+
+
+def _covers(key: str, field: str) -> bool:
+    """Whether dotted ``key`` is ``field`` or holds it (``a`` holds ``a.b`` and ``a[0]``)."""
+    return field == key or field.startswith((f"{key}.", f"{key}["))
+
+
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+_DEFAULT_ROLE = re.compile(r"(?<![`\w])`([^`]+)`(?![`\w])")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """For a command line's ``formatter_class``: the description as written (:func:`help_text`
+    wraps it), each option's help wrapped without breaking a flag or a name at its hyphens
+    (``--mae-any-data``, ``emg2pose-like``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+
+
+def help_text(doc: str | None, width: int | None = None) -> str:
+    """A reST docstring as plain text for ``--help``: inline literals and roles lose their
+    markup (a ``:func:`` role keeps its target, ``~a.B`` its last part, ``title <target>`` its
+    title), a paragraph's closing ``::`` becomes ``:``, and each unindented paragraph is
+    rewrapped to ``width`` (default: the terminal's, at most 100); indented blocks and lists
+    keep their lines."""
+    import inspect
+    import shutil
+
+    def role(m: re.Match[str]) -> str:
+        text = m.group(1).strip()
+        if text.endswith(">") and "<" in text:
+            return text[: text.index("<")].strip()
+        return text[1:].rsplit(".", 1)[-1] if text.startswith("~") else text
+
+    text = _DEFAULT_ROLE.sub(r"\1", _LITERAL.sub(r"\1", _ROLE.sub(role, doc or "")))
+    text = re.sub(r"(?<=\S)::$", ":", text, flags=re.M)
+    text = re.sub(r"^::$\n?", "", text, flags=re.M)
+    if width is None:
+        width = max(40, min(100, shutil.get_terminal_size().columns - 2))
+    out = []
+    for para in re.split(r"\n[ \t]*\n", inspect.cleandoc(text)):
+        lines = para.splitlines()
+        if any(line[:1].isspace() for line in lines) or re.match(r"\s*[-*] ", para):
+            out.append(para)  # a literal block or a list: as written
+        else:
+            words = " ".join(line.strip() for line in lines)
+            out.append(textwrap.fill(words, width, break_on_hyphens=False, break_long_words=False))
+    return "\n\n".join(out) + "\n"
 
 
 def at_least(low: float, cast: Callable[[str], Any] = float) -> Callable[[str], Any]:

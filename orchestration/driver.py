@@ -17,9 +17,10 @@ import random
 import re
 import shutil
 import signal
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,14 @@ from emgcore.errors import EmgDataError
 from emgcore.methods import METHODS
 from orchestration import launch, results, tracking
 from orchestration import search_space as spaces
-from orchestration.state import HEARTBEAT_S, SweepStore, driver_gone, driver_id
+from orchestration.state import (
+    HEARTBEAT_S,
+    SweepStore,
+    driver_gone,
+    driver_id,
+    new_sweep_id,
+    sweep_id_example,
+)
 
 SMOKE = {"points_per_stage": 2, "seeds": (0, 1, 2)}
 # the flags a sweep is started with that a bare ``--resume`` continues with (resource flags, the
@@ -39,6 +47,7 @@ RESUMED_FLAGS = (
     "config",
     "space",
     "stages",
+    "subjects",
     "smoke",
     "duration",
     "sim_subjects",
@@ -58,6 +67,7 @@ class Options:
     config: str | None = None
     space: str | None = None
     stages: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()  # empty: the search space's ``subjects``
     smoke: bool | None = False  # None: not given (a resume takes the saved value)
     resume: str | None = None
     max_concurrent: int | None = None
@@ -84,18 +94,24 @@ class Interrupted(BaseException):
 class Sweep:
     def __init__(self, opts: Options):
         self.opts = opts
-        self.uri = tracking.resolve_uri(opts.tracking_uri)
+        # under `ray job submit --working-dir` the defaults below would land in Ray's temporary
+        # copy of the working directory: they go to $EMG_HOME instead, said in one line
+        self.moved, note = job_defaults(opts)
+        if note:
+            _print(note)
+        self.uri = tracking.resolve_uri(opts.tracking_uri or self.moved.get("tracking_uri"))
         # every tracking-store problem is one line and exit 2 here, before Ray or any training
         # (a new SQLite store is created here, once, under a lock)
         tracking.check_reachable(self.uri)
         self.tracker = tracking.Tracker(self.uri)
-        self.store = SweepStore(_storage(opts.storage_path))
+        self.store = SweepStore(_storage(opts.storage_path or self.moved.get("storage_path")))
         self.resumed = self._find_sweep() if opts.resume else None
         if self.resumed:  # the flags it started with, where this start leaves them out
             saved = self.resumed.get("flags", {})
             given = {k: saved[k] for k in RESUMED_FLAGS if k in saved and not getattr(opts, k)}
-            if "stages" in given:
-                given["stages"] = tuple(given["stages"])
+            for k in ("stages", "subjects"):  # JSON lists
+                if k in given:
+                    given[k] = tuple(given[k])
             opts = dataclasses.replace(opts, **given)
         opts = dataclasses.replace(
             opts,
@@ -114,6 +130,8 @@ class Sweep:
                 source=path,
                 field="method",
             )
+        if opts.subjects:  # --subjects replaces the space's list (and so changes its digest)
+            self.space = dataclasses.replace(self.space, subjects=tuple(opts.subjects))
         if unknown := set(opts.stages) - {s.name for s in self.space.stages}:
             raise EmgDataError(f"unknown stage(s) {sorted(unknown)}", source=path, field="--stages")
         if opts.study:
@@ -133,7 +151,11 @@ class Sweep:
         if opts.sim_subjects:
             self.sim["n_subjects"] = opts.sim_subjects
         self.cache = str(
-            Path(opts.cache or os.environ.get("EMGCORE_CACHE", ".emgcore_cache")).resolve()
+            Path(
+                opts.cache
+                or os.environ.get("EMGCORE_CACHE")
+                or self.moved.get("cache", ".emgcore_cache")
+            ).resolve()
         )
         self.registry = opts.registry_name or opts.method
         self.pretrained: dict[str, str] = {}  # the registered models it starts from (CPEP: MAEs)
@@ -168,6 +190,8 @@ class Sweep:
         status, code, how = "FINISHED", 0, "finished"
         handlers = self._install_signals()
         try:  # from here on every failure ends the runs it reopened (never left RUNNING)
+            self.links = self._ui(sid)
+            _print(f"MLflow UI: {self.links.get('view', self.links['experiment'])}")
             self._log_sweep(state, parent)
             self.pretrained = self._pretrained_dependency(state, parent, tags)
             if state.get("study"):
@@ -203,6 +227,11 @@ class Sweep:
             self.tracker.end(parent, status)
             _record_end(state, {"status": status, "how": how, "at": _now()})
             self._save_state(state)
+            # Train's detached helpers outlive the driver on a cluster it was submitted to
+            try:
+                launch.end_detached_actors()
+            except Exception as e:  # the sweep's outcome stands; say why
+                _print(f"could not end this sweep's detached Ray actors: {type(e).__name__}: {e}")
             ray.shutdown()
         return code
 
@@ -227,6 +256,7 @@ class Sweep:
         _print(f"stage {stage.name}: {len(points)} trial(s); fixed {fixed or '-'}")
         trial_tags = {**tags, "emg.stage": stage.name}
         spec = self._spec("cv", fixed, stage_key, run, trial_tags)
+        spec["tracking"]["searched"] = [*stage.grid, *stage.choice]  # they name the trial runs
         grid = self._tune(stage.name, spec, points, sid, run, self.space.metric)
         rows = results.leaderboard(grid, points, self.space.metric, self.space.mode)
         ok = [r for r in rows if r["status"] == "ok"]
@@ -247,6 +277,10 @@ class Sweep:
         self.tracker.log_params(run, {f"winner.{k}": v for k, v in winner.items()})
         self.tracker.set_tags(run, {"winner.trial": best["trial"]})
         metric = self.space.metric
+        # emg.winner on the winning trial's run and on the stage run, with a note linking them
+        score = f"{metric} {best[metric]:+.4f}"
+        trial_key = f"{stage_key}/{best['trial']}"
+        self.tracker.mark_winner(self.exp, run, trial_key, best["trial"], score)
         logger = self.tracker.logger(run)
         logger.log({f"best_{metric}": best[metric], "trials_failed": len(rows) - len(ok)}, 0)
         logger.flush()
@@ -269,6 +303,7 @@ class Sweep:
         """One Tune experiment: a trial per point over ``spec``, resumed if it was interrupted.
         Returns its ``ResultGrid``; an interrupted experiment ends ``run`` KILLED and raises."""
         from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
 
         spec["storage"] = f"{self.storage}/{sid}/{name}-train"
         driver = tune.with_resources(launch.tune_driver, {"CPU": 0, "memory": 2**20})
@@ -296,7 +331,8 @@ class Sweep:
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=f"{self.storage}/{sid}",
-                    callbacks=[_Progress(name, metric)],
+                    # the JSON logger explicitly: _quiet_ray turns Tune's defaults off
+                    callbacks=[_Progress(name, metric), JsonLoggerCallback()],
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
@@ -328,6 +364,7 @@ class Sweep:
         spec = self._spec("final", dict(study.fixed), key, run, run_tags)
         spec |= {"seeds": list(seeds), "subjects": state.get("subjects") or []}
         spec |= {"registry": None, "report": False}  # a study scores; it registers nothing
+        spec["tracking"]["searched"] = list(study.grid)  # they name the trial runs
         _print(f"study {study.name}: {len(points)} point(s) x seeds {list(seeds)}")
         grid = self._tune(name, spec, points, sid, run, self.method.final_metric)
         rows = results.study_rows(grid, points, self.method.final_metric)
@@ -476,11 +513,25 @@ class Sweep:
 
     def _fit_once(self, spec: dict, method: Any, name: str, sid: str) -> dict[str, Any]:
         """One TorchTrainer run outside Tune (final retrain, MAE pre-training): its metrics."""
+        # its reports reach this process through a file the Train controller (on this node)
+        # appends to: one line per finished unit, and one a while during a long unit
+        folder = Path(tempfile.mkdtemp(prefix="emg-progress-"))
+        progress = _FitProgress(name.removeprefix(f"{sid}-"), method.final_metric)
         trainer = launch.make_trainer(
-            spec, launch.pack_method(method), self._trainer_args(), name, f"{self.storage}/{sid}"
+            spec,
+            launch.pack_method(method),
+            self._trainer_args(),
+            name,
+            f"{self.storage}/{sid}",
+            (launch.progress_file(str(folder / "progress.jsonl")),),
         )
         launch.release_leaked_placement_groups()
-        m = dict(trainer.fit().metrics)
+        stop = progress.follow(folder / "progress.jsonl")
+        try:
+            m = dict(trainer.fit().metrics)
+        finally:
+            stop()
+            shutil.rmtree(folder, ignore_errors=True)
         launch.release_placement_group(m.get("placement_group", ""))
         return m
 
@@ -544,12 +595,16 @@ class Sweep:
         }
 
     def _start_ray(self) -> None:
+        import logging
+
         import ray
 
+        _quiet_ray()
         address = self.opts.address or os.environ.get("RAY_ADDRESS")
         if address:
             # in a `ray job submit` the job's working dir is already on every worker's path
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            where = f"connected to the Ray cluster at {address}"
         else:
             local = launch.local_cluster_options()
             root = str(Path(__file__).resolve().parent.parent)
@@ -562,9 +617,13 @@ class Sweep:
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
                 log_to_driver=False,
+                logging_level=logging.WARNING,
                 **local,
             )
-            _print("started a private local Ray cluster (no --address or RAY_ADDRESS given)")
+            where = "started a private local Ray cluster (no --address or RAY_ADDRESS given)"
+        logs = _ray_logs()
+        _divert_raylet_messages(Path(logs) / f"sweep-driver-{os.getpid()}-raylet.log")
+        _print(f"{where}; Ray's own messages go to its logs: {logs}")
         res = ray.cluster_resources()
         o = self.opts
         per_trial = {"CPU": o.workers * o.cpus_per_worker, "GPU": o.workers * o.gpus_per_worker}
@@ -583,7 +642,7 @@ class Sweep:
         sid = None if o.resume == "latest" else o.resume
         if sid is not None and (not re.fullmatch(r"[\w.-]+", sid) or ".." in sid):
             raise EmgDataError(
-                f"{sid!r} is not a sweep id (e.g. {o.method}-20261201-120000)",
+                f"{sid!r} is not a sweep id (e.g. {sweep_id_example(o.method)})",
                 source=self.store.storage,
                 field="--resume",
             )
@@ -619,7 +678,7 @@ class Sweep:
             self._check_same_sweep(state, Path(self.store.dir(sid)) / "sweep.json")
             _print(f"resuming sweep {sid} from {self.store.dir(sid)}")
         else:
-            sid = f"{self.opts.method}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+            sid = new_sweep_id(self.opts.method)  # unique even when started in the same second
             state = {"sweep_id": sid, "stages": {}, "started": time.time()}
             state["defining"] = defining
             if self.opts.study:
@@ -643,6 +702,7 @@ class Sweep:
             "sweep.data": self.opts.data,
             "sweep.config": self.config,
             "sweep.smoke": self.opts.smoke,
+            **({"sweep.subjects": ",".join(self.opts.subjects)} if self.opts.subjects else {}),
             **{f"sweep.sim.{k}": v for k, v in self.sim.items()},
             **{f"split.{k}": v for k, v in state.get("split", {}).items()},
         }
@@ -670,6 +730,7 @@ class Sweep:
         return {
             "--data": str(Path(o.data).resolve()) if Path(o.data).exists() else o.data,
             "--config": self.config,
+            "--subjects": ",".join(o.subjects) or None,
             "--smoke": o.smoke,
             "--duration": o.duration,
             "--sim-subjects": o.sim_subjects,
@@ -784,10 +845,14 @@ class Sweep:
             )
         wanted = [s for s in self.space.subjects if s in have]
         if self.space.subjects and len(wanted) < len(self.space.subjects):
-            _print(
-                f"data has no subject(s) {sorted(set(self.space.subjects) - set(have))}; "
-                f"every trial is evaluated on all {len(have)}: {have}"
-            )
+            if self.opts.subjects:  # asked for by name: refused, never replaced by every subject
+                raise EmgDataError(
+                    f"data has no subject(s) {sorted(set(self.space.subjects) - set(have))}; "
+                    f"it has {have}",
+                    source=self.opts.data,
+                    field="--subjects",
+                )
+            _print(self._subjects_note(have))
             wanted = have
         self.subjects = wanted or have
         state["subjects"] = self.subjects
@@ -799,6 +864,20 @@ class Sweep:
                 f"split: sessions {', '.join(train)} train (session CV selects on them), "
                 f"{test} held out for the test score only"
             )
+
+    def _subjects_note(self, have: list[str]) -> str:
+        """Information, not an error: the space names subjects (e.g. the published data set's)
+        the data lacks, so every trial is scored on all of the data's subjects instead."""
+        from emgcore.data import PRESETS
+
+        named, missing = self.space.subjects, [s for s in self.space.subjects if s not in have]
+        data = self.opts.data
+        source = f"the simulator's {data} data" if data in PRESETS else f"the data {data}"
+        lacks = "has none of them" if len(missing) == len(named) else f"lacks {', '.join(missing)}"
+        return (
+            f"subjects: the search space scores trials on {', '.join(named)}; {source} {lacks}, "
+            f"so every trial is scored instead on {_all_of(have)}"
+        )
 
     def _check_pretrained(self, state: dict) -> None:
         """A method starts from the registered champions of ``starts_from`` only when those
@@ -880,12 +959,34 @@ class Sweep:
             champ = "became champion" if final.get("became_champion") else "champion unchanged"
             what = final.get("registered") or f"{self.registry} v{final.get('registry_version')}"
             lines.append(f"  registry        {what}: {champ} ({final.get('champion_reason', '')})")
-        lines.append(f"  MLflow UI       {_ui_command(self.uri)}")
+        links = getattr(self, "links", {})
+        if "command" in links:
+            lines.append(f"  MLflow UI       {links['command']}")
         lines.append(
             f"  experiment      {self.opts.experiment or self.opts.method}, "
             f"run 'sweep {state['sweep_id']}'"
         )
+        for what, label in (("view", "runs"), ("experiment", "all runs"), ("model", "model")):
+            if what in links:  # model-training mode: the UI opens in GenAI mode otherwise
+                lines.append(f"  {label:<15} {links[what]}")
         print("\n".join(lines), flush=True)
+        if state.get("parent"):  # the parent run's description: the same summary
+            note = "\n".join(["```", *lines[2:], "```"])
+            self.tracker.set_tags(state["parent"], {tracking.NOTE: note})
+
+    def _ui(self, sid: str) -> dict[str, str]:
+        """Save this sweep's view of its runs in the experiment (its metric, searched-value
+        and winner columns, :func:`tracking.sweep_view`) and return the UI links that open it
+        (:func:`tracking.ui_links`): the summary prints them."""
+        final = [self.method.final_metric, f"{self.method.final_metric}_std"]
+        searched = [k for s in self.space.stages for k in (*s.grid, *s.choice)]
+        searched += [k for s in self.space.studies.values() for k in s.grid]
+        state = tracking.sweep_view(
+            sid, self.space.metric, self.space.mode, final, list(dict.fromkeys(searched))
+        )
+        key = self.tracker.save_view(self.exp, sid, f"sweep {sid}", state)
+        registry = None if self.opts.skip_final or self.opts.study else self.registry
+        return tracking.ui_links(self.uri, self.exp, key, registry)
 
 
 class _Progress:
@@ -912,9 +1013,210 @@ class _Progress:
                 )
 
             def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-                _print(f"  {stage} {trial.trial_id} FAILED: {results.trial_error(trial)}")
+                # the reason here; the whole traceback in the trial's error file (not on the
+                # console: _quiet_ray)
+                where = f" (traceback: {trial.error_file})" if trial.error_file else ""
+                _print(f"  {stage} {trial.trial_id} FAILED: {results.trial_error(trial)}{where}")
 
         return Progress()
+
+
+# Where a sweep run as a Ray job keeps what would otherwise be lost (job_defaults).
+EMG_HOME = "EMG_HOME"
+JOB_HOME = "~/emg-orchestra"
+
+
+def ray_job_copy(env: Mapping[str, str] | None = None, cwd: str | Path | None = None) -> str:
+    """The submission id of the Ray job this process runs as, when its working directory is
+    Ray's temporary copy (``ray job submit --working-dir``: deleted with the Ray session); else
+    ``""``. Told by the job's config, which Ray's job supervisor hands the entrypoint in
+    ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (its runtime env names the ``working_dir``), or by a working
+    directory under a Ray session's ``runtime_resources/``."""
+    env = os.environ if env is None else env
+    where = Path(cwd or os.getcwd())
+    try:
+        config = json.loads(env.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    job = str((config.get("metadata") or {}).get("job_submission_id") or "")
+    copied = bool((config.get("runtime_env") or {}).get("working_dir"))
+    if copied or "runtime_resources" in where.parts:
+        return job or "(no submission id)"
+    return ""
+
+
+def job_defaults(
+    opts: Options, env: Mapping[str, str] | None = None, cwd: str | Path | None = None
+) -> tuple[dict[str, str], str]:
+    """The local defaults a sweep run as a Ray job would lose, moved to a persistent folder,
+    and the line that says where; ``({}, "")`` outside such a job or when nothing is moved.
+
+    The choice (rather than refusing): the README's short job command keeps working and its
+    results stay. The folder is ``$EMG_HOME``, else ``~/emg-orchestra`` (on the node that runs
+    the job's driver). Moved are only the defaults that would land in the working directory:
+    the MLflow store (``mlflow.db``, ``mlartifacts/`` beside it) unless ``--tracking-uri`` or
+    ``$MLFLOW_TRACKING_URI``, ``ray_results/`` unless ``--storage-path``, the preprocessing cache
+    unless ``--cache`` or ``$EMGCORE_CACHE``. A multi-node cluster still needs a tracking server
+    and shared storage (README, "The sweep")."""
+    env = os.environ if env is None else env
+    job = ray_job_copy(env, cwd)
+    if not job:
+        return {}, ""
+    home = Path(env.get(EMG_HOME) or JOB_HOME).expanduser().resolve()
+    moved: dict[str, str] = {}
+    if not opts.tracking_uri and not env.get("MLFLOW_TRACKING_URI"):
+        moved["tracking_uri"] = f"sqlite:///{home / tracking.DEFAULT_DB}"
+    if not opts.storage_path:
+        moved["storage_path"] = str(home / "ray_results")
+    if not opts.cache and not env.get("EMGCORE_CACHE"):
+        moved["cache"] = str(home / ".emgcore_cache")
+    if not moved:
+        return {}, ""
+    home.mkdir(parents=True, exist_ok=True)
+    what = {
+        "tracking_uri": ("MLflow store", "--tracking-uri"),
+        "storage_path": ("Ray results", "--storage-path"),
+        "cache": ("cache", "--cache"),
+    }
+    return moved, (
+        f"Ray job {job} runs in Ray's temporary copy of the working directory, deleted with the "
+        f"Ray session: its {', '.join(what[k][0] for k in moved)} go to {home} instead (set "
+        f"${EMG_HOME} or pass {', '.join(what[k][1] for k in moved)} to choose)"
+    )
+
+
+class _FitProgress:
+    """Console lines for a Train run outside Tune (the final retrain), from its reports:
+    ``<label> unit <n>[/<total>] done, <metric> so far <v> (<min>)`` when a unit's checkpoint
+    arrives, and ``<label> unit <n> running, epoch <e> (<min>)`` when nothing was said for
+    ``quiet_s``. The total shows when the reports carry ``units_total``."""
+
+    def __init__(self, label: str, metric: str, quiet_s: float = 30.0):
+        self.label, self.metric, self.quiet_s = label, metric, quiet_s
+        self.t0 = self.said = time.time()
+        self.units = 0
+
+    def feed(self, report: Mapping[str, Any], now: float | None = None) -> str:
+        """The line ``report`` calls for, or ``""``."""
+        now = time.time() if now is None else now
+        done, total = int(report.get("units_done", 0)), report.get("units_total")
+        of = f"/{total}" if total else ""
+        when = f"({(now - self.t0) / 60:.1f} min)"
+        if "epoch" not in report and done > self.units:  # a unit's checkpoint, or the end
+            self.units, self.said = done, now
+            value = report.get(self.metric, math.nan)
+            so_far = "" if report.get("done") else " so far"
+            return f"  {self.label} unit {done}{of} done, {self.metric}{so_far} {value:+.4f} {when}"
+        if "epoch" in report and now - self.said >= self.quiet_s:
+            self.said = now
+            unit = int(report.get("unit", done)) + 1
+            return f"  {self.label} unit {unit}{of} running, epoch {report['epoch']} {when}"
+        return ""
+
+    def follow(self, path: Path, every: float = 1.0) -> Callable[[], None]:
+        """Print the lines of the reports appended to ``path`` from a daemon thread until the
+        returned function is called."""
+        done = threading.Event()
+
+        def run() -> None:
+            pos, stopping = 0, False
+            while not stopping:
+                stopping = done.wait(every)  # then one last read: the run's final report
+                with contextlib.suppress(OSError):
+                    with path.open() as f:
+                        f.seek(pos)
+                        text = f.read()
+                    complete = text[: text.rfind("\n") + 1]  # a line half written waits
+                    pos += len(complete)
+                    for line in complete.splitlines():
+                        with contextlib.suppress(ValueError):
+                            if msg := self.feed(json.loads(line)):
+                                _print(msg)
+
+        thread = threading.Thread(target=run, name="emg-fit-progress", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            done.set()
+            thread.join(timeout=5)
+
+        return stop
+
+
+def _all_of(subjects: list[str]) -> str:
+    if len(subjects) == 1:
+        return f"its one subject, {subjects[0]}"
+    return f"all {len(subjects)} of its subjects: {', '.join(subjects)}"
+
+
+def _quiet_ray() -> None:
+    """Keep the console to the sweep's own lines; Ray's detail stays in its logs and files.
+
+    Checked against Ray 2.60: Tune's new console reporter prints, even at
+    ``RunConfig(verbose=0)``, a configuration table, the results path and a TensorBoard hint at
+    every stage start (``tune/experimental/output.py``); the legacy one
+    (``RAY_AIR_NEW_OUTPUT=0``) prints nothing at ``verbose=0``. Tune adds CSV, JSON and
+    TensorBoardX logger callbacks unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``; TensorBoardX
+    is not installed, so that cost a warning per stage: nothing reads those files, except
+    ``ResultGrid``'s metrics dataframes, which read ``result.json`` (the JSON logger is passed
+    explicitly, :meth:`Sweep._tune`). ``ray.init(logging_level=WARNING)`` drops Ray's INFO lines
+    (the cluster started, the dashboard's address); ``log_to_driver=False`` keeps the workers'
+    output in their log files. A failed trial's traceback, which Tune logs as an error, is in
+    the trial's error file, which the sweep's FAILED line names with the reason. A variable
+    already set in the environment wins."""
+    import logging
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # at every start of a local cluster: "Token authentication is enabled ..." (the default,
+    # nothing to act on; README "Safe defaults")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _TrialFailureLog) for f in tune_log.filters):
+        tune_log.addFilter(_TrialFailureLog())
+
+
+class _TrialFailureLog:
+    """A logging filter: Tune's ``Trial task failed for trial ...`` record (the traceback the
+    trial's error file holds) is not shown; every other record is."""
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith("Trial task failed for trial")
+
+
+def _divert_raylet_messages(path: Path) -> None:
+    """What the raylet pushes to a driver (e.g. its worker-pool size warning) Ray's error
+    listener thread prints to stdout as ``(raylet) ...`` lines, whatever ``log_to_driver``; here
+    they are appended to ``path`` (in Ray's log folder) instead. The listener calls
+    ``ray._private.worker.print_to_stdstream`` by name (Ray 2.60), so that is what is wrapped;
+    every other message goes on as before. A failed trial still reaches the console: its
+    reason is the sweep's FAILED line."""
+    import ray._private.worker as ray_worker
+
+    shown = getattr(ray_worker.print_to_stdstream, "__wrapped__", ray_worker.print_to_stdstream)
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            shown(data, ignore_prefix)
+            return
+        with contextlib.suppress(OSError), path.open("a") as f:
+            f.write("".join(f"{line}\n" for line in data.get("lines", [])))
+
+    print_to_stdstream.__wrapped__ = shown  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
+def _ray_logs() -> str:
+    """This node's Ray log folder (``<session>/logs``), as far as Ray tells it."""
+    try:
+        import ray
+
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # another Ray layout: its default place
+        return "/tmp/ray/session_latest/logs"
 
 
 def _storage(path: str | None) -> str:
@@ -933,12 +1235,6 @@ def _record_end(state: dict, ended: dict) -> dict:
 
 def _now() -> str:
     return f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
-
-
-def _ui_command(uri: str) -> str:
-    if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-    return f"open {uri}"
 
 
 def _print(msg: str) -> None:

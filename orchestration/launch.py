@@ -16,6 +16,31 @@ from pathlib import Path
 from typing import Any
 
 MAX_WORKER_FAILURES = 2  # a trial's workers may die this often; each restart resumes
+# what the sweep's driver imports (module names): checked before anything else runs
+NEEDED = ("ray", "mlflow", "torch", "numpy", "scipy", "yaml")
+
+
+def environment_problem(needed: tuple[str, ...] = NEEDED) -> str:
+    """One line saying which python runs this and what it lacks of ``needed``, and how to give
+    a Ray job the project's environment; ``""`` when everything is there. Checked with
+    ``find_spec`` (nothing is imported), so it costs milliseconds.
+
+    ``ray job submit ... -- python orchestration/sweep.py`` runs the ``python`` the Ray cluster
+    was started with (its ``PATH``), not the submitter's virtual environment."""
+    import importlib.util
+    import sys
+
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if not missing:
+        return ""
+    return (
+        f"{sys.executable} cannot import {', '.join(missing)}: the sweep needs the project's "
+        "environment (make run creates .venv). As a Ray job, the job's python is the one Ray was "
+        "started with: start Ray from the activated environment (. .venv/bin/activate && ray "
+        "start --head), use a cluster image with the project installed, or list the packages "
+        "in the job's runtime environment (--runtime-env-json '{\"pip\": [...]}' with "
+        "pyproject.toml's dependencies)"
+    )
 
 
 def local_cluster_options() -> dict[str, Any]:
@@ -177,6 +202,34 @@ def make_trainer(
     )
 
 
+def progress_file(path: str) -> Any:
+    """A Train callback that appends each report of rank 0 to ``path``, one JSON line of its
+    short scalar metrics (``unit``, ``units_done``, ``epoch``, the metric so far ...): how the
+    driver follows a run it launched outside Tune (``Sweep._fit_once``, the final retrain). It
+    runs in the Train controller, which Train places on the driver's node, so a local file is
+    enough; a write that fails is skipped (progress is not worth failing a run for)."""
+    from ray.train import UserCallback
+
+    class ProgressFile(UserCallback):
+        def __init__(self, path: str):
+            self.path = path
+
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            m = metrics[0] if metrics else {}
+            short = {
+                k: v
+                for k, v in m.items()
+                if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) < 200)
+            }
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(short) + "\n")
+            except (OSError, TypeError, ValueError):
+                pass
+
+    return ProgressFile(path)
+
+
 def placement() -> dict[str, str]:
     """``{"placement_group": hex}`` of the calling worker's group (for
     :func:`release_placement_group` once the trial is over)."""
@@ -201,6 +254,68 @@ def release_placement_group(pg_hex: str) -> None:
     state = ray.util.placement_group_table().get(pg_hex, {}).get("state")
     if state in ("CREATED", "PENDING", "RESCHEDULING"):
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
+
+
+def end_detached_actors() -> list[str]:
+    """End the detached actors this Ray job created that are still alive; their class names.
+
+    A finished sweep should leave nothing running on a cluster it was submitted to, but Ray
+    2.60's Train creates actors with ``lifetime="detached"``, which outlive the driver by
+    design (~200 MB each):
+
+    - ``PlacementGroupCleaner``, one per Train run (``train/v2/_internal/callbacks/
+      placement_group_callback.py``): it removes the run's placement group should the
+      controller die. It exits when the controller stops it or when it sees the controller dead
+      through the state API; when neither happens (the controller ended by its Tune trial, a
+      state-API call that fails) it stays.
+    - ``_AutoscalingCoordinatorActor``, named ``AutoscalingCoordinator`` (``ray/data/_internal/
+      cluster_autoscaler/default_autoscaling_coordinator.py``): a cluster-wide service created
+      on first use (``get_if_exists``) that never exits.
+
+    Only this job's actors are ended (an actor's job is its creator's). A named one can be
+    shared (another job finds it by name), so it is ended only when no other user job of the
+    cluster is alive. Ray's public ``ray.kill`` needs a handle, which nothing here holds for
+    them; the kill goes to the GCS by actor id, as ``ray.kill`` itself does.
+    """
+    import ray
+    from ray._private import state
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    job = ray.get_runtime_context().get_job_id()
+    alive = state.actors(job_id=ray.JobID.from_hex(job), actor_state_name="ALIVE").values()
+    mine = [a for a in alive if a["IsDetached"] and a["JobID"] == job]
+    if not mine:
+        return []
+    if any(a["Name"] for a in mine) and _other_jobs_alive(job):
+        mine = [a for a in mine if not a["Name"]]
+    channel = init_grpc_channel(ray.get_runtime_context().gcs_address)
+    try:
+        stub = gcs_service_pb2_grpc.ActorInfoGcsServiceStub(channel)
+        for a in mine:
+            stub.KillActorViaGcs(
+                gcs_service_pb2.KillActorViaGcsRequest(
+                    actor_id=bytes.fromhex(a["ActorID"]), force_kill=True, no_restart=True
+                ),
+                timeout=10,
+            )
+    finally:
+        channel.close()
+    return [a["ActorClassName"] for a in mine]
+
+
+def _other_jobs_alive(job: str) -> bool:
+    """Whether a user job other than ``job`` is alive on the cluster (Ray's own, such as the
+    dashboard's, live in ``_ray_internal_`` namespaces)."""
+    import ray
+
+    jobs = ray._private.worker.global_worker.gcs_client.get_all_job_info().values()
+    return any(
+        not j.is_dead
+        and j.job_id.hex() != job
+        and not j.config.ray_namespace.startswith("_ray_internal")
+        for j in jobs
+    )
 
 
 def release_leaked_placement_groups() -> int:

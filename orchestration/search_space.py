@@ -6,6 +6,7 @@ Schema (every method's file has the same shape)::
     metric: cv_r2               # what each trial reports and the stage selects on
     mode: max                   # max | min
     subjects: [S1, S3]          # optional: the subjects every trial is evaluated on
+                                # (``sweep.py --subjects`` replaces the list)
     stages:
       - name: loss
         grid:   {dotted.key: [values...]}   # full cartesian product

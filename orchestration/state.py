@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import socket
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,23 @@ STALE_S = 10 * HEARTBEAT_S
 
 def is_uri(storage: str) -> bool:
     return "://" in storage
+
+
+def new_sweep_id(method: str, now: datetime | None = None) -> str:
+    """``<method>-<UTC start, to the second>-<4 random hex digits>``, e.g.
+    ``kinembed-20261201-120000-1a2b``: ids sort by start time (:meth:`SweepStore.latest`), and
+    two sweeps started in the same second still get different ids."""
+    return f"{method}-{(now or datetime.now(UTC)):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def sweep_id_example(method: str) -> str:
+    """What a sweep id looks like, for messages."""
+    return f"{method}-20261201-120000-1a2b"
+
+
+def _id_pattern(method: str) -> re.Pattern[str]:
+    """A sweep id of ``method``: with the random suffix, or without (ids made before it)."""
+    return re.compile(rf"{re.escape(method)}-(\d{{8}}-\d{{6}})(?:-[0-9a-f]{{4}})?")
 
 
 class SweepStore:
@@ -132,7 +152,9 @@ class SweepStore:
             ) from e
 
     def latest(self, method: str) -> str | None:
-        """The newest sweep id of ``method`` here (ids sort by their UTC start time)."""
+        """The newest sweep id of ``method`` here: ids sort by their UTC start second
+        (:func:`new_sweep_id`); sweeps started in the same second by the ``started`` time their
+        states hold."""
         prefix = f"{method}-"
         if not is_uri(self.storage):
             root = Path(self.storage)
@@ -150,7 +172,19 @@ class SweepStore:
                 and i.base_name.startswith(prefix)
                 and fs.get_file_info(f"{i.path}/{STATE}").type == pafs.FileType.File
             ]
-        return max(names) if names else None
+        pattern = _id_pattern(method)
+        started = {n: m.group(1) for n in names if (m := pattern.fullmatch(n))}
+        if not started:
+            return None
+        newest = max(started.values())
+        tied = sorted(n for n, t in started.items() if t == newest)
+        return max(tied, key=self._started) if len(tied) > 1 else tied[0]
+
+    def _started(self, sid: str) -> float:
+        try:
+            return float((self.read(sid) or {}).get("started", 0.0))
+        except (InvalidValueError, TypeError, ValueError):  # not a sweep's state: oldest
+            return 0.0
 
 
 def driver_id() -> str:

@@ -29,26 +29,53 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emgcore.config import at_least
-from emgcore.errors import EmgDataError
-from emgcore.methods import METHODS
-from orchestration import tracking
-from orchestration.driver import Options, Sweep
+# only light imports here: ``--help`` and a bad flag answer before torch, Ray or MLflow load
+# (the driver, the method registry and tracking are imported once the arguments parse)
+from emgcore.config import HelpFormatter, at_least, help_text
+
+if TYPE_CHECKING:
+    from orchestration.driver import Options
+
+# the bundled search spaces, one per method (orchestration.search_space.SEARCH_SPACES_DIR)
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-def parse(argv: Sequence[str] | None) -> Options:
+def names(what: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse ``type`` for a comma-separated list of names (``S1,S3``), as a tuple; an
+    empty name or one given twice is refused in one line naming the flag."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(n.strip() for n in text.split(","))
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        if twice := sorted({n for n in items if items.count(n) > 1}):
+            raise argparse.ArgumentTypeError(f"{', '.join(twice)} given twice in {text!r}")
+        return items
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (no heavy import: building it, and ``--help``, take well under 1 s)."""
     p = argparse.ArgumentParser(
         prog="python orchestration/sweep.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=help_text(__doc__),
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("method", choices=sorted(METHODS), help="which method's search space")
+    bundled = ", ".join(sorted(f.stem for f in SPACES.glob("*.yaml")))
+    p.add_argument(
+        "method",
+        metavar="METHOD",
+        help="which method to sweep: a name of emgcore.methods.METHODS, searched over "
+        f"search_spaces/METHOD.yaml unless --space (bundled: {bundled})",
+    )
     p.add_argument(
         "--data",
         default="",
@@ -61,8 +88,25 @@ def parse(argv: Sequence[str] | None) -> Options:
         help="base config: YAML file or bundled preset (default: kinembed-sim, posealign-sim "
         "or jepa-sim; their -smoke presets with --smoke)",
     )
-    p.add_argument("--space", default=None, help="search-space YAML (default: search_spaces/)")
-    p.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
+    p.add_argument(
+        "--space", default=None, help="search-space YAML (default: search_spaces/METHOD.yaml)"
+    )
+    p.add_argument(
+        "--stages",
+        type=names("stage names"),
+        default=None,
+        help="comma-separated stages to run, e.g. loss,architecture (default: all)",
+    )
+    p.add_argument(
+        "--subjects",
+        type=names("subject names"),
+        default=None,
+        help="comma-separated subjects every trial is evaluated on (and the final run's "
+        "selection score), e.g. S1,S3 (DB8's names; the simulator's are s00, s01, ...): "
+        "replaces the search space's 'subjects' list; a subject "
+        "the data lacks stops the sweep before it starts (default: the space's list, else "
+        "every subject)",
+    )
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -88,10 +132,23 @@ def parse(argv: Sequence[str] | None) -> Options:
         help="cap on concurrent trials (default: what the cluster's CPUs/GPUs hold)",
     )
     p.add_argument(
-        "--workers", type=at_least(1, int), default=1, help="Ray Train workers per trial"
+        "--workers",
+        type=at_least(1, int),
+        default=1,
+        help="Ray Train workers per trial, data parallel (default: 1)",
     )
-    p.add_argument("--gpus-per-worker", type=at_least(0), default=0.0, help="GPUs per worker")
-    p.add_argument("--cpus-per-worker", type=at_least(0.01), default=1.0, help="CPUs per worker")
+    p.add_argument(
+        "--gpus-per-worker",
+        type=at_least(0),
+        default=0.0,
+        help="GPUs per worker, fractions allowed (default: 0, CPU only)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=at_least(0.01),
+        default=1.0,
+        help="CPUs per worker; its torch threads are the whole part (default: 1)",
+    )
     p.add_argument(
         "--address",
         default=None,
@@ -112,15 +169,23 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--experiment", default=None, help="MLflow experiment name (default: the method)"
     )
     p.add_argument(
-        "--duration", type=at_least(0.1), default=None, help="seconds per simulated session"
+        "--duration",
+        type=at_least(0.1),
+        default=None,
+        help="seconds per simulated session (default: the preset's; shorter with --smoke)",
     )
     p.add_argument(
         "--sim-subjects",
         type=at_least(1, int),
         default=None,
-        help="simulated users (simulator presets only)",
+        help="simulated users (simulator presets only; default: the preset's)",
     )
-    p.add_argument("--cache", default=None, help="preprocessing cache folder (shared)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="preprocessing cache folder, shared by the trials (default: $EMGCORE_CACHE, else "
+        "./.emgcore_cache)",
+    )
     p.add_argument(
         "--registry-name", default=None, help="registered model name (default: the method)"
     )
@@ -134,8 +199,9 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--study",
         default=None,
         metavar="NAME",
-        help="run one of the search space's studies (e.g. data_efficiency, batch_size) instead "
-        "of its stages: every point scored like the final run and plotted; nothing registered",
+        help="run one of the search space's studies instead of its stages (e.g. cpep's "
+        "data_efficiency or batch_size): every point scored like the final run and plotted; "
+        "nothing registered (default: none, the stages run)",
     )
     p.add_argument(
         "--mae-any-data",
@@ -144,13 +210,27 @@ def parse(argv: Sequence[str] | None) -> Options:
         help="cpep/embridge: start from the registered MAE champions even when they were "
         "pre-trained on other data or another split (refused otherwise)",
     )
+    return p
+
+
+def parse(argv: Sequence[str] | None) -> Options:
+    p = parser()
     a = p.parse_args(argv)
+    if a.method not in {f.stem for f in SPACES.glob("*.yaml")}:  # else the space names it
+        from emgcore.methods import METHODS
+
+        if a.method not in METHODS:
+            known = ", ".join(repr(m) for m in sorted(METHODS))
+            p.error(f"argument METHOD: invalid choice: {a.method!r} (choose from {known})")
+    from orchestration.driver import Options
+
     return Options(
         method=a.method,
         data=a.data,
         config=a.config,
         space=a.space,
-        stages=tuple(a.stages.split(",")) if a.stages else (),
+        stages=a.stages or (),
+        subjects=a.subjects or (),
         smoke=a.smoke,
         resume=a.resume,
         max_concurrent=a.max_concurrent,
@@ -172,7 +252,16 @@ def parse(argv: Sequence[str] | None) -> Options:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from orchestration.launch import environment_problem  # stdlib only: a job's bare python
+
+    if problem := environment_problem():  # one line, exit 2 (before anything imports them)
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     opts = parse(argv)
+    from emgcore.errors import EmgDataError
+    from orchestration import tracking
+    from orchestration.driver import Sweep
+
     try:
         return Sweep(opts).run()
     except (EmgDataError, tracking.TrackingUnavailable) as e:

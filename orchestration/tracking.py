@@ -47,6 +47,9 @@ from emgcore.methods.base import Score, better
 T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
 KEY = "emg.key"  # the tag that identifies a run across restarts
+# how an earlier attempt of a run ended (its error; KILLED by the next start when its driver
+# died): dropped when the run is reopened or ends FINISHED (Tracker.clear_stale)
+STALE_TAGS = ("emg.error", "emg.ended")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -332,6 +335,222 @@ def git_commit() -> str:
         return "unknown"
 
 
+# -- what the MLflow UI shows ---------------------------------------------------------------------
+# MLflow 3's UI opens in its GenAI mode (traces, no metric columns). The ``workflowType`` URL
+# parameter switches it to model training, and a saved view (an experiment tag the UI reads,
+# ``mlflow.sharedViewState.<key>``, opened by ``viewStateShareKey=<key>``) brings the columns to
+# compare: so every link the sweep prints opens ready to compare, with no clicking in the UI.
+UI_MODE = "workflowType=machine_learning"
+VIEW_TAG = "mlflow.sharedViewState."
+# the experiment kind MLflow's UI reads where the workflowType switch is absent (Databricks)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+NOTE = "mlflow.note.content"  # a run's description, shown on its page (markdown)
+SEARCHED = "searched."  # the prefix of a trial's searched values (:func:`open_trial_run`)
+CHECKPOINT_MAX_BYTES = 256 * 2**20  # a larger checkpoint stays in Ray's storage only
+LABEL_MAX = 120
+
+
+def _value_text(v: Any) -> str:
+    """A searched value, short: ``0.001``, ``vicreg``, ``[256,128]``, ``true``."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(_value_text(x) for x in v) + "]"
+    return str(v)
+
+
+def run_label(values: Mapping[str, Any], limit: int = LABEL_MAX) -> str:
+    """A trial run's name from the values it tries: ``lr=0.001 loss=vicreg`` (each key's last
+    dotted part, the whole key where two searched keys end alike), cut to ``limit``."""
+    short = {k: k.rsplit(".", 1)[-1] for k in values}
+    seen = [s for s in short.values()]
+    words = [
+        f"{short[k] if seen.count(short[k]) == 1 else k}={_value_text(v)}"
+        for k, v in values.items()
+    ]
+    label = " ".join(words)
+    return label if len(label) <= limit else label[: limit - 3] + "..."
+
+
+def _redact(uri: str) -> str:
+    """``uri`` without the password a database or server URI may carry (it is printed)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def ui_links(
+    uri: str, experiment_id: str, view: str | None = None, model: str | None = None
+) -> dict[str, str]:
+    """How to open ``uri`` in MLflow's UI: ``command`` (the ``mlflow ui`` that serves a store
+    no server serves; absent for a server), ``experiment`` (the experiment's runs in model
+    training mode), ``view`` (the same page through the sweep's saved view: its runs, flat, with
+    the metric, searched-value and winner columns) and ``model`` (the registered model)."""
+    if _scheme(uri) in ("http", "https"):
+        base, out = _redact(uri).rstrip("/"), {}
+    else:  # a local server on MLflow's default port
+        base = "http://127.0.0.1:5000"
+        out = {
+            "command": f"mlflow ui --backend-store-uri {_redact(uri)} --host 127.0.0.1 --port 5000"
+        }
+    out["experiment"] = f"{base}/#/experiments/{experiment_id}/runs?{UI_MODE}"
+    if view:
+        key = urllib.parse.quote(view, safe="")
+        out["view"] = f"{out['experiment']}&viewStateShareKey={key}"
+    if model:
+        out["model"] = f"{base}/#/models/{urllib.parse.quote(model, safe='')}?{UI_MODE}"
+    return out
+
+
+def sweep_view(
+    sweep_id: str, metric: str, mode: str, final: Sequence[str], searched: Sequence[str]
+) -> dict[str, Any]:
+    """The saved view of one sweep: every run but its parent (so the UI lists them flat, not
+    folded under the parent), best ``metric`` first, with the columns to compare, in this order
+    (the table draws only the columns in sight): run name, stage, winner, ``metric`` (trials),
+    ``best_<metric>`` (stages), the ``final`` metrics, the registered model, and every searched
+    key (``searched.<key>``). The state is what MLflow 3.17's "Save view" writes."""
+    first = ["tags.`emg.stage`", "tags.`emg.winner`"]
+    metrics = [f"metrics.`{m}`" for m in dict.fromkeys((metric, f"best_{metric}", *final))]
+    params = [f"params.`{mlflow_key(SEARCHED + k)}`" for k in dict.fromkeys(searched)]
+    columns = [*first, *metrics, "attributes.`Models`", *params]
+    return {
+        "searchFilter": f"tags.`emg.sweep` = '{sweep_id}' and tags.`emg.stage` LIKE '%'",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": mode == "min",
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", *columns, "runDateAndNestInfo", "duration"],
+        "columnWidths": {"attributes.`Run Name`": 320} | {p: 160 for p in params},
+    }
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _first_sentence(text: str | None) -> str:
+    para = " ".join((text or "").strip().split("\n\n", 1)[0].split())
+    return re.split(r"(?<!Sec)(?<!e\.g)(?<!i\.e)\. ", para, maxsplit=1)[0].rstrip(".")
+
+
+def method_of(name: str, fallback: str) -> str:
+    """The method a registered model ``name`` belongs to: the longest method name it is or
+    starts with (``mae-emg``: ``mae``), else ``fallback`` (a renamed registry)."""
+    from emgcore.methods import METHODS
+
+    found = [m for m in METHODS if name == m or name.startswith(f"{m}-")]
+    return max(found, key=len) if found else fallback
+
+
+def method_summary(method: str) -> tuple[str, str]:
+    """``method``'s module (as a path) and one line, the first sentence of its docstring;
+    ``("", "")`` for a method outside ``emgcore.methods`` (a test's)."""
+    import importlib
+
+    try:
+        from emgcore.methods import METHODS
+
+        module = importlib.import_module(METHODS[method].trial.__module__)
+    except Exception:
+        return "", ""
+    path = module.__name__.replace(".", "/") + ".py"
+    return (path, _first_sentence(module.__doc__)) if path.startswith("emgcore/") else ("", "")
+
+
+def _signature_text(model_uri: str, example: Any) -> tuple[str, str]:
+    """What a logged model takes and returns, from its signature (``float32 (-1, 256)``); the
+    input from ``example``'s shape when the signature cannot be read."""
+
+    def spec(schema: Any) -> str:
+        try:
+            return ", ".join(f"{s.type} {tuple(s.shape)}".replace(",)", ")") for s in schema.inputs)
+        except Exception:
+            return "?"
+
+    try:
+        import mlflow.models
+
+        sig = retry(mlflow.models.get_model_info, model_uri, attempts=3).signature
+        if sig is not None:
+            return spec(sig.inputs), spec(sig.outputs) if sig.outputs else "?"
+    except Exception:
+        pass
+    shape = tuple(getattr(example, "shape", ()))
+    return (f"{getattr(example, 'dtype', '?')} {(-1, *shape[1:])}" if shape else "?"), "?"
+
+
+def model_description(
+    name: str, method: str, takes: str, returns: str, extra: Sequence[str], selection: Score
+) -> str:
+    """The registered model's description (markdown): the method, what it takes and returns,
+    how to load it, and the champion rule."""
+    path, line = method_summary(method)
+    files = ", ".join(f"`{f}`" for f in extra)
+    text = [
+        f"**{name}**: the models the `{method}` method registers (emg-orchestra, "
+        f"`python orchestration/sweep.py {method}`{f', `{path}`' if path else ''})."
+        + (f" {line}." if line else ""),
+        "",
+        f"- **Takes** `{takes}`: a batch of windows, one row each (the `input_example` logged "
+        "with every version).",
+        f"- **Returns** `{returns}`: one row per window.",
+        f"- **Champion** (`@champion`): moves only when a version beats it on the selection "
+        f"split ({selection.metric}, {'higher' if selection.mode == 'max' else 'lower'} is "
+        "better) and beats the trivial baseline on the selection and the test split; each "
+        "version's description and tags give its scores and the decision.",
+        "",
+        "Load it:",
+        "",
+        "```python",
+        "import mlflow.pytorch, torch",
+        "",
+        f'model = mlflow.pytorch.load_model("models:/{name}@champion")',
+        "out = model(torch.as_tensor(x))  # x: the input above",
+        "```",
+    ]
+    if extra:
+        text += [
+            "",
+            f"Files beside the graph ({files}): "
+            f'`mlflow.artifacts.download_artifacts("models:/{name}@champion")` + `/extra_files`.',
+        ]
+    return "\n".join(text)
+
+
+def version_description(
+    sweep: str, run_id: str, selection: Score, test: Score, champion: bool, reason: str
+) -> str:
+    """A version's description (markdown): the decision first (the registry's version list
+    shows only the first line), then the sweep, the scores beside their baselines, why."""
+
+    def score(s: Score, role: str) -> str:
+        return (
+            f"- {role}: **{s.metric} {s.value:.4f}** (trivial baseline {s.trivial:.4f}) on "
+            f"{s.split}"
+        )
+
+    decision = "Became champion" if champion else "Not champion"
+    return "\n".join(
+        [
+            f"**{decision}**: {selection.metric} {selection.value:.4f}, {test.metric} "
+            f"{test.value:.4f} (sweep `{sweep or '?'}`)",
+            "",
+            score(selection, "selection (chooses the champion)"),
+            score(test, "test (reported; can only veto)"),
+            "",
+            f"Decision: {reason}. Sweep `{sweep or '?'}`, final run `{run_id}`.",
+        ]
+    )
+
+
 class Tracker:
     """One process's handle on the backend: experiments, runs, buffered metrics, registry."""
 
@@ -355,15 +574,38 @@ class Tracker:
         return exp
 
     def experiment(self, name: str) -> str:
+        """Experiment ``name``'s id, created when missing; marked a model-training experiment
+        (:data:`EXPERIMENT_KIND`) unless someone gave it a kind already."""
         exp = self.check_experiment(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return retry(
-                self.client.create_experiment, name, artifact_location=artifact_root(self.uri)
-            )
-        except MlflowException:  # created concurrently by another process
-            return retry(self.client.get_experiment_by_name, name).experiment_id
+        if exp is None:
+            try:
+                return retry(
+                    self.client.create_experiment,
+                    name,
+                    artifact_location=artifact_root(self.uri),
+                    tags=dict([EXPERIMENT_KIND]),
+                )
+            except MlflowException:  # created concurrently by another process
+                exp = retry(self.client.get_experiment_by_name, name)
+        if EXPERIMENT_KIND[0] not in exp.tags:
+            retry(self.client.set_experiment_tag, exp.experiment_id, *EXPERIMENT_KIND)
+        return exp.experiment_id
+
+    def save_view(self, experiment_id: str, key: str, name: str, state: Mapping[str, Any]) -> str:
+        """Save ``state`` as the experiment's view ``key`` (``name`` in the UI's Views menu),
+        as MLflow's UI saves one: the tag ``mlflow.sharedViewState.<key>`` holding
+        ``{name, createdAt, updatedAt, state}`` with the state as JSON. Returns ``key``."""
+        import base64
+        import json
+        import zlib
+
+        now = int(time.time() * 1000)
+        text = json.dumps(state, separators=(",", ":"))
+        if len(text) > 15_000:  # MLflow takes 20,000 characters: compressed as the UI does
+            text = "deflate;" + base64.b64encode(zlib.compress(text.encode())).decode()
+        value = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": text})
+        retry(self.client.set_experiment_tag, experiment_id, VIEW_TAG + key, value)
+        return key
 
     def find(self, experiment_id: str, key: str) -> str | None:
         runs = retry(
@@ -386,6 +628,7 @@ class Tracker:
         run_id = self.find(experiment_id, key)
         if run_id is not None:
             retry(self.client.update_run, run_id, status="RUNNING")
+            self.clear_stale(run_id)  # an earlier attempt's error is not this attempt's
             return run_id
         all_tags = {KEY: key, **tags}
         if parent:
@@ -394,7 +637,24 @@ class Tracker:
         return run.info.run_id
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
+        if status == "FINISHED":
+            self.clear_stale(run_id)
         retry(self.client.set_terminated, run_id, status)
+
+    def clear_stale(self, run_id: str) -> None:
+        """Drop the tags that say how an earlier attempt of a run ended (:data:`STALE_TAGS`):
+        a reopened or FINISHED run is not that attempt. The sweep's state keeps the history."""
+        tags = retry(self.client.get_run, run_id).data.tags
+        for key in STALE_TAGS:
+            if key in tags:
+                retry(self._delete_tag, run_id, key)
+
+    def _delete_tag(self, run_id: str, key: str) -> None:
+        try:
+            self.client.delete_tag(run_id, key)
+        except MlflowException as e:  # deleted meanwhile: nothing left to do
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
 
     def end_orphans(self, experiment_id: str, tag: str, value: str, status: str) -> int:
         """End every run tagged ``tag = value`` still RUNNING (left by killed processes)."""
@@ -457,6 +717,50 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, folder: str | None = None) -> None:
         retry(self.client.log_artifact, run_id, str(path), folder)
 
+    def log_checkpoint(
+        self, run_id: str, folder: str | Path, limit: int = CHECKPOINT_MAX_BYTES
+    ) -> bool:
+        """A trial's last checkpoint (the files Ray keeps under its storage path) copied into
+        the run's artifacts, ``checkpoint/``, when it holds at most ``limit`` bytes; the tag
+        ``emg.checkpoint`` says what was done. A failed copy is a warning, never a failed
+        trial (Ray keeps the checkpoint either way). Returns whether it was logged."""
+        size = _folder_bytes(Path(folder))
+        if size > limit:
+            note = f"not logged: {size / 2**20:.0f} MiB > {limit / 2**20:.0f} MiB; in Ray's storage"
+            self.set_tags(run_id, {"emg.checkpoint": note})
+            return False
+        try:
+            retry(self.client.log_artifacts, run_id, str(folder), "checkpoint", attempts=4)
+        except _TRANSIENT as e:
+            print(f"tracking: checkpoint not logged ({_line(e)})", file=sys.stderr)
+            return False
+        self.set_tags(run_id, {"emg.checkpoint": f"checkpoint/ ({size / 1024:.0f} KiB)"})
+        return True
+
+    def mark_winner(
+        self, experiment_id: str, stage_run: str, trial_key: str, trial: str, score: str
+    ) -> str | None:
+        """Mark a stage's winner where the UI shows it: the winning trial's run gets
+        ``emg.winner=true``; the stage run gets ``emg.winner`` = the winner's name (its searched
+        values: one column of the sweep's view shows both), ``winner.run_id`` and a description
+        linking to it. ``trial_key``: the winner's ``emg.key``; ``score``: its score, in words.
+        Returns the winning run's id (None when it has no run)."""
+        run_id = self.find(experiment_id, trial_key)
+        if run_id is None:
+            return None
+        name = retry(self.client.get_run, run_id).info.run_name or trial
+        self.set_tags(run_id, {"emg.winner": "true"})
+        link = f"#/experiments/{experiment_id}/runs/{run_id}"
+        self.set_tags(
+            stage_run,
+            {
+                "emg.winner": name,
+                "winner.run_id": run_id,
+                NOTE: f"**Winner**: [{name}]({link}) (trial `{trial}`), {score}.",
+            },
+        )
+        return run_id
+
     def logger(self, run_id: str) -> MetricLogger:
         return MetricLogger(self, run_id)
 
@@ -508,16 +812,31 @@ class MetricLogger:
 
 
 def open_trial_run(
-    tr: Mapping[str, Any], params: Mapping[str, Any]
+    tr: Mapping[str, Any], params: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
 ) -> tuple[Tracker, str, MetricLogger]:
     """A trial's run (rank 0): found again by its key or created under its parent, with params.
 
     ``tr`` is a trial spec's ``tracking``: ``uri``, ``experiment_id``, ``key``, ``name``,
-    ``tags``, ``parent``.
+    ``tags``, ``parent``, and ``searched``: the keys its stage searches, whose values in
+    ``overrides`` name the run (``lr=0.001 loss=vicreg``, :func:`run_label`; the trial id stays
+    in the ``emg.trial`` tag) and are logged twice: among all the config's params, and again
+    as ``searched.<key>`` with the tag ``emg.searched`` listing the keys. Why a prefix rather
+    than tags only: MLflow's runs table and compare view list params alphabetically, ~55 of them
+    per trial, with no way to mark some; ``searched.*`` params sit together there, are what the
+    sweep's saved view shows as columns, and filter like any param
+    (``params.`searched.kinembed.lr` = '0.001'``), while a tag would hold the value as text
+    apart from the other params it is compared with.
     """
+    searched = {k: (overrides or {})[k] for k in tr.get("searched") or () if k in (overrides or {})}
+    name, tags = tr["name"], dict(tr["tags"])
+    if searched:
+        name = run_label(searched)
+        tags["emg.searched"] = ",".join(searched)[:PARAM_MAX]
     tracker = Tracker(tr["uri"])
-    run_id = tracker.open_run(tr["experiment_id"], tr["key"], tr["name"], tr["tags"], tr["parent"])
-    tracker.log_params(run_id, params)
+    run_id = tracker.open_run(tr["experiment_id"], tr["key"], name, tags, tr["parent"])
+    # the searched values as the config resolved them (the same text as their plain params)
+    mine = {f"{SEARCHED}{k}": params.get(k, v) for k, v in searched.items()}
+    tracker.log_params(run_id, {**params, **mine})
     return tracker, run_id, tracker.logger(run_id)
 
 
@@ -616,22 +935,64 @@ def register(
         "became_champion": str(promote).lower(),
         **tags,
     }
-    _, version = log_model_version(run_id, model, input_example, name, all_tags, extra_files)
+    uri, version = log_model_version(run_id, model, input_example, name, all_tags, extra_files)
     client = MlflowClient(
         tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri()
     )
     moved, now_old, note = move_champion(
         client, name, version, selection, champion_selection, floor_ok
     )
+    reason = tags.get("reason", "")
     if note:  # the champion changed while this version was trained and logged: say what won
+        reason = f"{reason}; {note}".strip("; ")[:5000]
         fixed = {
             f"champion_{selection.metric}": f"{math.nan if now_old is None else now_old:.6f}",
             "became_champion": str(moved).lower(),
-            "reason": f"{tags.get('reason', '')}; {note}".strip("; ")[:5000],
+            "reason": reason,
         }
         for k, v in fixed.items():
             retry(client.set_model_version_tag, name, version, k, v)
+    try:  # what the registry page shows; a model is registered whether or not this is said
+        describe(client, name, run_id, uri, input_example, selection, extra_files)
+        text = version_description(
+            tags.get("sweep", ""), run_id, selection, test, moved, reason or "-"
+        )
+        retry(client.update_model_version, name, version, description=text)
+    except _TRANSIENT as e:
+        print(f"tracking: {name} v{version} left undescribed ({_line(e)})", file=sys.stderr)
     return version, moved
+
+
+DESCRIBED = "emg.description_sha256"  # registered-model tag: the digest of what was written
+
+
+def describe(
+    client: MlflowClient,
+    name: str,
+    run_id: str,
+    model_uri: str,
+    example: Any,
+    selection: Score,
+    extra_files: Sequence[str | Path] = (),
+) -> bool:
+    """Give registered model ``name`` its description (:func:`model_description`, from the
+    method of ``run_id``, the run that registered it, and the logged model's signature), unless
+    someone wrote another since: a description is written when there is none or when it is
+    still the one this function wrote (its digest is the model's ``emg.description_sha256``
+    tag). Returns whether it was written."""
+    model = retry(client.get_registered_model, name)
+    current = model.description or ""
+    digest = hashlib.sha256(current.encode()).hexdigest()
+    if current and model.tags.get(DESCRIBED) != digest:
+        return False  # a person's description: kept
+    method = method_of(name, retry(client.get_run, run_id).data.tags.get("emg.method", name))
+    takes, returns = _signature_text(model_uri, example_batch(example))
+    files = [Path(f).name for f in extra_files]
+    text = model_description(name, method, takes, returns, files, selection)
+    retry(client.update_registered_model, name, description=text)
+    new = hashlib.sha256(text.encode()).hexdigest()
+    retry(client.set_registered_model_tag, name, DESCRIBED, new)
+    return True
 
 
 _compared: dict[str, str | None] = {}  # model name -> the champion version last scored here
@@ -773,10 +1134,12 @@ def _recorded(current: Any | None, selection: Score) -> tuple[float | None, str]
     if current is None:
         return None, "no champion yet"
     tags = current.tags
-    if tags.get("selection_split") != selection.split or selection.metric not in tags:
+    # versions registered before the score tags were prefixed carry the bare metric name
+    key = next((k for k in (f"registered_{selection.metric}", selection.metric) if k in tags), "")
+    if tags.get("selection_split") != selection.split or not key:
         where = tags.get("selection_split", "an unrecorded split")
         return math.nan, f"champion v{current.version} was selected on {where}: not comparable"
-    old = float(tags[selection.metric])
+    old = float(tags[key])
     return old, f"champion v{current.version} scored {old:.4f} on the same selection split"
 
 

@@ -26,7 +26,7 @@ import signal
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,9 @@ class TrialRun:
         self.log: tracking.MetricLogger | None = None
         if rank == 0:
             params = flatten(cfg) | {"trial.workers": parallel.world_size}
-            self.tracker, self.run_id, self.log = tracking.open_trial_run(spec["tracking"], params)
+            self.tracker, self.run_id, self.log = tracking.open_trial_run(
+                spec["tracking"], params, spec["overrides"]
+            )
         self.step, self.unit, self.units_done = 0, 0, 0
         self.t_report = self.t_epoch = -math.inf
 
@@ -172,9 +174,14 @@ class TrialRun:
         return progress["values"], states
 
     def checkpoint(
-        self, values: Mapping[str, Any], states: Mapping[str, Any], metrics: dict[str, Any]
+        self,
+        values: Mapping[str, Any],
+        states: Mapping[str, Any],
+        metrics: dict[str, Any],
+        before_report: Callable[[Path], None] | None = None,
     ) -> None:
-        """Report with a checkpoint of the finished units (rank 0 writes the files)."""
+        """Report with a checkpoint of the finished units (rank 0 writes the files, and hands
+        their folder to ``before_report`` first)."""
         metrics = {**metrics, "unit": self.unit, "units_done": len(values), **launch.placement()}
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -183,6 +190,8 @@ class TrialRun:
             (Path(d) / PROGRESS).write_text(json.dumps({"values": values, "step": self.step}))
             if states:
                 torch.save(dict(states), Path(d) / STATES)
+            if before_report is not None:
+                before_report(Path(d))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     def publish(self, trial: Any, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,16 +209,21 @@ class TrialRun:
     def finish(
         self, summary: dict[str, Any], values: Mapping[str, Any], states: Mapping[str, Any]
     ) -> None:
-        """The trial's result: logged, the run ended FINISHED (rank 0), and reported to Train
-        with a checkpoint (Train V2's ``Result.metrics`` are the latest checkpointed report's:
-        the sweep reads the trial's numbers from there)."""
+        """The trial's result: logged, its last checkpoint copied into the run's artifacts
+        (``checkpoint/``, :meth:`tracking.Tracker.log_checkpoint`), the run ended FINISHED
+        (rank 0), and reported to Train with that checkpoint (Train V2's ``Result.metrics`` are
+        the latest checkpointed report's: the sweep reads the trial's numbers from there)."""
         summary |= {"loop_s": time.perf_counter() - self.t_start, "done": True}
-        if self.log is not None and self.tracker is not None:
-            self.log.log({k: v for k, v in summary.items() if isinstance(v, float)}, self.step)
-            self.log.flush()
-            self.tracker.set_tags(self.run_id, {"emg.status": "finished"})
-            self.tracker.end(self.run_id, "FINISHED")
-        self.checkpoint(values, states, summary)
+
+        def close(folder: Path) -> None:  # rank 0, once the checkpoint's files are written
+            if self.log is not None and self.tracker is not None:
+                self.log.log({k: v for k, v in summary.items() if isinstance(v, float)}, self.step)
+                self.log.flush()
+                self.tracker.log_checkpoint(self.run_id, folder)
+                self.tracker.set_tags(self.run_id, {"emg.status": "finished"})
+                self.tracker.end(self.run_id, "FINISHED")
+
+        self.checkpoint(values, states, summary, close)
 
     def __enter__(self) -> TrialRun:
         return self

@@ -17,10 +17,11 @@ Nothing here imports Ray or MLflow: the registry's champion rule reads these pla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from emgcore.distributed import DataParallel
 from emgcore.training import EpochHook
@@ -44,10 +45,12 @@ class Score:
         return better(self.value, self.trivial, self.mode)
 
     def tags(self, role: str) -> dict[str, str]:
-        """The version tags that record it: ``<metric>``, ``<role>_split``,
-        ``trivial_<metric>``."""
+        """The version tags that record it: ``registered_<metric>``, ``<role>_split``,
+        ``trivial_<metric>``. ``registered_``: the registered model's own score, as the final
+        run logs it too; the run's ``<metric>`` is the mean over its seeds (and subjects), another
+        value, so the two never share a name."""
         return {
-            self.metric: f"{self.value:.6f}",
+            f"registered_{self.metric}": f"{self.value:.6f}",
             f"{role}_split": self.split,
             f"trivial_{self.metric}": f"{self.trivial:.6f}",
         }
@@ -56,8 +59,6 @@ class Score:
 def better(score: float, other: float | None, mode: str = "max") -> bool:
     """``score`` strictly better than ``other`` (None: nothing to beat; a NaN on either side is
     never better): higher for ``mode="max"``, lower for ``"min"``."""
-    import math
-
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if other is None:
@@ -168,6 +169,62 @@ class Trial:
         raise NotImplementedError
 
 
+INFERENCE_FILE = "inference.pt"
+"""The extra file of a registered version that holds its whole inference path (fitted
+preprocessing, features and model): :func:`emgcore.methods.load_inference` rebuilds it."""
+
+
+class Inference(Protocol):
+    """A registered model's whole inference path: raw EMG in, the method's output out.
+
+    ``predict(emg (T, C), fs) -> (N, ...)``: ``emg`` as recorded (the unit of the training
+    recordings, no filtering), ``fs`` in Hz, which must equal ``self.fs``; one output row per
+    window the method scores. ``window_end(n_samples, fs)`` is the sample index ``(N,)`` each row
+    belongs to (the last sample of its window). Raises :class:`~emgcore.errors.ShapeError` for
+    another channel count, :class:`~emgcore.errors.InvalidValueError` for another rate.
+    """
+
+    method: str
+    fs: float
+    n_channels: int
+
+    def predict(self, emg: Any, fs: float) -> Any: ...
+
+    def window_end(self, n_samples: int, fs: float) -> Any: ...
+
+
+def save_inference(method: str, payload: Mapping[str, Any], folder: Path) -> Path:
+    """Write ``payload`` (plain values and tensors: loadable with ``weights_only``) as
+    ``folder/inference.pt`` for ``method``'s ``Method.inference`` to rebuild."""
+    import torch
+
+    path = Path(folder) / INFERENCE_FILE
+    torch.save({"method": method, "format": 1, **payload}, path)
+    return path
+
+
+def check_input(emg: Any, fs: float, inference: Inference) -> Any:
+    """``emg`` as a float32 ``(T, C)`` array fit for ``inference``, else one error naming the
+    field: the channel count and the rate are the training recordings' (resample first)."""
+    import numpy as np
+
+    from emgcore.errors import InvalidValueError, ShapeError
+
+    x = np.asarray(emg, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != inference.n_channels:
+        raise ShapeError(
+            f"{inference.method} takes EMG (T, {inference.n_channels}), got shape {x.shape}",
+            field="emg",
+        )
+    if not math.isclose(float(fs), float(inference.fs), rel_tol=1e-6):
+        raise InvalidValueError(
+            f"{inference.method} was trained at {inference.fs:g} Hz, got {fs:g} Hz: resample "
+            "the EMG first",
+            field="fs",
+        )
+    return x
+
+
 @dataclass(frozen=True)
 class Method:
     """A method as the sweep and the launcher see it. One per ``emgcore/methods/`` module.
@@ -185,6 +242,8 @@ class Method:
       the data split; a starting model registered on another split or data is refused.
     * ``session_split(sessions, config)``: ``(train, held-out)`` sessions, for methods that
       hold a session out (printed and recorded by the sweep).
+    * ``inference(payload)``: the :class:`Inference` a registered version's ``inference.pt``
+      holds (written by an :class:`Export`'s ``write_files`` with :func:`save_inference`).
     """
 
     name: str
@@ -202,3 +261,4 @@ class Method:
     load_pretrained: Callable[[Path], Any] | None = None
     split_id: Callable[[Any], str] | None = None
     session_split: Callable[[Any, Any], tuple[tuple[str, ...], str]] | None = None
+    inference: Callable[[Mapping[str, Any]], Inference] | None = None

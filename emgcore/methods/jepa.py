@@ -33,8 +33,9 @@ Each trial is one unit: a restarted worker retrains it from its seed, which repr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from emgcore.config import build
 from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError
 from emgcore.features import window_starts
@@ -54,8 +56,18 @@ from emgcore.methods.base import (
     Trial,
     TrialSetup,
     UnitResult,
+    check_input,
+    save_inference,
 )
-from emgcore.models.jepa import Encoder, JEPAConfig, PoseHeadConfig, finetune, ja_mae, pretrain
+from emgcore.models.jepa import (
+    Encoder,
+    JEPAConfig,
+    PoseHeadConfig,
+    PoseModel,
+    finetune,
+    ja_mae,
+    pretrain,
+)
 from emgcore.preprocessing import BandPass, KinematicsLowPass, MedianL2, Pipeline
 from emgcore.recording import ChannelLayout, Recording, require_samples
 from emgcore.splits import catalog, cross_user
@@ -136,6 +148,7 @@ class PoseData:
     unit: str
     layout: ChannelLayout
     joints: tuple[str, ...] = ()
+    fs: float = 0.0  # the recordings' rate, Hz
 
     def to(self, device: torch.device | str) -> PoseData:
         """Training and validation windows on ``device`` (the test users stay: scored on CPU)."""
@@ -177,7 +190,7 @@ def prepare(recordings: Sequence[Recording], cfg: PoseDataConfig) -> PoseData:
     out = {role: _windows(recs, pipe, cfg) for role, recs in roles.items()}
     unit, n_joints = first.kinematics_unit or "rad", out["train"].pose.shape[1]
     joints = tuple(first.joint_names) or tuple(f"joint{j}" for j in range(n_joints))
-    return PoseData(out["train"], out["val"], out["test"], unit, first.layout, joints)
+    return PoseData(out["train"], out["val"], out["test"], unit, first.layout, joints, first.fs)
 
 
 def _windows(recordings: Sequence[Recording], pipe: Pipeline, cfg: PoseDataConfig) -> PoseWindows:
@@ -370,6 +383,82 @@ def as_table(rows: Sequence[Mapping[str, Any]]) -> str:
 PHASES = ("pretrain", "finetune")
 
 
+class PoseEstimator:
+    """A registered EMG-JEPA pose model from raw EMG to joint angles: what
+    :func:`emgcore.methods.load_inference` returns for a ``jepa`` version (its ``inference.pt``).
+
+    ``predict(emg (T, C), fs, calibration=None) -> angles (N, J)`` in ``unit``: band-pass, the
+    per-channel median / L2 normalisation with statistics from ``calibration`` (a list of the
+    same user's raw EMG arrays, all their recordings as in training; default ``[emg]``): label
+    free, as the paper normalises each held-out user on their own signals (Sec. 3.1.1); then
+    windows of ``window_s`` every ``stride_s``,
+    the pose model. Row ``n`` is the pose at sample ``window_end(T, fs)[n]``; the held-out score
+    reads the windows whose last sample has valid tracking. ``emg`` is as recorded, at ``fs``.
+    """
+
+    method = "jepa"
+
+    def __init__(
+        self,
+        config: PoseEstConfig,
+        fs: float,
+        layout: ChannelLayout,
+        model: PoseModel,
+        joints: Sequence[str],
+        unit: str,
+    ):
+        self.config, self.fs, self.layout = config, float(fs), layout
+        self.model, self.joints, self.unit = model.eval(), tuple(joints), unit
+
+    @property
+    def n_channels(self) -> int:
+        return self.layout.n_channels
+
+    def _recording(self, emg: Any, fs: float) -> Recording:
+        x = check_input(emg, fs, self)
+        return Recording(x, self.fs, self.layout, subject="user", session="-", source="predict")
+
+    def predict(self, emg: Any, fs: float, calibration: Sequence[Any] | None = None) -> np.ndarray:
+        rec = self._recording(emg, fs)
+        cal = [rec] if calibration is None else [self._recording(c, fs) for c in calibration]
+        r = self.config.data.pipeline(self.fs).fit([], calibration=cal).apply(rec)
+        d = self.config.data
+        n, step = round(d.window_s * self.fs), max(1, round(d.stride_s * self.fs))
+        starts = window_starts(r.n_samples, n, step)
+        x = np.asarray(r.emg, np.float32)[starts[:, None] + np.arange(n)]
+        with torch.no_grad():
+            return batched(self.model, torch.from_numpy(x)).numpy()
+
+    def window_end(self, n_samples: int, fs: float) -> np.ndarray:
+        d = self.config.data
+        n, step = round(d.window_s * fs), max(1, round(d.stride_s * fs))
+        return window_starts(n_samples, n, step) + n - 1
+
+    def save(self, folder: Path) -> list[Path]:
+        enc = self.model.encoder
+        spec = {
+            "config": json.loads(json.dumps(asdict(self.config), default=list)),
+            "fs": self.fs,
+            "layout": self.layout.to_dict(),
+            "joints": list(self.joints),
+            "unit": self.unit,
+            "channels": enc.channels,
+            "patches": enc.n_patches,
+        }
+        payload = {"spec": json.dumps(spec), "state_dict": self.model.state_dict()}
+        return [save_inference(self.method, payload, folder)]
+
+    @classmethod
+    def load(cls, payload: Mapping[str, Any]) -> PoseEstimator:
+        spec = json.loads(payload["spec"])
+        cfg = build(PoseEstConfig, spec["config"], source="inference.pt")
+        encoder = Encoder(cfg.jepa, spec["channels"], spec["patches"])
+        model = PoseModel(encoder, cfg.head, len(spec["joints"]))
+        model.load_state_dict(payload["state_dict"])
+        layout = ChannelLayout.from_dict(spec["layout"])
+        return cls(cfg, spec["fs"], layout, model, spec["joints"], spec["unit"])
+
+
 class JepaTrial(Trial):
     def __init__(self, cfg: PoseEstConfig, recordings: Sequence[Any], setup: TrialSetup):
         self.config, self.setup = cfg, setup
@@ -424,10 +513,14 @@ class JepaTrial(Trial):
 
         with torch.no_grad():
             val_score = ja_mae(batched(model, val.emg), val.pose, data.unit)
+        estimator = PoseEstimator(
+            self.config, data.fs, data.layout, model.cpu(), data.joints, data.unit
+        )
         export = Export(
             "",
             model,
             test.emg[:4].numpy(),
+            estimator.save,
             rescore=lambda champ: ja_mae(batched(champ, val.emg), val.pose, data.unit),
             rescored_on="the same validation users",
         )
@@ -453,4 +546,5 @@ METHOD = Method(  # smoke: 6 users (4 train, 1 validation, 1 test), one session 
     final_metric="test_ja_mae",
     final_label="test JA-MAE",  # degrees
     trial=JepaTrial,
+    inference=PoseEstimator.load,
 )

@@ -49,7 +49,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,7 +59,14 @@ import torch
 from emgcore.config import build, load_yaml
 from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError, MissingFieldError
-from emgcore.features import FeatureConfig, Standardizer, fit_thresholds, recording_features
+from emgcore.features import (
+    FeatureConfig,
+    Standardizer,
+    Thresholds,
+    fit_thresholds,
+    recording_features,
+    window_starts,
+)
 from emgcore.methods.base import (
     Export,
     Hooks,
@@ -69,6 +76,8 @@ from emgcore.methods.base import (
     Trial,
     TrialSetup,
     UnitResult,
+    check_input,
+    save_inference,
 )
 from emgcore.models.baselines import (
     CEBRA_CANONICAL,
@@ -93,7 +102,7 @@ from emgcore.models.decoder import (
 )
 from emgcore.models.kinembed import KinEmbedConfig, embed, train_kinembed
 from emgcore.preprocessing import DEFAULT_EMG, Pipeline
-from emgcore.recording import Recording, require_samples
+from emgcore.recording import ChannelLayout, Recording, require_samples
 from emgcore.training import EpochHook
 from emgcore.windows import RecordingCache
 
@@ -170,6 +179,7 @@ class Fold:
     evals: dict[str, Segment]
     y_scale: Standardizer  # DoA standardisation fitted on the training sessions
     x_scale: Standardizer  # feature z-score fitted on the training sessions (already applied)
+    thresholds: Thresholds  # ZC / SSC / WAMP thresholds fitted on the training sessions
 
     def train_std(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Training sessions as ``(x, standardised y)``: what the embedders fit on."""
@@ -205,7 +215,9 @@ class SubjectData:
         x_scale = Standardizer.fit(np.concatenate([raw[s][0] for s in train]))
         segs = {s: Segment(x_scale(x), y) for s, (x, y) in raw.items()}
         y_scale = Standardizer.fit(np.concatenate([segs[s].y for s in train]))
-        return Fold([segs[s] for s in train], {s: segs[s] for s in evals}, y_scale, x_scale)
+        return Fold(
+            [segs[s] for s in train], {s: segs[s] for s in evals}, y_scale, x_scale, thresholds
+        )
 
 
 DB8_SESSIONS = ("A1", "A2", "A3")  # NinaPro DB8's acquisitions, as the loader names them
@@ -312,7 +324,6 @@ def prepare(
             f"exclude_subjects {sorted(excluded)} leaves no subject of {sorted(by_subject)}",
             field="exclude_subjects",
         )
-    steps = [dict(s) for s in cfg.preprocessing]
     cache = cache if cache is not None else RecordingCache()
     out = []
     for subj in wanted:
@@ -327,11 +338,7 @@ def prepare(
                 source=next(iter(have.values())).source,
                 field="session",
             )
-        fs = next(iter(have.values())).fs
-        for s in steps:  # keep the bandpass below Nyquist for low-rate devices
-            if s.get("name") == "bandpass" and s.get("high", 0) >= 0.5 * fs:
-                s["high"] = 0.45 * fs
-        pipe = Pipeline.from_config(steps)
+        pipe = preprocessing_for(cfg, next(iter(have.values())).fs)
         prepped = {s: cache.get(have[s], pipe).to_recording() for s in (*train, test)}
         for r in prepped.values():  # every session must fill the TCN's receptive field
             length, stride = cfg.features.lengths(r.fs)
@@ -344,6 +351,16 @@ def prepare(
             )
         out.append(SubjectData(subj, prepped, cfg.features))
     return out, tuple(train), test
+
+
+def preprocessing_for(cfg: ExperimentConfig, fs: float) -> Pipeline:
+    """``cfg.preprocessing`` for a recording at ``fs`` Hz: a bandpass whose upper edge reaches
+    Nyquist is lowered to 0.45 fs (low-rate devices)."""
+    steps = [dict(s) for s in cfg.preprocessing]
+    for s in steps:
+        if s.get("name") == "bandpass" and s.get("high", 0) >= 0.5 * fs:
+            s["high"] = 0.45 * fs
+    return Pipeline.from_config(steps)
 
 
 # -- methods -------------------------------------------------------------------------------------
@@ -549,6 +566,85 @@ def kinembed_pipeline(emb: Embedder, dec: Decoder, fold: Fold) -> DecodingPipeli
         raise InvalidValueError("only KinEMbed fits become a pipeline", field="methods")
     encoder = copy.deepcopy(emb.model.f_emg).cpu()  # eval mode: BatchNorm uses running stats
     return DecodingPipeline(encoder, dec, fold.x_scale).eval()
+
+
+class EmgDecoder:
+    """A registered KinEMbed from raw EMG to DoA: what :func:`emgcore.methods.load_inference`
+    returns for a KinEMbed version (its ``inference.pt``).
+
+    ``predict(emg (T, C), fs) -> DoA (N, J)`` in ``unit``: the recording-level preprocessing
+    (:func:`preprocessing_for`), every window's features with the thresholds fitted on the
+    training sessions (:func:`emgcore.features.recording_features`), then the
+    :class:`DecodingPipeline` (feature z-score, encoder, causal TCN). Row ``n`` is the DoA at
+    sample ``window_end(T, fs)[n]``, as the held-out score reads it. ``emg`` is as recorded, in
+    the training recordings' unit, at their rate ``fs`` (another rate is refused: resample first).
+    """
+
+    method = "kinembed"
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        fs: float,
+        layout: ChannelLayout,
+        thresholds: Thresholds,
+        pipeline: DecodingPipeline,
+        joint_names: Sequence[str],
+        unit: str,
+    ):
+        self.config, self.fs, self.layout = config, float(fs), layout
+        self.thresholds, self.pipeline = thresholds, pipeline.eval()
+        self.joint_names, self.unit = tuple(joint_names), unit
+
+    @property
+    def n_channels(self) -> int:
+        return self.layout.n_channels
+
+    def predict(self, emg: np.ndarray, fs: float) -> np.ndarray:
+        x = check_input(emg, fs, self)
+        rec = Recording(x, self.fs, self.layout, subject="-", session="-", source="predict")
+        # float32 after preprocessing, as the training recordings were cached (RecordingCache)
+        pre = np.asarray(preprocessing_for(self.config, self.fs).apply(rec).emg, np.float32)
+        feats, _ = recording_features(pre, self.fs, self.config.features, self.thresholds)
+        with torch.no_grad():
+            return self.pipeline(torch.as_tensor(feats)).numpy()
+
+    def window_end(self, n_samples: int, fs: float) -> np.ndarray:
+        length, stride = self.config.features.lengths(fs)
+        return window_starts(n_samples, length, stride) + length - 1
+
+    def save(self, folder: Path) -> list[Path]:
+        plain = json.loads(json.dumps(asdict(self.config), default=list))
+        spec = {
+            "config": plain,
+            "fs": self.fs,
+            "layout": self.layout.to_dict(),
+            "joint_names": list(self.joint_names),
+            "unit": self.unit,
+            "n_features": int(self.pipeline.x_mean.shape[0]),
+            "n_dof": int(self.pipeline.y_mean.shape[0]),
+        }
+        t = self.thresholds
+        payload = {
+            "spec": json.dumps(spec),
+            "thresholds": {k: torch.as_tensor(np.asarray(getattr(t, k))) for k in THRESHOLDS},
+            "state_dict": self.pipeline.state_dict(),
+        }
+        return [save_inference(self.method, payload, folder)]
+
+    @classmethod
+    def load(cls, payload: Mapping[str, Any]) -> EmgDecoder:
+        spec = json.loads(payload["spec"])
+        cfg = config_from_dict(spec["config"], source=INFERENCE_SOURCE)
+        pipe = DecodingPipeline.empty(cfg, spec["n_features"], spec["n_dof"])
+        pipe.load_state_dict(payload["state_dict"])
+        th = Thresholds(**{k: payload["thresholds"][k].numpy() for k in THRESHOLDS})
+        layout = ChannelLayout.from_dict(spec["layout"])
+        return cls(cfg, spec["fs"], layout, th, pipe, spec["joint_names"], spec["unit"])
+
+
+THRESHOLDS = ("zc", "ssc", "wamp")
+INFERENCE_SOURCE = "inference.pt"
 
 
 def cv_folds(train_sessions: Sequence[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -931,10 +1027,12 @@ class KinEmbedTrial(Trial):
             out["scored"] = ",".join(s.subject for s in self.subjects)
         return out
 
-    def _registered(self) -> tuple[DecodingPipeline, np.ndarray, np.ndarray, np.ndarray]:
-        """The first subject's pipeline, its raw held-out features, targets and predictions."""
+    def _registered(self) -> tuple[EmgDecoder, np.ndarray, np.ndarray, np.ndarray]:
+        """The first subject's pipeline from raw EMG, its raw held-out features, targets and
+        predictions."""
         assert self.pipeline_state is not None
-        fold = self.subjects[0].fold(self.train, (self.test,))
+        subj = self.subjects[0]
+        fold = subj.fold(self.train, (self.test,))
         seg = fold.evals[self.test]
         pipe = DecodingPipeline.empty(self.config, seg.x.shape[1], seg.y.shape[1])
         pipe.load_state_dict(self.pipeline_state)
@@ -942,7 +1040,11 @@ class KinEmbedTrial(Trial):
         raw = fold.x_scale.inverse(seg.x)  # the raw window features the model takes
         with torch.no_grad():
             pred = pipe(torch.as_tensor(raw)).numpy()
-        return pipe, raw, seg.y, pred
+        rec = subj.sessions[self.test]
+        decoder = EmgDecoder(
+            self.config, rec.fs, rec.layout, fold.thresholds, pipe, subj.doa_names, subj.unit
+        )
+        return decoder, raw, seg.y, pred
 
     def report(self, values: Mapping[str, Any], folder: Path) -> Sequence[Path]:
         """emgcore's tables and figures: per-DoA R^2, the registered model's held-out
@@ -977,7 +1079,7 @@ class KinEmbedTrial(Trial):
         return sorted(folder.iterdir())
 
     def registration(self, values: Mapping[str, Any]) -> Registration:
-        pipe, raw, y, pred = self._registered()
+        decoder, raw, y, pred = self._registered()
         sel = self.setup.selection
         data = f"{self.setup.data} ({self.setup.fingerprint})"
         selection = Score(
@@ -994,7 +1096,8 @@ class KinEmbedTrial(Trial):
             0.0,
         )
         tags = {"train_sessions": ",".join(self.train), "test_session": self.test}
-        return Registration(selection, heldout, [Export("", pipe, raw)], tags)
+        export = Export("", decoder.pipeline, raw, decoder.save)
+        return Registration(selection, heldout, [export], tags)
 
 
 METHOD = Method(
@@ -1009,4 +1112,5 @@ METHOD = Method(
     final_over="subjects x seeds",
     trial=KinEmbedTrial,
     session_split=resolve_sessions,
+    inference=EmgDecoder.load,
 )

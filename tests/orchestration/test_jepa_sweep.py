@@ -69,7 +69,7 @@ def test_jepa_sweep_selects_the_lowest_error_and_registers_by_it(tmp_path):
     exp = c.get_experiment_by_name("jepa")
     runs = c.search_runs([exp.experiment_id], max_results=100)
     assert all(r.info.status == "FINISHED" for r in runs)
-    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    trials = [r for r in runs if "emg.trial" in r.data.tags]  # named by their values
     assert len(trials) == 2
     for t in trials:  # each trial pre-trained, then fine-tuned with early stopping
         assert "pretrain.train_loss" in t.data.metrics and "finetune.val_ja_mae" in t.data.metrics
@@ -96,10 +96,10 @@ def test_jepa_sweep_selects_the_lowest_error_and_registers_by_it(tmp_path):
         pred = batched(served, data.test.emg, batch=7)  # not the example's batch of 4
     assert pred.shape == data.test.pose.shape
     score = ja_mae(pred, data.test.pose, data.unit)
-    assert score == pytest.approx(float(v1.tags["test_ja_mae"]), abs=1e-3)
+    assert score == pytest.approx(float(v1.tags["registered_test_ja_mae"]), abs=1e-3)
     with torch.no_grad():
         val_score = ja_mae(batched(served, data.val.emg), data.val.pose, data.unit)
-    assert val_score == pytest.approx(float(v1.tags["val_ja_mae"]), abs=1e-3)
+    assert val_score == pytest.approx(float(v1.tags["registered_val_ja_mae"]), abs=1e-3)
     mean_pose = data.train.pose.mean(0).expand_as(data.test.pose)
     assert float(v1.tags["trivial_test_ja_mae"]) == pytest.approx(
         ja_mae(mean_pose, data.test.pose, data.unit), abs=1e-3
@@ -115,7 +115,7 @@ def test_jepa_sweep_selects_the_lowest_error_and_registers_by_it(tmp_path):
     if v1_champion:
         assert float(v2.tags["champion_val_ja_mae"]) == pytest.approx(val_score, abs=1e-3)
     won = v2.tags["below_trivial"] == "false" and (
-        not v1_champion or float(v2.tags["val_ja_mae"]) < val_score
+        not v1_champion or float(v2.tags["registered_val_ja_mae"]) < val_score
     )
     assert v2.tags["became_champion"] == str(won).lower()
     champ = "2" if won else ("1" if v1_champion else None)

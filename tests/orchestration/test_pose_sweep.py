@@ -40,16 +40,16 @@ def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
             v1.tags["selection_metric"] == "tune_zs_bacc"
             and "tune users" in v1.tags["selection_split"]
         )
-        assert 0.0 <= float(v1.tags["eval_zs_bacc"]) <= 1.0
+        assert 0.0 <= float(v1.tags["registered_eval_zs_bacc"]) <= 1.0
         above = all(
-            float(v1.tags[m]) > float(v1.tags[f"trivial_{m}"])
+            float(v1.tags[f"registered_{m}"]) > float(v1.tags[f"trivial_{m}"])
             for m in ("tune_zs_bacc", "eval_zs_bacc")
         )
         assert v1.tags["below_trivial"] == str(not above).lower()
         assert v1.tags["became_champion"] == str(above).lower()
     exp = c.get_experiment_by_name("cpep")
     runs = c.search_runs([exp.experiment_id], max_results=100)
-    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    trials = [r for r in runs if "emg.trial" in r.data.tags]  # named by their values
     assert len(trials) == 2 and all("tune_zs_bacc" in r.data.metrics for r in trials)
     assert all(r.info.status == "FINISHED" for r in runs)
     final = next(r for r in runs if r.info.run_name == "final")
@@ -106,6 +106,6 @@ def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
         assert r["status"] == "ok"
         for k in ("eval_zs_bacc", "eval_lp_in_dist", "eval_lp_unseen", "eval_zs_unseen"):
             assert 0.0 <= float(r[k]) <= 1.0 and float(r[k + "_std"]) >= 0.0
-    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    trials = [r for r in runs if "emg.trial" in r.data.tags]
     assert len(trials) == 2 and all("eval_lp_in_dist" in r.data.metrics for r in trials)
     assert not any(r.data.tags.get("registry.cpep.version") for r in trials)

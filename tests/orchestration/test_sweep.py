@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -199,6 +200,168 @@ def test_mae_pretrained_on_other_data_is_refused_before_anything_starts(tmp_path
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+# -- what the MLflow UI shows, without a sweep -----------------------------------------------------
+
+
+def _view_state(experiment) -> tuple[str, dict]:
+    """The one saved view of ``experiment``: its key and state (plain or as the UI deflates)."""
+    import base64
+    import zlib
+
+    from orchestration import tracking
+
+    ((key, value),) = [
+        (k, v) for k, v in experiment.tags.items() if k.startswith(tracking.VIEW_TAG)
+    ]
+    envelope = json.loads(value)
+    text = envelope["state"]
+    if text.startswith("deflate;"):
+        text = zlib.decompress(base64.b64decode(text.removeprefix("deflate;"))).decode()
+    return key.removeprefix(tracking.VIEW_TAG), {"name": envelope["name"], **json.loads(text)}
+
+
+def test_trial_names_and_ui_links_read_well():
+    from orchestration import tracking
+
+    assert tracking.run_label({"kinembed.lr": 0.001, "kinembed.loss": "vicreg"}) == (
+        "lr=0.001 loss=vicreg"
+    )
+    values = {"kinembed.emg_hidden": [256, 128], "a.dropout": 0.0, "b.dropout": 1e-45}
+    assert tracking.run_label(values) == "emg_hidden=[256,128] a.dropout=0 b.dropout=1e-45"
+    assert len(tracking.run_label({"k": "x" * 500})) == tracking.LABEL_MAX
+    links = tracking.ui_links("sqlite:////data/mlflow.db", "7", "kinembed-1", "kinembed")
+    assert links["command"] == (
+        "mlflow ui --backend-store-uri sqlite:////data/mlflow.db --host 127.0.0.1 --port 5000"
+    )
+    base = "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert links["experiment"] == base
+    assert links["view"] == f"{base}&viewStateShareKey=kinembed-1"
+    assert links["model"] == "http://127.0.0.1:5000/#/models/kinembed?workflowType=machine_learning"
+    server = tracking.ui_links("https://u:secret@mlflow.lab/", "3")
+    assert "command" not in server and "secret" not in json.dumps(server)
+    assert server["experiment"].startswith("https://u:***@mlflow.lab/#/experiments/3/runs?")
+    db = tracking.ui_links("postgresql://u:pw@db/mlflow", "3")
+    assert db["command"].startswith("mlflow ui --backend-store-uri postgresql://u:***@db/mlflow")
+
+
+@pytest.mark.mlflow
+def test_trial_runs_views_winners_and_checkpoints_in_the_store(tmp_path):
+    """Every piece the sweep uses, on a store of its own: the trial run named by its searched
+    values with them under ``searched.``, the saved view, the winner marks, the checkpoint."""
+    from orchestration import tracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    t = tracking.Tracker(uri)
+    exp = t.experiment("kinembed")
+    assert t.client.get_experiment(exp).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    t.client.set_experiment_tag(exp, "mlflow.experimentKind", "custom")  # someone's choice
+    assert t.experiment("kinembed") == exp
+    assert t.client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom"  # kept
+
+    stage = t.open_run(exp, "s/loss", "stage loss", {"emg.stage": "loss"})
+    tr = {
+        "uri": uri,
+        "experiment_id": exp,
+        "key": "s/loss/t_00001",
+        "name": "loss",
+        "tags": {"emg.stage": "loss", "emg.trial": "t_00001"},
+        "parent": stage,
+        "searched": ["kinembed.loss", "kinembed.temperature"],
+    }
+    params = {"kinembed.loss": "vicreg", "kinembed.temperature": "0.5", "kinembed.lr": "0.003"}
+    overrides = {"kinembed.loss": "vicreg", "kinembed.temperature": 0.5, "decoder.x": 1}
+    _, run_id, _ = tracking.open_trial_run(tr, params, overrides)
+    run = t.client.get_run(run_id)
+    assert run.info.run_name == "loss=vicreg temperature=0.5"
+    assert run.data.tags["emg.trial"] == "t_00001"
+    assert run.data.tags["emg.searched"] == "kinembed.loss,kinembed.temperature"
+    assert run.data.params["searched.kinembed.loss"] == "vicreg"
+    assert run.data.params["searched.kinembed.temperature"] == "0.5"
+    assert run.data.params["kinembed.lr"] == "0.003" and "searched.kinembed.lr" not in (
+        run.data.params
+    )
+    # a restarted worker continues the run, name and params unchanged
+    assert tracking.open_trial_run(tr, params, overrides)[1] == run_id
+    # without searched keys (a final run, a spec from before): the spec's name
+    _, plain, _ = tracking.open_trial_run({**tr, "key": "s/final", "searched": None}, params)
+    assert t.client.get_run(plain).info.run_name == "loss"
+
+    assert t.mark_winner(exp, stage, "s/loss/t_00001", "t_00001", "cv_r2 +0.4100") == run_id
+    assert t.mark_winner(exp, stage, "s/loss/nope", "nope", "-") is None
+    assert t.client.get_run(run_id).data.tags["emg.winner"] == "true"
+    tags = t.client.get_run(stage).data.tags
+    assert tags["emg.winner"] == "loss=vicreg temperature=0.5" and tags["winner.run_id"] == run_id
+    assert (
+        f"[loss=vicreg temperature=0.5](#/experiments/{exp}/runs/{run_id})"
+        in (tags["mlflow.note.content"])
+    )
+
+    state = tracking.sweep_view("s", "cv_r2", "max", ["heldout_r2"], ["kinembed.loss"])
+    assert t.save_view(exp, "s", "sweep s", state) == "s"
+    key, saved = _view_state(t.client.get_experiment(exp))
+    assert key == "s" and saved["name"] == "sweep s"
+    assert saved["searchFilter"] == "tags.`emg.sweep` = 's' and tags.`emg.stage` LIKE '%'"
+    assert saved["orderByKey"] == "metrics.`cv_r2`" and saved["orderByAsc"] is False
+    for col in ("metrics.`cv_r2`", "metrics.`heldout_r2`", "params.`searched.kinembed.loss`"):
+        assert col in saved["selectedColumns"]
+    assert "tags.`emg.winner`" in saved["selectedColumns"]
+    many = tracking.sweep_view("s", "m", "min", [], [f"k.key{i:04d}" for i in range(600)])
+    t.save_view(exp, "s", "sweep s", many)  # too long for a tag as JSON: deflated as the UI does
+    assert (
+        _view_state(t.client.get_experiment(exp))[1]["selectedColumns"] == (many["selectedColumns"])
+    )
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "progress.json").write_text('{"values": {}, "step": 3}')
+    assert t.log_checkpoint(run_id, ckpt)
+    assert [a.path for a in t.client.list_artifacts(run_id, "checkpoint")] == [
+        "checkpoint/progress.json"
+    ]
+    assert not t.log_checkpoint(plain, ckpt, limit=4)
+    assert t.client.get_run(plain).data.tags["emg.checkpoint"].startswith("not logged")
+    assert not t.client.list_artifacts(plain, "checkpoint")
+
+
+@pytest.mark.mlflow
+def test_registered_model_and_versions_are_described(tmp_path):
+    """The registry page explains the model (method, input and output, how to load it) and each
+    version (sweep, scores, decision); a description someone wrote is kept."""
+    import torch
+
+    from orchestration import tracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracking.use(uri)
+    t = tracking.Tracker(uri)
+    exp = t.experiment("kinembed")
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+
+    def register(score: float) -> str:
+        run = t.open_run(exp, f"final{score}", "final", {"emg.method": "kinembed"})
+        sel = tracking.Score("cv_r2", score, "session CV over A1+A2", 0.0)
+        test = tracking.Score("heldout_r2", 0.3, "s0/A3", 0.0)
+        tags = {"sweep": "kinembed-1", "reason": "no champion yet"}
+        version, _ = tracking.register(run, torch.nn.Linear(6, 2), x, "kin", sel, None, test, tags)
+        t.end(run)
+        return version
+
+    version = register(0.5)
+    model = t.client.get_registered_model("kin")
+    text = model.description
+    assert "`kinembed` method" in text and 'load_model("models:/kin@champion")' in text
+    assert "float32 (-1, 6)" in text and "float32 (-1, 2)" in text, text
+    v = t.client.get_model_version("kin", version)
+    assert "Sweep `kinembed-1`" in v.description and "cv_r2 0.5000" in v.description
+    assert "heldout_r2 0.3000" in v.description and "Became champion" in v.description
+    t.client.update_registered_model("kin", description="ours, by hand")
+    version = register(0.6)
+    assert t.client.get_registered_model("kin").description == "ours, by hand"
+    assert "cv_r2 0.6000" in t.client.get_model_version("kin", version).description
+
+
 # -- one smoke sweep submitted as a Ray job -------------------------------------------------------
 
 
@@ -278,6 +441,8 @@ def job(tmp_path_factory):
                 )
                 break
             time.sleep(3)
+        # what of the job still runs once it finished (a short wait: actors end asynchronously)
+        job_id, left = _job_actors_left(out.stdout + out.stderr, dash, env)
     finally:
         _stop_own_ray(ray_tmp)
     return {
@@ -285,7 +450,45 @@ def job(tmp_path_factory):
         "rc": out.returncode,
         "uri": f"sqlite:///{db}",
         "tmp": tmp,
+        "job_id": job_id,
+        "actors_left": left,
     }
+
+
+def _job_actors_left(
+    out: str, dash: int, env: dict[str, str], wait_s: float = 30.0
+) -> tuple[str, list[dict]]:
+    """The Ray job id of the submission ``out`` names, and its actors still ALIVE on the
+    cluster (``ray list actors``) after at most ``wait_s``."""
+    import re
+
+    found = re.search(r"Job '(\S+)' submitted successfully", out)
+    if found is None:
+        return "", []
+    address = f"http://127.0.0.1:{dash}"
+    from ray.job_submission import JobSubmissionClient
+
+    job_id = JobSubmissionClient(address).get_job_info(found.group(1)).job_id or ""
+    deadline = time.time() + wait_s
+    while True:
+        listed = subprocess.run(
+            [str(BIN / "ray"), "list", "actors", "--address", address, "--filter",
+             "state=ALIVE", "--format", "json", "--detail", "--limit", "10000"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if listed.returncode != 0:  # not a pass: say what failed
+            return job_id, [{"ray list actors failed": listed.stderr[-2000:]}]
+        lines = listed.stdout.splitlines()  # "No resource in the cluster" when none is alive
+        start = next((i for i, ln in enumerate(lines) if ln.startswith("[")), len(lines))
+        alive = json.loads("\n".join(lines[start:])) if start < len(lines) else []
+        left = [
+            {k: a.get(k) for k in ("class_name", "name", "job_id", "is_detached", "pid")}
+            for a in alive
+            if a.get("job_id") == job_id
+        ]
+        if not left or time.time() > deadline:
+            return job_id, left
+        time.sleep(3)
 
 
 def _client(uri: str):
@@ -313,6 +516,24 @@ def test_job_submission_runs_the_sweep_and_prints_one_summary(job):
     assert "split: sessions A1, A2 train (session CV selects on them), A3 held out" in out
     assert "chosen on       s00 (session CV on A1,A2); held-out A3 scored on all 2: s00, s01" in out
     assert f"mlflow ui --backend-store-uri {job['uri']}" in out
+    # the UI's links, in model-training mode (it opens in GenAI mode, without metric columns)
+    _, exp, _ = _runs(job["uri"])
+    page = f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType="
+    sid = next(ln.split()[2] for ln in out.splitlines() if ln.startswith("== sweep "))
+    assert f"  runs            {page}machine_learning&viewStateShareKey={sid}\n" in out
+    assert f"  all runs        {page}machine_learning\n" in out
+    assert "  model           http://127.0.0.1:5000/#/models/kinembed?workflowType=machine_" in out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_a_finished_job_leaves_no_actor_of_its_own_running(job):
+    """Ray Train's detached helpers (PlacementGroupCleaner, the AutoscalingCoordinator) are
+    ended with the sweep: none of the job's actors is alive after it (a short wait allowed)."""
+    assert job["rc"] == 0, job["out"][-3000:]
+    assert job["job_id"], job["out"][-3000:]
+    assert job["actors_left"] == [], job["actors_left"]
 
 
 @pytest.mark.slow
@@ -347,7 +568,7 @@ def test_mlflow_holds_the_run_tree_params_metrics_tags_artifacts(job):
             assert r.data.tags[tag], tag
     assert len(parent.data.tags["emg.data_fingerprint"]) == 12
     assert parent.data.metrics["heldout_r2"] > 0.0  # the smoke model still decodes something
-    trial = next(r for r in runs if r.info.run_name.startswith("trial"))
+    trial = next(r for r in runs if "emg.trial" in r.data.tags)  # named by its values
     assert trial.data.params["kinembed.batch_size"] in {"128", "256", "512"}
     # the split each run was computed on, resolved (not the config's empty defaults)
     assert trial.data.params["test_session"] == "A3"
@@ -387,6 +608,84 @@ def test_mlflow_holds_the_run_tree_params_metrics_tags_artifacts(job):
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.mlflow
+def test_mlflow_names_marks_describes_and_keeps_checkpoints(job):
+    """What makes the sweep comparable in the UI, read through MlflowClient: trial runs named
+    by their searched values (the id in ``emg.trial``) with ``searched.*`` params, one winner
+    per stage marked on its run and on the stage run, the saved view, the descriptions of the
+    registered model and its version, and each trial's last checkpoint among its artifacts."""
+    import csv
+
+    from orchestration import tracking
+
+    c, exp, runs = _runs(job["uri"])
+    parent = next(r for r in runs if r.info.run_name.startswith("sweep "))
+    sid = parent.data.tags["emg.sweep"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    key, view = _view_state(exp)
+    assert key == sid and view["name"] == f"sweep {sid}"
+    for col in ("metrics.`cv_r2`", "metrics.`heldout_r2`", "tags.`emg.winner`"):
+        assert col in view["selectedColumns"]
+    assert "params.`searched.kinembed.lr`" in view["selectedColumns"]
+    note = parent.data.tags["mlflow.note.content"]  # the summary, on the sweep's run page
+    assert "kinembed v1" in note and f"viewStateShareKey={sid}" in note
+
+    stages = {r.data.tags["emg.stage"]: r for r in runs if r.info.run_name.startswith("stage ")}
+    trials = [r for r in runs if "emg.trial" in r.data.tags]
+    assert len(trials) == 8
+    for name, stage in stages.items():
+        board = c.download_artifacts(parent.info.run_id, f"leaderboards/leaderboard-{name}.csv")
+        tried = {
+            row["trial"]: json.loads(row["overrides"])
+            for row in csv.DictReader(Path(board).read_text().splitlines())
+            if row["status"] == "ok"
+        }
+        mine = [r for r in trials if r.data.tags["emg.stage"] == name]
+        assert {r.data.tags["emg.trial"] for r in mine} == set(tried)
+        for r in mine:
+            keys = r.data.tags["emg.searched"].split(",")
+            values = tried[r.data.tags["emg.trial"]]
+            assert set(keys) == set(values)  # the stage's grid, every key
+            assert r.info.run_name == tracking.run_label({k: values[k] for k in keys})
+            assert not r.info.run_name.startswith("trial")
+            for k in keys:
+                assert r.data.params[f"searched.{k}"] == r.data.params[k]
+        (won,) = [r for r in mine if r.data.tags.get("emg.winner") == "true"]
+        assert won.data.tags["emg.trial"] == stage.data.tags["winner.trial"]
+        assert stage.data.tags["emg.winner"] == won.info.run_name
+        assert stage.data.tags["winner.run_id"] == won.info.run_id
+        assert won.info.run_id in stage.data.tags["mlflow.note.content"]
+    # the loss stage's names, as a researcher reads them
+    assert any(
+        r.info.run_name.startswith("loss=") and " temperature=" in r.info.run_name for r in trials
+    )
+
+    final = next(r for r in runs if r.info.run_name == "final")
+    for r in [*trials, final]:
+        arts = {a.path for a in c.list_artifacts(r.info.run_id, "checkpoint")}
+        assert "checkpoint/progress.json" in arts, r.info.run_name
+        assert r.data.tags["emg.checkpoint"].startswith("checkpoint/")
+    progress = json.loads(
+        Path(c.download_artifacts(final.info.run_id, "checkpoint/progress.json")).read_text()
+    )
+    assert len(progress["values"]) == 6  # the final run's units: 2 subjects x 3 seeds
+
+    model = c.get_registered_model("kinembed")
+    assert "`kinembed` method" in model.description
+    assert 'mlflow.pytorch.load_model("models:/kinembed@champion")' in model.description
+    assert "**Takes** `float32 (-1, 256)`" in model.description, model.description
+    assert "**Returns** `float32 (-1, 5)`" in model.description, model.description
+    version = c.get_model_version("kinembed", "1")
+    text = version.description
+    assert f"Sweep `{sid}`" in text and final.info.run_id in text
+    assert f"cv_r2 {float(version.tags['registered_cv_r2']):.4f}" in text
+    assert f"heldout_r2 {float(version.tags['registered_heldout_r2']):.4f}" in text
+    assert text.startswith("**Became champion**: cv_r2 ")  # the versions list shows line 1
+    assert "Decision: no champion yet." in text
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
 def test_registered_champion_loads_and_reproduces_its_score(job):
     import torch
 
@@ -412,7 +711,34 @@ def test_registered_champion_loads_and_reproduces_its_score(job):
         pred = np.asarray(model(torch.as_tensor(fold.x_scale.inverse(seg.x))))
     assert pred.shape == seg.y.shape
     r2 = float(np.mean(r2_per_output(seg.y, pred)))
-    assert r2 == pytest.approx(float(champ.tags["heldout_r2"]), abs=1e-4)
+    assert r2 == pytest.approx(float(champ.tags["registered_heldout_r2"]), abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+def test_readme_recipe_runs_the_champion_on_raw_emg_from_any_folder(job, tmp_path):
+    """The README's "Using a champion on new data" snippet, as written but for the tracking URI
+    and the job's two simulated subjects, in a fresh process in an empty folder: raw held-out
+    EMG in, the version's recorded held-out R^2 out."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("- **Using a champion on new data.**", 1)[1].split("```python", 1)[1]
+    code = textwrap.dedent(block.split("```", 1)[0])
+    assert "sqlite:////path/to/emg-orchestra/mlflow.db" in code and "n_subjects=1" in code
+    code = code.replace("sqlite:////path/to/emg-orchestra/mlflow.db", job["uri"])
+    code = code.replace("n_subjects=1", "n_subjects=2")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = float(out.stdout.split("held-out R^2")[1])
+    champ = _client(job["uri"]).get_model_version_by_alias("kinembed", "champion")
+    assert got == pytest.approx(float(champ.tags["registered_heldout_r2"]), abs=1e-3)
 
 
 # -- faults ---------------------------------------------------------------------------------
@@ -532,7 +858,7 @@ def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
     assert len(keys) == len(set(keys))  # no duplicate run
     for key, run_id in first_ids.items():  # and the earlier ones were continued, not replaced
         assert run_id in {r.info.run_id for r in runs if r.data.tags["emg.key"] == key}
-    trials = [r for r in runs if r.info.run_name.startswith("trial")]
+    trials = [r for r in runs if "emg.trial" in r.data.tags]
     assert len(trials) == 4  # 2 + 2 (--smoke keeps both ends of a grid): nothing ran twice
     finished_first = [r for r in trials if r.data.tags["emg.trial"] in done_before]
     assert len(finished_first) == len(done_before)
@@ -649,7 +975,10 @@ def test_killed_worker_resumes_from_checkpoint_with_the_same_result(tmp_path, mo
 @pytest.mark.browser
 @pytest.mark.mlflow
 def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
-    """Serve the sweep's MLflow store and read it the way a researcher does, in a real browser."""
+    """Serve the sweep's MLflow store and read it the way a researcher does, in a real browser,
+    through the links the sweep's summary prints: the runs in model-training mode with the
+    metric columns, trial runs named by their values, the winners marked, and the registered
+    model's description. Screenshots are saved in the test's tmp dir."""
     import re
     import shutil
 
@@ -660,9 +989,20 @@ def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
     from tests.orchestration.test_tracking import _free_port as free_port
     from tests.orchestration.test_tracking import start_server
 
-    _, exp, runs = _runs(job["uri"])
+    _, _exp, runs = _runs(job["uri"])
     parent = next(r for r in runs if r.info.run_name.startswith("sweep "))
+    trials = [r for r in runs if "emg.trial" in r.data.tags]
+    winners = [r for r in trials if r.data.tags.get("emg.winner") == "true"]
+    assert len(winners) == 4  # one per stage
+    printed = {
+        ln[2:17].strip(): ln[17:].strip() for ln in job["out"].splitlines() if ln[:2] == "  "
+    }
     port = free_port()
+    here = f"http://127.0.0.1:{port}"
+    view, all_runs, model = (
+        printed[k].replace("http://127.0.0.1:5000", here) for k in ("runs", "all runs", "model")
+    )
+    assert "workflowType=machine_learning" in view and "viewStateShareKey=" in view
     server = start_server(job["uri"].removeprefix("sqlite:///"), str(tmp_path / "art"), port)
     try:
         with sync_api.sync_playwright() as p:
@@ -676,30 +1016,59 @@ def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
                 ],
             )
             page = browser.new_page(viewport={"width": 2400, "height": 1200})
-            page.goto(
-                f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs"
-                "?workflowType=machine_learning",
-                wait_until="domcontentloaded",
+            # 1. the sweep's view, as printed: no clicking, the columns are there
+            page.goto(view, wait_until="domcontentloaded")
+            page.get_by_text(re.compile(rf"^{len(runs) - 1} matching runs")).wait_for(
+                timeout=90_000
+            )  # every run but the parent, listed flat
+            page.locator("[role=columnheader]", has_text="heldout_r2_std").first.wait_for(
+                timeout=30_000
             )
-            page.get_by_text(re.compile(rf"^{len(runs)} matching runs")).wait_for(timeout=90_000)
-            # the metric columns a researcher compares runs on
-            page.get_by_role("button", name="Columns", exact=True).click()
-            page.get_by_text("Metrics (").click()
-            page.keyboard.press("Escape")
-            # the grid re-renders after the column change: wait for it (CI once read no headers)
-            header = page.locator("[role=columnheader]", has_text="heldout_r2_std").first
-            header.wait_for(timeout=30_000)
+            page.get_by_text(winners[0].info.run_name).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "sweep-view.png"))
             headers = {h.inner_text().strip() for h in page.locator("[role=columnheader]").all()}
-            assert {"cv_r2", "heldout_r2", "heldout_r2_std", "best_cv_r2"} <= headers
-            # the sweep's parent run opens onto its stages and the final run
+            # a row is drawn in parts (the pinned run name, the rest): joined by its index
+            parts: dict[str, list[str]] = {}
+            for r in page.locator("[role=row][row-index]").all():
+                parts.setdefault(r.get_attribute("row-index"), []).append(r.inner_text())
+            rows = ["\t".join(bits) for bits in parts.values()]
+            # 2. the registered model's page, as printed
+            page.goto(model, wait_until="domcontentloaded")
+            page.get_by_text("mlflow.pytorch.load_model").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "registered-model.png"), full_page=True)
+            model_page = page.locator("body").inner_text()
+            page.get_by_role("link", name="Version 1").first.click()  # its description in full
+            page.get_by_text(re.compile(r"final run")).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "model-version.png"), full_page=True)
+            version_page = page.locator("body").inner_text()
+            # 3. every run as a tree: the sweep's parent opens onto its stages and final run
+            page.goto(all_runs, wait_until="domcontentloaded")
+            page.get_by_text(re.compile(rf"^{len(runs)} matching runs")).wait_for(timeout=90_000)
             row = page.locator("[role=row]", has_text=parent.info.run_name)
             row.locator("button").first.click()
             page.get_by_text("stage loss").wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "all-runs.png"))
             grid = page.locator("[role=grid], [role=treegrid]").first.inner_text()
             browser.close()
     finally:
         server.terminate()
+    assert {"cv_r2", "best_cv_r2", "heldout_r2", "heldout_r2_std", "emg.winner"} <= headers
+    # the searched values follow (the table draws the columns in sight: the first stage's)
+    assert {"emg.stage", "Models", "searched.kinembed.loss"} <= headers, headers
+    text = "\n".join(rows)
+    for r in trials:  # named by the values they try, never by the trial id
+        assert r.info.run_name in text and r.data.tags["emg.trial"] not in text
+    for r in winners:  # the winner column: "true" on the winning trial's row, and only there
+        (mine,) = [t for t in rows if r.info.run_name in t and "true" in t.split()]
+        assert r.data.tags["emg.stage"] in mine.split()
+    assert sum("true" in t.split() for t in rows) == len(winners)
+    final = next(r for r in runs if r.info.run_name == "final")
+    assert f"{final.data.metrics['heldout_r2']}"[:6] in text  # the held-out score, in its column
+    assert re.search(r"kinembed\s+v1", text)  # the registered model beside the final run
+    for words in ("**Takes**", "**Returns**"):
+        assert words.strip("*") in model_page  # rendered markdown
+    assert 'load_model("models:/kinembed@champion")' in model_page
+    assert "Became champion" in model_page  # the version's description, first line
+    assert "Decision: no champion yet" in version_page and "selection (chooses" in version_page
     for name in ("final", "stage loss", "stage architecture", "stage widths", "stage optimisation"):
         assert name in grid
-    assert repr(parent.data.metrics["heldout_r2"]) in grid  # the held-out score, in its column
-    assert re.search(r"kinembed\s+v1", grid)  # the registered model beside the final run

@@ -147,7 +147,8 @@ def test_champion_moves_only_on_improvement_and_loads(tmp_path):
     assert version(5, 0.60, 0.50) == ("5", True)
     champ = t.client.get_model_version_by_alias("kin", "champion")
     assert str(champ.version) == "5"
-    assert champ.tags["cv_r2"] == "0.600000" and champ.tags["heldout_r2"] == "0.300000"
+    assert champ.tags["registered_cv_r2"] == "0.600000"
+    assert champ.tags["registered_heldout_r2"] == "0.300000"
     assert champ.tags["champion_cv_r2"] == "0.500000"
     assert champ.tags["selection_split"] == "session CV A1+A2 of s0"
     assert champ.tags["test_split"] == "s0/A3" and champ.tags["below_trivial"] == "false"
@@ -457,7 +458,7 @@ def _race(tmp_path: Path, how: str, rounds: int) -> tracking.Tracker:
                 time.sleep(0.05)
             champ += 0.2
             best = t.client.get_model_version_by_alias("kin", "champion")
-            assert float(best.tags["cv_r2"]) == pytest.approx(champ), f"round {r}"
+            assert float(best.tags["registered_cv_r2"]) == pytest.approx(champ), f"round {r}"
         outs = [p.communicate(timeout=120)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
     finally:
@@ -478,7 +479,7 @@ def test_register_under_a_race_records_what_the_version_lost_to(tmp_path):
     the better version first, the worse 4 s later; the worse one's tags say what won."""
     t = _race(tmp_path, "register", rounds=1)
     versions = t.client.search_model_versions("name = 'kin'")
-    (worse,) = [v for v in versions if v.tags.get("cv_r2") == "0.600000"]
+    (worse,) = [v for v in versions if v.tags.get("registered_cv_r2") == "0.600000"]
     assert worse.tags["became_champion"] == "false"
     assert worse.tags["champion_cv_r2"] == "0.700000"  # what it lost to, not the v1 it scored
     assert worse.tags["reason"].startswith("champion v1 scored 0.5000 on the same selection")

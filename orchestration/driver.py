@@ -214,7 +214,8 @@ class Sweep:
                 self.tracker.set_tags(parent, {"emg.error": f"{type(e).__name__}: {e}"[:5000]})
                 _print(f"sweep failed: {type(e).__name__}: {e}")
             else:
-                status, code = "KILLED", 130
+                # the shell's convention: 128 + the signal's number (SIGINT 130, SIGTERM 143)
+                status, code = "KILLED", 128 + signal.Signals[self.stop or "SIGINT"].value
                 how = f"interrupted by {self.stop or 'SIGINT'}"
                 _print(
                     f"interrupted ({self.stop or 'SIGINT'}): open runs ended KILLED; "

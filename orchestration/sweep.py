@@ -22,7 +22,8 @@ Laptop: local Ray in-process, MLflow in ``./mlflow.db``, Ray results in ``./ray_
 Cluster: the same command through ``ray job submit``, with ``RAY_ADDRESS``/``--address``,
 ``MLFLOW_TRACKING_URI``/``--tracking-uri`` and a shared ``--storage-path``.
 
-Exit status: 0 done, 1 the sweep failed, 2 bad input or tracking unreachable, 130 interrupted.
+Exit status: 0 done, 1 the sweep failed, 2 bad input or tracking unreachable, 130 / 143
+interrupted by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations

@@ -199,6 +199,7 @@ def save_inference(method: str, payload: Mapping[str, Any], folder: Path) -> Pat
     import torch
 
     path = Path(folder) / INFERENCE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"method": method, "format": 1, **payload}, path)
     return path
 

@@ -793,7 +793,7 @@ def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
         time.sleep(0.5)
     assert proc.poll() is None, text[-3000:]
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    assert proc.wait(180) == 143, (tmp_path / "first.log").read_text()[-3000:]
     _kill_group(proc.pid)
     text = (tmp_path / "first.log").read_text()
     done_before = {
@@ -836,7 +836,7 @@ def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
     _kill_group(proc.pid)
     c, _, runs = _runs(f"sqlite:///{db}")
     left = "RUNNING" in {r.info.status for r in runs}
-    assert left == (second_rc != 130), (second_rc, (tmp_path / "second.log").read_text()[-3000:])
+    assert left == (second_rc != 143), (second_rc, (tmp_path / "second.log").read_text()[-3000:])
 
     # a bare --resume from another directory: the tracking server knows where the state is
     elsewhere = tmp_path / "elsewhere"

@@ -44,12 +44,7 @@ def load_inference(path: str | Path) -> Inference:
         if candidate.is_file():
             break
     else:
-        raise MissingFieldError(
-            f"no {INFERENCE_FILE} here: this version was registered without its inference "
-            "pipeline (before it was exported); register it again with a new sweep",
-            source=str(p),
-            field=INFERENCE_FILE,
-        )
+        raise MissingFieldError(_why_no_inference(p), source=str(p), field=INFERENCE_FILE)
     payload = torch.load(candidate, map_location="cpu", weights_only=True)
     method = METHODS.get(payload.get("method", ""))
     if method is None or method.inference is None:
@@ -60,6 +55,26 @@ def load_inference(path: str | Path) -> Inference:
             field="method",
         )
     return method.inference(payload)
+
+
+def _why_no_inference(folder: Path) -> str:
+    """Why ``folder`` holds no inference file: a weights-only export (``mae-pose`` takes pose
+    windows, not EMG) or a version registered before inference files existed."""
+    import json
+
+    for spec in (folder / posealign.SPEC, folder / "extra_files" / posealign.SPEC):
+        if spec.is_file():
+            kind = json.loads(spec.read_text()).get("kind")
+            if kind == "mae-pose":
+                return (
+                    f"no {INFERENCE_FILE} here: a {kind} version takes pose windows, not raw "
+                    "EMG, and is weights only; emgcore.methods.posealign.load_model(folder) "
+                    "rebuilds its encoder"
+                )
+    return (
+        f"no {INFERENCE_FILE} here: this version was registered without its inference "
+        "pipeline (before it was exported); register it again with a new sweep"
+    )
 
 
 __all__ = ["METHODS", "Method", "load_inference"]

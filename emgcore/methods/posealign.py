@@ -36,12 +36,19 @@ split), never the evaluation users; the trivial baseline is chance:
   they enable; a champion selected on another split or data (its recorded ``selection_split``)
   cannot be compared and keeps its alias.
 
+The EMG models' versions also carry their whole inference path from raw EMG
+(``inference.pt``, README "Using a champion on new data"; :func:`emgcore.methods.load_inference`):
+a ``cpep`` / ``embridge`` version is a :class:`GestureRecognizer` (zero-shot gesture labels
+against a pose bank, embeddings), ``mae-emg`` an :class:`EmgEncoder` (embeddings); ``mae-pose``,
+a pose encoder, stays weights only.
+
 Each trial is one unit: there is no natural point to checkpoint inside it, and a restarted
 worker retrains it from its seed, which reproduces it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,11 +59,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emgcore.config import flatten, override, to_dict
+from emgcore.config import build, flatten, override, to_dict
 from emgcore.distributed import DataParallel
+from emgcore.errors import ShapeError
 from emgcore.eval.probe import class_scores, linear_probe, zero_shot
+from emgcore.features import window_starts
 from emgcore.gestures import GestureConfig, PairedWindows, gesture_splits
 from emgcore.methods.base import (
+    INFERENCE_FILE,
     Export,
     Hooks,
     Method,
@@ -65,11 +75,13 @@ from emgcore.methods.base import (
     Trial,
     TrialSetup,
     UnitResult,
+    check_input,
+    save_inference,
 )
 from emgcore.models.cpep import CPEPConfig, train_cpep
 from emgcore.models.embridge import EMBridgeConfig, train_embridge
 from emgcore.models.mae import MAEConfig, TokenEncoder, train_mae, train_poset
-from emgcore.recording import Recording, digest
+from emgcore.recording import ChannelLayout, Recording, digest, require_samples
 from emgcore.training import EpochHook, batched
 from emgcore.windows import RecordingCache
 
@@ -446,10 +458,29 @@ def save_model(kind: str, cfg: PoseAlignConfig, enc: Encoders, folder: str | Pat
     """Write ``kind`` (``mae-emg``, ``mae-pose``, ``cpep`` or ``embridge``) as its weights and
     the config that rebuilds it; :func:`load_model` reads them with ``weights_only=True`` (no
     code runs on load, unlike a pickled module)."""
-    import json
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    spec, module = _saved(kind, cfg, enc)
+    (folder / SPEC).write_text(json.dumps(spec))
+    torch.save(module.state_dict(), folder / WEIGHTS)
+    return [folder / SPEC, folder / WEIGHTS]
+
+
+def load_model(folder: str | Path) -> torch.nn.Module:
+    """Rebuild what :func:`save_model` wrote: a ``TokenEncoder`` for the MAEs, an
+    :class:`Embedder` for CPEP / EMBridge (in eval mode, on the CPU)."""
+    folder = Path(folder)
+    spec = json.loads((folder / SPEC).read_text())
+    module = _rebuilt(spec, folder / SPEC)
+    module.load_state_dict(torch.load(folder / WEIGHTS, weights_only=True))
+    module.eval()
+    return Embedder(module).eval() if spec["kind"] in ("cpep", "embridge") else module
+
+
+def _saved(kind: str, cfg: PoseAlignConfig, enc: Encoders) -> tuple[dict, torch.nn.Module]:
+    """``kind``'s module in ``enc`` and the JSON-able spec :func:`_rebuilt` rebuilds it from:
+    what :func:`save_model` and the inference files (:class:`GestureRecognizer`,
+    :class:`EmgEncoder`) both store."""
     e, p = enc.emg_encoder, enc.pose_encoder
     module = {"mae-emg": e, "mae-pose": p}.get(kind) or enc.models[kind]
     spec = {
@@ -459,24 +490,17 @@ def save_model(kind: str, cfg: PoseAlignConfig, enc: Encoders, folder: str | Pat
         "pose": [p.channels, p.n_tokens * p.patch],
         "centroids": list(getattr(module, "centroids", torch.zeros(0, 0)).shape),
     }
-    (folder / SPEC).write_text(json.dumps(spec))
-    torch.save(module.state_dict(), folder / WEIGHTS)
-    return [folder / SPEC, folder / WEIGHTS]
+    return spec, module
 
 
-def load_model(folder: str | Path) -> torch.nn.Module:
-    """Rebuild what :func:`save_model` wrote: a ``TokenEncoder`` for the MAEs, an
-    :class:`Embedder` for CPEP / EMBridge (in eval mode, on the CPU)."""
-    import json
-
-    from emgcore.config import build
+def _rebuilt(spec: Mapping[str, Any], source: str | Path) -> torch.nn.Module:
+    """The module ``spec`` (:func:`_saved`) describes, untrained, with the shapes its state dict
+    needs. Raises ``ValueError`` naming ``source`` for an unknown kind."""
     from emgcore.models.cpep import CPEP
     from emgcore.models.embridge import EMBridge
     from emgcore.models.mae import MAE
 
-    folder = Path(folder)
-    spec = json.loads((folder / SPEC).read_text())
-    cfg = build(PoseAlignConfig, spec["config"], source=folder / SPEC).resolved()
+    cfg = build(PoseAlignConfig, spec["config"], source=source).resolved()
     emg = MAE(cfg.emg_mae, *spec["emg"]).encoder
     pose = MAE(cfg.pose_mae, *spec["pose"]).encoder
     kind = spec["kind"]
@@ -490,12 +514,211 @@ def load_model(folder: str | Path) -> torch.nn.Module:
     elif kind == "embridge":
         module = EMBridge(cfg.embridge, emg, pose, cfg.emg_mae.heads)
     else:
-        raise ValueError(f"{folder / SPEC}: unknown model kind {kind!r}")
+        raise ValueError(f"{source}: unknown model kind {kind!r}")
     if hasattr(module, "centroids"):
         module.centroids = torch.zeros(*spec["centroids"])
-    module.load_state_dict(torch.load(folder / WEIGHTS, weights_only=True))
-    module.eval()
-    return Embedder(module).eval() if kind in ("cpep", "embridge") else module
+    return module
+
+
+# -- raw EMG in: a registered version's whole inference path (README, "Using a champion") -------
+
+METHOD_OF = {"mae-emg": "mae", "cpep": "cpep", "embridge": "embridge"}  # exported kind -> method
+
+
+class _RawEmg:
+    """What the pose family's inferences share: raw EMG ``(T, C)`` as recorded in, the windows
+    the model was trained and scored on out (:meth:`windows`).
+
+    ``spec``, ``net``: a trained module and the spec that rebuilds it (:func:`_saved`, as
+    :func:`save_model` stores them); ``fs``, ``layout``: the training recordings' rate and
+    electrodes. None of the EMG steps of :func:`emgcore.gestures.windows` has fitted state (the
+    band-pass and notch are per recording, the normalisation per window); the statistics the
+    MAE fitted on the pre-training windows are buffers of its encoder (``Tokenizer.mean`` /
+    ``std``), so they travel in ``net``'s state dict.
+    """
+
+    def __init__(
+        self, spec: Mapping[str, Any], net: torch.nn.Module, fs: float, layout: ChannelLayout
+    ):
+        self.spec = dict(spec)
+        self.method = METHOD_OF[spec["kind"]]
+        self.config = build(PoseAlignConfig, spec["config"], source=INFERENCE_FILE).resolved()
+        self.fs, self.layout, self.net = float(fs), layout, net.eval()
+
+    @property
+    def n_channels(self) -> int:
+        return self.layout.n_channels
+
+    def _samples(self, fs: float) -> int:
+        return round(self.config.gestures.window_s * fs)  # as gestures.windows rounds it
+
+    def windows(self, emg: Any, fs: float) -> Tensor:
+        """``emg (T, C)`` as recorded, at ``fs`` Hz, as the model's input windows ``(N, L, C)``
+        float32 (what the logged graph takes), the steps of :func:`emgcore.gestures.windows`
+        (CPEP App. B, EMBridge A.6): band-pass and notch over the whole recording
+        (``GestureConfig.pipeline``), ``L = window_s * fs`` samples back to back from the first,
+        each window normalised per channel (instance norm). Window ``n`` ends at
+        ``window_end(T, fs)[n]``; a tail shorter than one window is left out.
+
+        An emg2pose recording (one stage) is one run and is cut exactly as training cut it; a
+        NinaPro recording was cut inside each repetition of each movement, which raw EMG
+        without labels cannot be. Raises :class:`~emgcore.errors.ShapeError` (field ``emg``) for
+        another channel count or fewer samples than one window,
+        :class:`~emgcore.errors.InvalidValueError` (field ``fs``) for another rate.
+        """
+        x = check_input(emg, fs, self)
+        rec = Recording(x, self.fs, self.layout, subject="-", session="-", source="predict")
+        n, g = self._samples(self.fs), self.config.gestures
+        require_samples(rec, n, f"one {g.window_s:g} s window")
+        pipe = g.pipeline()
+        # float32 after filtering, as the training recordings were cached (RecordingCache)
+        r = np.asarray(pipe.apply(rec).emg, np.float32)
+        starts = window_starts(len(r), n, n)
+        return torch.from_numpy(pipe.apply_windows(r[starts[:, None] + np.arange(n)]))
+
+    def window_end(self, n_samples: int, fs: float) -> np.ndarray:
+        """The last sample ``(N,)`` of each window of a recording of ``n_samples`` at ``fs``."""
+        n = self._samples(fs)
+        return window_starts(n_samples, n, n) + n - 1
+
+    def _payload(self, **extra: Any) -> dict[str, Any]:
+        spec = self.spec | {"fs": self.fs, "layout": self.layout.to_dict()}
+        return {"spec": json.dumps(spec | extra), "state_dict": self.net.state_dict()}
+
+    @staticmethod
+    def _loaded(payload: Mapping[str, Any]) -> tuple[dict[str, Any], torch.nn.Module, Any]:
+        """The spec, the trained module and the layout an ``inference.pt`` holds."""
+        spec = json.loads(payload["spec"])
+        net = _rebuilt(spec, INFERENCE_FILE)
+        net.load_state_dict(payload["state_dict"])
+        return spec, net, ChannelLayout.from_dict(spec["layout"])
+
+
+class GestureRecognizer(_RawEmg):
+    """A registered CPEP / EMBridge version from raw EMG to gesture labels: what
+    :func:`emgcore.methods.load_inference` returns for a ``cpep`` or ``embridge`` version.
+
+    ``predict(emg (T, C), fs, bank=None) -> labels (N,)``, one per window (:meth:`windows`):
+    zero-shot retrieval (CPEP Sec. 2.4, EMBridge Sec. 3.1): each window's retrieval embedding
+    (CPEP's ``u``, EMBridge's ``M`` queries scored by the best one) takes the
+    ``config.zero_shot_k`` most cosine-similar pose embeddings of ``bank`` and votes their labels
+    (:func:`emgcore.eval.probe.zero_shot`); a tied vote goes to the smallest label in sorted
+    order, as scikit-learn's ``KNeighborsClassifier`` decides.
+
+    ``bank``: ``(poses (M, L, J), labels (M,))``: pose windows of ``L`` samples at ``fs`` of the
+    ``joints``, in the training recordings' unit (``pose_unit``), and their labels, of any kind
+    (class ids, names): the output is made of them. The papers score each class set with the
+    evaluation users' own poses as the bank (``tests/methods/test_posealign_inference.py``
+    reproduces the recorded score that way). Default: the bank registered with the version,
+    labelled with the class names ``classes`` (``bank_source`` says whose poses).
+
+    ``embed(emg, fs) -> (N, d)``: the linear-probe embedding of each window, the logged graph's
+    output (:class:`Embedder`; CPEP: the unit vector ``u`` retrieval compares too; EMBridge: the
+    mean of its normalised queries). ``emg`` is as recorded, in the training recordings' unit,
+    at their rate ``fs`` (another rate is refused: resample first). Raises
+    :class:`~emgcore.errors.ShapeError` (field ``bank``) for a bank of other pose windows.
+    """
+
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        net: torch.nn.Module,
+        fs: float,
+        layout: ChannelLayout,
+        joints: Sequence[str],
+        pose_unit: str,
+        bank: Tensor,
+        bank_labels: Tensor,
+        bank_source: str,
+    ):
+        super().__init__(spec, net, fs, layout)
+        self.model = Embedder(self.net).eval()
+        self.joints, self.pose_unit = tuple(joints), pose_unit
+        self.bank, self.bank_labels, self.bank_source = bank, bank_labels, bank_source
+        g = self.config.gestures
+        # the class sets the protocol scores apart (Table 1); the default bank holds both
+        self.class_sets = {"in_dist": tuple(g.in_dist), "unseen": tuple(g.unseen)}
+        self.classes = self.class_sets["in_dist"] + self.class_sets["unseen"]  # ids: positions
+
+    def embed(self, emg: Any, fs: float) -> np.ndarray:
+        with torch.no_grad():
+            return batched(self.model, self.windows(emg, fs)).numpy()
+
+    def predict(self, emg: Any, fs: float, bank: tuple[Any, Any] | None = None) -> np.ndarray:
+        x = self.windows(emg, fs)
+        emb, labels = self._bank(bank)
+        # labels of any kind as sorted ids: the smallest id wins a tie
+        names, ids = np.unique(labels, return_inverse=True)
+        with torch.no_grad():
+            q = batched(self.model.retrieve, x)
+        return names[zero_shot(q, emb, ids, k=self.config.zero_shot_k, n_classes=len(names))]
+
+    def _bank(self, bank: tuple[Any, Any] | None) -> tuple[Tensor, np.ndarray]:
+        """Pose embeddings ``(M, d)`` and labels ``(M,)`` of ``bank`` (None: the default)."""
+        if bank is None:
+            return self.bank, np.asarray(self.classes)[self.bank_labels.numpy()]
+        poses, labels = bank
+        p = torch.as_tensor(np.asarray(poses, dtype=np.float32))
+        y = np.asarray(labels).reshape(-1)
+        want = (self._samples(self.fs), self.spec["pose"][0])  # (L, J) of the pose encoder
+        if p.ndim != 3 or tuple(p.shape[1:]) != want or len(p) == 0 or len(y) != len(p):
+            raise ShapeError(
+                f"{self.method} takes a bank (poses (M, {want[0]}, {want[1]}), labels (M,)) "
+                f"with M >= 1, got poses {tuple(p.shape)} and {len(y)} labels",
+                field="bank",
+            )
+        with torch.no_grad():
+            return batched(self.model.embed_pose, p), y
+
+    def save(self, folder: Path) -> list[Path]:
+        payload = self._payload(
+            joints=list(self.joints), pose_unit=self.pose_unit, bank_source=self.bank_source
+        )
+        payload["bank"] = {"embeddings": self.bank, "labels": self.bank_labels}
+        return [save_inference(self.method, payload, folder)]
+
+    @classmethod
+    def load(cls, payload: Mapping[str, Any]) -> GestureRecognizer:
+        spec, net, layout = cls._loaded(payload)
+        bank = payload["bank"]
+        return cls(
+            spec,
+            net,
+            spec["fs"],
+            layout,
+            spec["joints"],
+            spec["pose_unit"],
+            bank["embeddings"],
+            bank["labels"],
+            spec["bank_source"],
+        )
+
+
+class EmgEncoder(_RawEmg):
+    """A registered ``mae-emg`` version (the EMG-MAE's encoder ``E_x``, CPEP Sec. 2.2, EMBridge
+    Sec. 2.1) from raw EMG to window embeddings: what :func:`emgcore.methods.load_inference`
+    returns for it.
+
+    ``embed(emg (T, C), fs) -> (N, d)``: each window's (:meth:`windows`) [CLS] token after the
+    final LayerNorm (``TokenEncoder.summary``), the embedding Table 2's ``emg_mae`` row probes;
+    ``predict`` is ``embed``. The ``mae-pose`` version takes pose windows, not EMG, and stays
+    weights only: :func:`load_model` on its files, or its logged graph.
+    """
+
+    def embed(self, emg: Any, fs: float) -> np.ndarray:
+        with torch.no_grad():
+            return batched(self.net.summary, self.windows(emg, fs)).numpy()
+
+    def predict(self, emg: Any, fs: float) -> np.ndarray:
+        return self.embed(emg, fs)
+
+    def save(self, folder: Path) -> list[Path]:
+        return [save_inference(self.method, self._payload(), folder)]
+
+    @classmethod
+    def load(cls, payload: Mapping[str, Any]) -> EmgEncoder:
+        spec, net, layout = cls._loaded(payload)
+        return cls(spec, net, spec["fs"], layout)
 
 
 # -- as a sweep method ----------------------------------------------------------------------------
@@ -528,6 +751,14 @@ class PoseAlignTrial(Trial):
             self.splits = {**self.splits, "pretrain": self.splits["pretrain"].to(setup.device)}
         self.units = [setup.mode]
         self.first: Encoders | None = None  # final: the first seed's models, what registers
+        # what a registered version's inference needs of the recordings (one rate and layout:
+        # gestures.windows cuts one window length and rotates one ring)
+        rec, g = recordings[0], self.config.gestures
+        self.fs, self.layout = float(rec.fs), rec.layout
+        self.joints = tuple(g.joints or rec.joint_names)
+        self.pose_unit = (
+            "standardised per recording" if g.pose_norm == "recording" else rec.kinematics_unit
+        )
 
     def _train(self, seed: int, hooks: Hooks) -> Encoders:
         # the final model is built on exactly the MAE versions the search trials started from
@@ -621,12 +852,20 @@ class PoseAlignTrial(Trial):
             chance(ev, cfg),
         )
 
-        def files(kind: str) -> Any:  # weights + config: rebuilt on load
-            return lambda folder: save_model(kind, cfg, enc, folder)
+        def files(kind: str, inference: _RawEmg | None = None) -> Any:
+            # weights + config, rebuilt on load (re-scoring, load_pretrained); inference.pt
+            # beside them: the whole path from raw EMG (load_inference)
+            def write(folder: Path) -> list[Path]:
+                out = save_model(kind, cfg, enc, folder)
+                return out + (inference.save(folder) if inference is not None else [])
+
+            return write
 
         if self.export_maes:  # encoders alone cannot be scored: the recorded CPEP score
+            emg = EmgEncoder(*_saved("mae-emg", cfg, enc), self.fs, self.layout)
             exports = [
-                Export("-emg", enc.emg_encoder, ev.emg[:4].numpy(), files("mae-emg")),
+                Export("-emg", enc.emg_encoder, ev.emg[:4].numpy(), files("mae-emg", emg)),
+                # pose windows in, not EMG: weights only (EmgEncoder's docstring)
                 Export("-pose", enc.pose_encoder, ev.pose[:4].numpy(), files("mae-pose")),
             ]
         else:
@@ -635,7 +874,7 @@ class PoseAlignTrial(Trial):
                     "",
                     Embedder(enc.models[t]).eval(),
                     ev.emg[:4].numpy(),
-                    files(t),
+                    files(t, self._recognizer(enc, t)),
                     rescore=lambda champ: zero_shot_score(
                         champ.retrieve, champ.embed_pose, tune, cfg
                     ),
@@ -644,6 +883,47 @@ class PoseAlignTrial(Trial):
                 )
             ]
         return Registration(selection, test, exports, {"split": split_id(cfg)})
+
+    def _recognizer(self, enc: Encoders, target: str) -> GestureRecognizer:
+        """``target``'s :class:`GestureRecognizer` with its default bank.
+
+        The default bank: the pose windows of the probe-training subsets (Table 1's
+        ``probe_train_in`` for the in-distribution classes, ``probe_train_unseen`` for the
+        unseen ones), labelled by class. They are the labelled windows the protocol sets aside
+        for fitting classifiers (the linear probe learns from them), hold both class sets, and
+        come from neither the evaluation users (the recorded test score never saw them) nor the
+        tune users (the selection split). Stored as pose embeddings ``(M, d)``: the frozen pose
+        encoder gives the same, and a few hundred bytes each instead of a window of poses.
+        """
+        g, model = self.config.gestures, Embedder(enc.models[target]).eval()
+        parts = [
+            (self.splits["probe_train_in"], g.in_dist, 0),
+            (self.splits["probe_train_unseen"], g.unseen, len(g.in_dist)),
+        ]
+        bank, labels, users = [], [], set()
+        for w, classes, first in parts:
+            y = w.labels(classes)
+            keep = y >= 0
+            bank.append(batched(model.embed_pose, w.pose[torch.as_tensor(keep)]))
+            labels.append(torch.as_tensor(y[keep] + first))
+            users |= set(w.user[keep].tolist())
+        source = (
+            f"probe-training windows (probe_train_in, probe_train_unseen) of users "
+            f"{','.join(sorted(users))} of {self.setup.data} ({self.setup.fingerprint}, split "
+            f"{split_id(self.config)})"
+        )
+        spec, net = _saved(target, self.config, enc)
+        return GestureRecognizer(
+            spec,
+            net,
+            self.fs,
+            self.layout,
+            self.joints,
+            self.pose_unit,
+            torch.cat(bank),
+            torch.cat(labels),
+            source,
+        )
 
 
 def chance(windows: PairedWindows, cfg: PoseAlignConfig) -> float:
@@ -685,9 +965,14 @@ def _method(name: str, target: str, **kw: Any) -> Method:
     )
 
 
-MAE_METHOD = _method("mae", "cpep")
+MAE_METHOD = _method("mae", "cpep", inference=EmgEncoder.load)
 CPEP_METHOD = _method(
-    "cpep", "cpep", starts_from="mae", pretrained_keys=("emg", "pose"), load_pretrained=load_model
+    "cpep",
+    "cpep",
+    starts_from="mae",
+    pretrained_keys=("emg", "pose"),
+    load_pretrained=load_model,
+    inference=GestureRecognizer.load,
 )
 EMBRIDGE_METHOD = _method(
     "embridge",
@@ -695,4 +980,5 @@ EMBRIDGE_METHOD = _method(
     starts_from="mae",
     pretrained_keys=("emg", "pose"),
     load_pretrained=load_model,
+    inference=GestureRecognizer.load,
 )

@@ -52,8 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
     from emgcore.windows import RecordingCache, WindowDataset
 
     t0 = time.perf_counter()
-    overrides = {"duration_s": args.duration} if args.duration else {}
-    recs = open_dataset(args.data, **overrides)
+    recs = open_dataset(args.data, **_sim_overrides(args))
     t_load = time.perf_counter() - t0
     cat = catalog(recs)
     print(
@@ -130,8 +129,7 @@ def _kinembed(args: argparse.Namespace) -> int:
     from emgcore.windows import RecordingCache
 
     cfg = _kinembed_config(args)
-    overrides = {"duration_s": args.duration} if args.duration else {}
-    recs = open_dataset(args.data, **overrides)
+    recs = open_dataset(args.data, **_sim_overrides(args))
     print(
         f"kinembed on {args.data}: {len(recs)} recordings; config {args.config or 'paper defaults'}"
     )
@@ -162,7 +160,7 @@ def _kinembed_report(args: argparse.Namespace) -> int:
 
 def _sim_overrides(args: argparse.Namespace) -> dict[str, object]:
     """``--duration`` / ``--sim-subjects`` as simulator preset overrides (unset ones left out)."""
-    pairs = (("duration_s", args.duration), ("n_subjects", args.sim_subjects))
+    pairs = (("duration_s", args.duration), ("n_subjects", getattr(args, "sim_subjects", None)))
     return {k: v for k, v in pairs if v}
 
 

@@ -684,12 +684,16 @@ def tune_cebra(
 ) -> dict:
     """Optuna TPE over the B.4 grid at ``cebra_tune_dim``, objective = mean session-CV R^2.
 
-    Returns this subject's best hyper-parameters (``CEBRA_CANONICAL`` when ``cebra_trials`` is 0);
-    every trial is appended to ``records`` (``{"method", "subject", "stage": "hyper", <params>,
-    "dim", "cv_r2"}``) when given.
+    Returns this subject's best hyper-parameters (``CEBRA_CANONICAL`` when ``cebra_trials`` is 0,
+    the grid's point without a CV fit when it has one point); every trial is appended to
+    ``records`` (``{"method", "subject", "stage": "hyper", <params>, "dim", "cv_r2"}``) when
+    given.
     """
     if cfg.cebra_trials <= 0:
         return dict(CEBRA_CANONICAL)
+    if math.prod(len(v) for v in cfg.cebra_grid.values()) == 1:
+        # one point: nothing to choose, and its CV fits would cost most of a small run (smoke)
+        return {k: v[0] for k, v in cfg.cebra_grid.items()}
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -903,9 +907,11 @@ def choose_config(
                 {"method": method, "subject": subj.subject, "stage": "hyper"}
                 | {"params": tuned[subj.subject], "cv_r2": best}
             )
+            how = f"Optuna winner {tuned[subj.subject]} (cv {best:+.3f})"
             log(
-                f"{subj.subject:>6} CEBRA     Optuna winner {tuned[subj.subject]} (cv "
-                f"{best:+.3f}) {time.perf_counter() - t1:.0f} s"
+                f"{subj.subject:>6} CEBRA     "
+                + (how if len(trials) > n else f"the grid's one point {tuned[subj.subject]}")
+                + f" {time.perf_counter() - t1:.0f} s"
             )
         res.selection += trials
         base = mode_config(tuned, trials)

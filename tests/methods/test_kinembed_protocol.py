@@ -163,6 +163,19 @@ def test_cebra_takes_the_mode_of_its_hyper_parameters_then_of_its_dimension(
     assert hyper["s01"]["learning_rate"] == 1e-4
 
 
+def test_a_one_point_cebra_grid_is_taken_without_a_cv_fit(smoke_cfg) -> None:
+    """Nothing to choose: the smoke grid's point comes back without fitting (no subject or
+    session is read, no trial recorded); two points are searched by session CV."""
+    one = {k: (v[0],) for k, v in smoke_cfg.cebra_grid.items()}
+    records: list = []
+    cfg = dataclasses.replace(smoke_cfg, cebra_grid=one, cebra_trials=3)
+    assert ex.tune_cebra(None, (), cfg, 0, records) == {k: v[0] for k, v in one.items()}
+    assert records == []
+    two = dataclasses.replace(cfg, cebra_grid={**one, "temperature": (1.0, 2.0)})
+    with pytest.raises(InvalidValueError, match="session CV"):
+        ex.tune_cebra(None, (), two, 0, records)
+
+
 # -- 3. every method's output at window t depends on windows <= t only ---------------------------
 
 # ARIMA is not here: it has no embedding (it forecasts the DoA from the DoA alone, no EMG input).
@@ -281,9 +294,11 @@ def test_cli_prints_the_split_and_refuses_an_unknown_test_session(capsys) -> Non
     from emgcore.__main__ import main
 
     argv = ["kinembed", "--data", "db8-like", "--duration", "10", "--config", "kinembed-smoke"]
-    assert main([*argv, "--set", "test_session=A9"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "test_session" in err and "A9" in err
+    assert main([*argv, "--sim-subjects", "1", "--set", "test_session=A9"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().count("\n") == 0 and "test_session" in err and "A9" in err
+    # --sim-subjects reaches the simulator (it was ignored: 3 subjects' 9 recordings)
+    assert "kinembed on db8-like: 3 recordings" in out
 
 
 # -- 5. the baselines a user tries first ---------------------------------------------------------

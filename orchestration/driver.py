@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import tempfile
@@ -218,8 +219,8 @@ class Sweep:
                 status, code = "KILLED", 128 + signal.Signals[self.stop or "SIGINT"].value
                 how = f"interrupted by {self.stop or 'SIGINT'}"
                 _print(
-                    f"interrupted ({self.stop or 'SIGINT'}): open runs ended KILLED; "
-                    f"continue with --resume {sid}"
+                    f"interrupted ({self.stop or 'SIGINT'}): open runs ended KILLED; continue "
+                    f"with: {resume_command(self.opts.method, sid, self.store.storage, self.uri)}"
                 )
         finally:
             _restore_signals(handlers)
@@ -1175,17 +1176,23 @@ def _quiet_ray() -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
-    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
-    if not any(isinstance(f, _TrialFailureLog) for f in tune_log.filters):
-        tune_log.addFilter(_TrialFailureLog())
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        tune_log = logging.getLogger(name)
+        if not any(isinstance(f, _TrialFailureLog) for f in tune_log.filters):
+            tune_log.addFilter(_TrialFailureLog())
 
 
 class _TrialFailureLog:
-    """A logging filter: Tune's ``Trial task failed for trial ...`` record (the traceback the
-    trial's error file holds) is not shown; every other record is."""
+    """A logging filter for Tune's records that the sweep says better itself: ``Trial task
+    failed for trial ...`` (the traceback the trial's error file holds; the FAILED line names
+    it) and, on an interrupt, ``Resume experiment with: Tuner.restore(...)`` (not how a sweep
+    resumes: the interrupted line prints the sweep's own command). Every other record is shown.
+    """
+
+    HIDDEN = ("Trial task failed for trial", "Experiment has been interrupted", "Training has been")
 
     def filter(self, record: Any) -> bool:
-        return not str(record.msg).startswith("Trial task failed for trial")
+        return not str(record.msg).startswith(self.HIDDEN)
 
 
 def _divert_raylet_messages(path: Path) -> None:
@@ -1218,6 +1225,14 @@ def _ray_logs() -> str:
         return ray._private.worker._global_node.get_logs_dir_path()
     except Exception:  # another Ray layout: its default place
         return "/tmp/ray/session_latest/logs"
+
+
+def resume_command(method: str, sid: str, storage: str, tracking_uri: str) -> str:
+    """The exact command that continues sweep ``sid``, from any directory: its storage path and
+    tracking URI spelled out (the defaults are relative to where it started); the saved flags
+    come from the sweep's state."""
+    argv = [method, "--resume", sid, "--storage-path", storage, "--tracking-uri", tracking_uri]
+    return "python orchestration/sweep.py " + shlex.join(argv)
 
 
 def _storage(path: str | None) -> str:

@@ -42,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from emgcore.config import PARAM_MAX
-from emgcore.methods.base import Score, better
+from emgcore.methods.base import INFERENCE_FILE, Score, better
 
 T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
@@ -521,6 +521,19 @@ def model_description(
             "",
             f"Files beside the graph ({files}): "
             f'`mlflow.artifacts.download_artifacts("models:/{name}@champion")` + `/extra_files`.',
+        ]
+    if INFERENCE_FILE in extra:  # the whole path from raw EMG (README, "Using a champion")
+        text += [
+            "",
+            "From raw EMG `(T, C)` as recorded, at the training recordings' rate `fs` (Hz):",
+            "",
+            "```python",
+            "from emgcore.methods import load_inference",
+            "",
+            "pipe = load_inference(mlflow.artifacts.download_artifacts("
+            f'"models:/{name}@champion"))',
+            "out = pipe.predict(emg, fs)",
+            "```",
         ]
     return "\n".join(text)
 

@@ -680,6 +680,31 @@ def test_sweep_refuses_bad_flags_in_one_line_before_anything_starts(
     assert not list(tmp_path.glob("kinembed-*"))  # no sweep state written
 
 
+def test_an_unwritable_storage_path_is_refused_before_ray_or_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was a traceback after the parent run had opened, left RUNNING. (Under a file: root,
+    which CI runs as, may write anywhere else.)"""
+    import mlflow
+    import ray
+
+    from orchestration import sweep
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    (tmp_path / "afile").write_text("")
+    storage, db = tmp_path / "afile" / "results", tmp_path / "m.db"
+    argv = ["kinembed", "--smoke", "--tracking-uri", f"sqlite:///{db}"]
+    assert sweep.main([*argv, "--storage-path", str(storage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # one line naming the path; before it only MLflow's notes on creating the new store
+    assert str(tmp_path / "afile") in err[-1] and "Traceback" not in "".join(err), err
+    assert all("mlflow.store.db.utils" in line for line in err[:-1]), err
+    assert not ray.is_initialized()
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []  # no run was opened, so none is left RUNNING
+
+
 @pytest.mark.parametrize(
     ("text", "field", "why"),
     [

@@ -114,6 +114,35 @@ def test_ray_is_told_to_keep_quiet_unless_the_user_said_otherwise(monkeypatch):
         log.name, logging.ERROR, "f", 1, "Experiment checkpoint failed", (), None
     )
     assert not log.filter(failed) and log.filter(other)
+    # on an interrupt Tune suggests Tuner.restore; the sweep prints its own --resume command
+    tune = logging.getLogger("ray.tune.tune")
+    hint = tune.makeRecord(
+        tune.name,
+        logging.WARNING,
+        "f",
+        1,
+        "Experiment has been interrupted, but the most recent state was saved.\nResume "
+        'experiment with: Tuner.restore(path="/x", trainable=...)',
+        (),
+        None,
+    )
+    assert not tune.filter(hint) and tune.filter(other)
+
+
+def test_the_interrupted_line_names_a_resume_command_that_parses_back(tmp_path):
+    """The command printed on SIGINT / SIGTERM continues the same sweep from any directory: the
+    storage path and tracking URI it started with, however they were given."""
+    import shlex
+
+    from orchestration import sweep
+
+    storage, uri = str(tmp_path / "my results"), f"sqlite:///{tmp_path}/mlflow.db"
+    line = driver.resume_command("cpep", "20261202-101010-ab12", storage, uri)
+    argv = shlex.split(line)
+    assert argv[:2] == ["python", "orchestration/sweep.py"]
+    opts = sweep.parser().parse_args(argv[2:])
+    assert (opts.method, opts.resume) == ("cpep", "20261202-101010-ab12")
+    assert (opts.storage_path, opts.tracking_uri) == (storage, uri)
 
 
 # -- a real sweep's console ---------------------------------------------------------------------

@@ -349,10 +349,16 @@ def test_registered_model_and_versions_are_described(tmp_path):
         return version
 
     version = register(0.5)
+    sel0 = tracking.Score("cv_r2", 0.5, "session CV over A1+A2", 0.0)
     model = t.client.get_registered_model("kin")
     text = model.description
     assert "`kinembed` method" in text and 'load_model("models:/kin@champion")' in text
     assert "float32 (-1, 6)" in text and "float32 (-1, 2)" in text, text
+    assert "load_inference" not in text  # no inference file was registered
+    with_pipe = tracking.model_description("kin", "kinembed", "x", "y", ["inference.pt"], sel0)
+    assert 'load_inference(mlflow.artifacts.download_artifacts("models:/kin@champion"))' in (
+        with_pipe
+    )
     v = t.client.get_model_version("kin", version)
     assert "Sweep `kinembed-1`" in v.description and "cv_r2 0.5000" in v.description
     assert "heldout_r2 0.3000" in v.description and "Became champion" in v.description

@@ -21,7 +21,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,6 +160,7 @@ class Sweep:
         )
         self.registry = opts.registry_name or opts.method
         self.pretrained: dict[str, str] = {}  # the registered models it starts from (CPEP: MAEs)
+        self.data_tags: dict[str, str] = {}  # the EMG's unit and channels, once data is read
 
     # -- the whole sweep -------------------------------------------------------------------------
 
@@ -699,7 +700,7 @@ class Sweep:
     def _log_sweep(self, state: dict, parent: str) -> None:
         """The parent run's params: what defines the sweep, logged once (a resume cannot change
         them). The resources of each start are a tag, ``emg.resume.<n>`` for the n-th resume."""
-        self.tracker.set_tags(parent, {"emg.data_fingerprint": self.fingerprint})
+        self.tracker.set_tags(parent, {"emg.data_fingerprint": self.fingerprint} | self.data_tags)
         params = {
             "sweep.data": self.opts.data,
             "sweep.config": self.config,
@@ -859,6 +860,7 @@ class Sweep:
         self.subjects = wanted or have
         state["subjects"] = self.subjects
         self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
+        self.data_tags = data_tags(recs)
         if self.method.session_split:  # which session is held out is chosen on purpose
             train, test = self.method.session_split({r.session for r in recs}, self.base)
             state["split"] = {"train_sessions": ",".join(train), "test_session": test}
@@ -1225,6 +1227,17 @@ def _ray_logs() -> str:
         return ray._private.worker._global_node.get_logs_dir_path()
     except Exception:  # another Ray layout: its default place
         return "/tmp/ray/session_latest/logs"
+
+
+def data_tags(recordings: Sequence[Any]) -> dict[str, str]:
+    """What the data's EMG is, for the parent run: ``emg.emg_unit`` (the recordings' units,
+    e.g. ``mV``; several joined by ``,``) and ``emg.channels`` (the count, then the channel or
+    muscle names when the recordings name them, e.g. ``4: VL, VM, BF, ST``; several layouts
+    joined by `` | ``)."""
+    units = sorted({r.emg_unit for r in recordings})
+    layouts = sorted({(r.n_channels, tuple(r.channel_names)) for r in recordings})
+    channels = " | ".join(f"{c}: {', '.join(n)}" if n else str(c) for c, n in layouts)
+    return {"emg.emg_unit": ",".join(units), "emg.channels": channels[:5000]}  # a tag holds 8000
 
 
 def resume_command(method: str, sid: str, storage: str, tracking_uri: str) -> str:

@@ -267,3 +267,29 @@ def _plain_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+# -- the data's EMG unit and channel names on the sweep's parent run --------------------------
+
+
+def test_the_parent_run_says_what_unit_and_channels_the_emg_has():
+    import numpy as np
+
+    from emgcore.data import open_dataset
+    from emgcore.recording import ChannelLayout
+    from orchestration.driver import data_tags
+
+    recs = open_dataset("db8-like", duration_s=2.0, n_subjects=1)
+    assert data_tags(recs) == {"emg.emg_unit": recs[0].emg_unit, "emg.channels": "16"}
+    thigh = [  # a lab's own: 4 named electrodes on a thigh, in microvolts
+        r.replace(
+            emg=np.asarray(r.emg)[:, :4],
+            layout=ChannelLayout.custom([[0, 0], [30, 0], [60, 0], [90, 0]]),
+            channel_names=("VL", "VM", "BF", "ST"),
+            emg_unit="uV",
+        )
+        for r in recs[:1]
+    ]
+    tags = data_tags([*recs, *thigh])
+    assert tags["emg.emg_unit"] == ",".join(sorted({recs[0].emg_unit, "uV"}))
+    assert tags["emg.channels"] == "4: VL, VM, BF, ST | 16"

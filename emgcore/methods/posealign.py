@@ -966,19 +966,12 @@ def _method(name: str, target: str, **kw: Any) -> Method:
 
 
 MAE_METHOD = _method("mae", "cpep", inference=EmgEncoder.load)
-CPEP_METHOD = _method(
-    "cpep",
-    "cpep",
+# both align EMG to poses from the MAE champions and recognise gestures from raw EMG
+ALIGNED = dict(
     starts_from="mae",
     pretrained_keys=("emg", "pose"),
     load_pretrained=load_model,
     inference=GestureRecognizer.load,
 )
-EMBRIDGE_METHOD = _method(
-    "embridge",
-    "embridge",
-    starts_from="mae",
-    pretrained_keys=("emg", "pose"),
-    load_pretrained=load_model,
-    inference=GestureRecognizer.load,
-)
+CPEP_METHOD = _method("cpep", "cpep", **ALIGNED)
+EMBRIDGE_METHOD = _method("embridge", "embridge", **ALIGNED)

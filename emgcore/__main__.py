@@ -129,7 +129,7 @@ def _kinembed(args: argparse.Namespace) -> int:
     from emgcore.windows import RecordingCache
 
     cfg = _kinembed_config(args)
-    recs = open_dataset(args.data, **_sim_overrides(args))
+    recs = open_dataset(args.data, **_sim_overrides(args, "kinembed"))
     print(
         f"kinembed on {args.data}: {len(recs)} recordings; config {args.config or 'paper defaults'}"
     )
@@ -158,10 +158,24 @@ def _kinembed_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sim_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """``--duration`` / ``--sim-subjects`` as simulator preset overrides (unset ones left out)."""
-    pairs = (("duration_s", args.duration), ("n_subjects", getattr(args, "sim_subjects", None)))
-    return {k: v for k, v in pairs if v}
+def _sim_overrides(args: argparse.Namespace, command: str | None = None) -> dict[str, object]:
+    """``--duration`` / ``--sim-subjects`` as simulator preset overrides. Flags given win; for
+    ``command``, the rest is the method's smoke size (what ``sweep.py --smoke`` simulates) when
+    ``--config`` is its smoke preset on its default simulator (a smoke run is small everywhere,
+    seconds to a few minutes), else the command's own default size (``SIM_DEFAULTS``)."""
+    sim_subjects = getattr(args, "sim_subjects", None)
+    given = {k: v for k, v in (("duration_s", args.duration), ("n_subjects", sim_subjects)) if v}
+    if command is None:
+        return given
+    from emgcore.methods import METHODS
+
+    m = METHODS[DEFAULTS[command][0]]
+    smoke = args.config == m.smoke_preset and args.data == m.data
+    return dict(m.smoke_sim if smoke else SIM_DEFAULTS.get(command, {})) | given
+
+
+# simulator sizes a command needs beyond its preset's (posealign's splits take 8 users)
+SIM_DEFAULTS = {"posealign": {"n_subjects": 8}}
 
 
 def _add_config(
@@ -204,13 +218,15 @@ def _add_sim(p: argparse.ArgumentParser, sim_subjects: int | None, unit: str) ->
         "--duration",
         type=at_least(0.1),
         default=None,
-        help=f"seconds per simulated {unit} (simulator only; default: the preset's)",
+        help=f"seconds per simulated {unit} (simulator only; default: the preset's, with the "
+        "smoke preset the smoke size)",
     )
     p.add_argument(
         "--sim-subjects",
         type=at_least(1, int),
-        default=sim_subjects,
-        help=f"simulated users (simulator only; default: {sim_subjects or preset})",
+        default=None,
+        help=f"simulated users (simulator only; default: {sim_subjects or preset}, with the "
+        "smoke preset the smoke size)",
     )
 
 
@@ -234,7 +250,7 @@ def _posealign(args: argparse.Namespace) -> int:
 
     cfg = _posealign_config(args)
     t0 = time.perf_counter()
-    recs = open_dataset(args.data, **_sim_overrides(args))
+    recs = open_dataset(args.data, **_sim_overrides(args, "posealign"))
     splits = gesture_splits(recs, cfg.gestures)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"posealign on {args.data}: {len(recs)} recordings; windows: {sizes}")
@@ -253,7 +269,7 @@ def _jepa(args: argparse.Namespace) -> int:
     from emgcore.methods.jepa import ABLATIONS, ablate, as_table, channel_study
 
     cfg = _jepa_config(args)
-    sim = _sim_overrides(args)
+    sim = _sim_overrides(args, "jepa")
     specs = args.data.split(",")
     layouts = {"channels": ("ring8", "ring16", "grid110"), "low_channel": ("ring8", "grid110")}
     if args.study in layouts and specs == ["emg2pose-like"]:  # the simulator, per channel count
@@ -394,7 +410,7 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated methods to train, e.g. emg_mae,poset,cpep (default: the "
         "config's: emg_mae, poset, cpep, qformer, embridge)",
     )
-    _add_sim(pa, 8, "recording")
+    _add_sim(pa, SIM_DEFAULTS["posealign"]["n_subjects"], "recording")
 
     jp = command("jepa", "EMG-JEPA: pre-training, pose fine-tuning, ablation table")
     jp.add_argument(

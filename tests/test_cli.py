@@ -283,3 +283,26 @@ def test_set_errors_name_the_pair_not_the_preset(argv, want, capsys, tmp_path) -
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {want}"), err
     assert "presets" not in err[0] and ".yaml" not in err[0]
+
+
+def test_a_smoke_preset_runs_on_the_smoke_size_unless_told() -> None:
+    """``--config <method>-smoke`` on the method's simulator simulates what ``sweep.py --smoke``
+    does (posealign-smoke took 4.5 min on 8 users' 20-s recordings); flags given win, and
+    another config or another simulator keeps its own size."""
+    from emgcore.methods import METHODS
+
+    def sim(command: str, *argv: str) -> dict:
+        args = cli.parser().parse_args([command, *argv])
+        cli._default_data(args, command)
+        return cli._sim_overrides(args, command)
+
+    for command, (method, _, _) in cli.DEFAULTS.items():
+        smoke = dict(METHODS[method].smoke_sim)
+        assert sim(command, "--config", METHODS[method].smoke_preset) == smoke
+        assert sim(command, "--config", METHODS[method].smoke_preset, "--sim-subjects", "3") == (
+            smoke | {"n_subjects": 3}
+        )
+        other = sim(command, "--config", METHODS[method].smoke_preset, "--data", "myo-like")
+        assert other == cli.SIM_DEFAULTS.get(command, {})
+    assert sim("kinembed") == {} and sim("jepa", "--duration", "5") == {"duration_s": 5.0}
+    assert sim("posealign") == {"n_subjects": 8}  # its splits take 8 users

@@ -251,9 +251,10 @@ def test_cli_writes_the_report(tmp_path, capsys) -> None:
 
     out = tmp_path / "out"
     args = ["posealign", "--config", "posealign-smoke", "--methods", "cpep", "--out", str(out)]
-    assert main([*args, "--sim-subjects", "6", "--duration", "4"]) == 0
+    assert main(args) == 0  # the smoke preset on the smoke size: 6 users' 4-s recordings
     printed = capsys.readouterr().out
     assert "windows: pretrain" in printed and "cpep" in printed
+    assert "posealign on emg2pose-like: 240 recordings" in printed  # 8 users' 320 before
     assert (out / "table2.txt").exists() and (out / "zs_unseen_confusion.png").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("embridge: {n_query: 3}\n")

@@ -967,11 +967,11 @@ def _method(name: str, target: str, **kw: Any) -> Method:
 
 MAE_METHOD = _method("mae", "cpep", inference=EmgEncoder.load)
 # both align EMG to poses from the MAE champions and recognise gestures from raw EMG
-ALIGNED = dict(
+FROM_MAES = dict(
     starts_from="mae",
     pretrained_keys=("emg", "pose"),
     load_pretrained=load_model,
     inference=GestureRecognizer.load,
 )
-CPEP_METHOD = _method("cpep", "cpep", **ALIGNED)
-EMBRIDGE_METHOD = _method("embridge", "embridge", **ALIGNED)
+CPEP_METHOD = _method("cpep", "cpep", **FROM_MAES)
+EMBRIDGE_METHOD = _method("embridge", "embridge", **FROM_MAES)

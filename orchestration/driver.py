@@ -1226,7 +1226,9 @@ def _ray_logs() -> str:
 
         return ray._private.worker._global_node.get_logs_dir_path()
     except Exception:  # another Ray layout: its default place
-        return "/tmp/ray/session_latest/logs"
+        # Ray's own rule: $RAY_TMPDIR, else the system temp folder, then ray/session_latest
+        root = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+        return str(Path(root) / "ray" / "session_latest" / "logs")
 
 
 def data_tags(recordings: Sequence[Any]) -> dict[str, str]:

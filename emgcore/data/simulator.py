@@ -398,7 +398,7 @@ def _mix(
     """
     basis = _basis(fs)
     k = len(basis)
-    chunk = 1 << 16
+    chunk = min(1 << 16, n_samples)  # a short recording pads to its own length, not 2^16
     nfft = sp_fft.next_fast_len(chunk + k - 1, real=True)
     basis_f = sp_fft.rfft(basis, n=nfft, axis=0)[:, :, None]  # (F, 3, 1)
     idx = np.round(t * fs).astype(np.int64)

@@ -37,6 +37,9 @@ Choices where the paper is silent or contradicts itself (each also a config valu
 * Pose head (Sec. 3.3, A.2): encoder tokens projected to 256; one learned query attends over
   them (8 heads) in a pre-LN cross-attention block with a 1536-wide feed-forward and dropout
   0.1; then Sec. 3.3's two-layer ReLU MLP to the joint angles.
+* Dropout (A.1, A.2: "a dropout rate of 0.1", place not given): on the residual branches and
+  the feed-forward, not on the attention probabilities (timm ViT / I-JEPA); see
+  :class:`emgcore.models.transformer.Attention` for the measured cost of the other choice.
 * The convolutional decoder of Table 5: tokens averaged over channels, two 1-D convolutions
   (kernel 3) over the K time patches, the last patch's features to the joint angles.
 """
@@ -335,7 +338,7 @@ class CrossAttentionHead(nn.Module):
         self.proj = nn.Linear(width, d)
         self.query = nn.Parameter(torch.zeros(1, 1, d))
         self.ln_q, self.ln_kv, self.ln_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = Attention(d, cfg.heads, cfg.dropout)
+        self.attn = Attention(d, cfg.heads)
         self.ff = nn.Sequential(
             nn.Linear(d, cfg.mlp_dim),
             nn.GELU(),

@@ -47,7 +47,7 @@ class MAEConfig:
     decoder_depth: int = 2  # decoder blocks
     heads: int = 8  # attention heads (papers silent)
     mlp_ratio: float = 4.0  # feed-forward width / d (papers silent)
-    dropout: float = 0.0  # in attention and feed-forward (papers silent)
+    dropout: float = 0.0  # residual branches and feed-forward (papers silent)
     mask_ratio: float = 0.5  # r: fraction of patch tokens hidden (CPEP Fig. 3's other axis)
     lr: float = 1e-4  # AdamW
     weight_decay: float = 1e-5  # AdamW

@@ -170,8 +170,16 @@ def _sim_overrides(args: argparse.Namespace, command: str | None = None) -> dict
     from emgcore.methods import METHODS
 
     m = METHODS[DEFAULTS[command][0]]
-    smoke = args.config == m.smoke_preset and args.data == m.data
+    smoke = _same_config(args.config, m.smoke_preset) and args.data == m.data
     return dict(m.smoke_sim if smoke else SIM_DEFAULTS.get(command, {})) | given
+
+
+def _same_config(given: str, preset: str) -> bool:
+    """Whether ``--config`` names the bundled ``preset``, by name or by its file's path."""
+    try:
+        return resolve_config(given).resolve() == resolve_config(preset).resolve()
+    except EmgDataError:  # no such config: the command says so when it loads it
+        return False
 
 
 # simulator sizes a command needs beyond its preset's (posealign's splits take 8 users)

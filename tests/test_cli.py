@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from emgcore import __main__ as cli
-from emgcore.config import tuplify
+from emgcore.config import resolve_config, tuplify
 from orchestration import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,6 +302,8 @@ def test_a_smoke_preset_runs_on_the_smoke_size_unless_told() -> None:
         assert sim(command, "--config", METHODS[method].smoke_preset, "--sim-subjects", "3") == (
             smoke | {"n_subjects": 3}
         )
+        by_path = str(resolve_config(METHODS[method].smoke_preset))  # the same file, by path
+        assert sim(command, "--config", by_path) == smoke
         other = sim(command, "--config", METHODS[method].smoke_preset, "--data", "myo-like")
         assert other == cli.SIM_DEFAULTS.get(command, {})
     assert sim("kinembed") == {} and sim("jepa", "--duration", "5") == {"duration_s": 5.0}

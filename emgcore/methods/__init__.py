@@ -13,7 +13,7 @@ from pathlib import Path
 
 from emgcore.errors import InvalidValueError, MissingFieldError
 from emgcore.methods import jepa, kinembed, posealign
-from emgcore.methods.base import INFERENCE_FILE, Inference, Method
+from emgcore.methods.base import INFERENCE_FILE, NO_INFERENCE_FILE, Inference, Method
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -58,19 +58,12 @@ def load_inference(path: str | Path) -> Inference:
 
 
 def _why_no_inference(folder: Path) -> str:
-    """Why ``folder`` holds no inference file: a weights-only export (``mae-pose`` takes pose
-    windows, not EMG) or a version registered before inference files existed."""
-    import json
-
-    for spec in (folder / posealign.SPEC, folder / "extra_files" / posealign.SPEC):
-        if spec.is_file():
-            kind = json.loads(spec.read_text()).get("kind")
-            if kind == "mae-pose":
-                return (
-                    f"no {INFERENCE_FILE} here: a {kind} version takes pose windows, not raw "
-                    "EMG, and is weights only; emgcore.methods.posealign.load_model(folder) "
-                    "rebuilds its encoder"
-                )
+    """Why ``folder`` holds no inference file: what a weights-only export wrote
+    (:func:`~emgcore.methods.base.save_no_inference`), else a version registered before
+    inference files existed."""
+    for note in (folder / NO_INFERENCE_FILE, folder / "extra_files" / NO_INFERENCE_FILE):
+        if note.is_file():
+            return f"no {INFERENCE_FILE} here: {note.read_text().strip()}"
     return (
         f"no {INFERENCE_FILE} here: this version was registered without its inference "
         "pipeline (before it was exported); register it again with a new sweep"

@@ -170,6 +170,7 @@ class Trial:
 
 
 INFERENCE_FILE = "inference.pt"
+NO_INFERENCE_FILE = "no_inference.txt"  # beside a weights-only export: why it has none
 """The extra file of a registered version that holds its whole inference path (fitted
 preprocessing, features and model): :func:`emgcore.methods.load_inference` rebuilds it."""
 
@@ -201,6 +202,16 @@ def save_inference(method: str, payload: Mapping[str, Any], folder: Path) -> Pat
     path = Path(folder) / INFERENCE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"method": method, "format": 1, **payload}, path)
+    return path
+
+
+def save_no_inference(why: str, folder: Path) -> Path:
+    """Write why an export has no inference path (e.g. it takes pose windows, not EMG, and what
+    to load instead) as ``folder/no_inference.txt``: :func:`emgcore.methods.load_inference`
+    gives it as its error, so no method is special-cased where versions are loaded."""
+    path = Path(folder) / NO_INFERENCE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(why.strip() + "\n")
     return path
 
 

@@ -77,6 +77,7 @@ from emgcore.methods.base import (
     UnitResult,
     check_input,
     save_inference,
+    save_no_inference,
 )
 from emgcore.models.cpep import CPEPConfig, train_cpep
 from emgcore.models.embridge import EMBridgeConfig, train_embridge
@@ -452,6 +453,11 @@ def as_table(rows: Sequence[Mapping[str, Any]]) -> str:
 # -- saving and rebuilding trained models (what the registry stores besides the traced graph) ---
 
 WEIGHTS, SPEC = "weights.pt", "model.json"
+# why the mae-pose version has no inference path (its no_inference.txt; EmgEncoder's docstring)
+POSE_ONLY = (
+    "a mae-pose version takes pose windows, not raw EMG, and is weights only; "
+    "emgcore.methods.posealign.load_model(folder) rebuilds its encoder"
+)
 
 
 def save_model(kind: str, cfg: PoseAlignConfig, enc: Encoders, folder: str | Path) -> list[Path]:
@@ -852,12 +858,14 @@ class PoseAlignTrial(Trial):
             chance(ev, cfg),
         )
 
-        def files(kind: str, inference: _RawEmg | None = None) -> Any:
-            # weights + config, rebuilt on load (re-scoring, load_pretrained); inference.pt
-            # beside them: the whole path from raw EMG (load_inference)
+        def files(kind: str, inference: _RawEmg | str) -> Any:
+            # weights + config, rebuilt on load (re-scoring, load_pretrained); beside them
+            # inference.pt, the whole path from raw EMG (load_inference), or why there is none
             def write(folder: Path) -> list[Path]:
                 out = save_model(kind, cfg, enc, folder)
-                return out + (inference.save(folder) if inference is not None else [])
+                if isinstance(inference, str):
+                    return [*out, save_no_inference(inference, folder)]
+                return out + inference.save(folder)
 
             return write
 
@@ -865,8 +873,9 @@ class PoseAlignTrial(Trial):
             emg = EmgEncoder(*_saved("mae-emg", cfg, enc), self.fs, self.layout)
             exports = [
                 Export("-emg", enc.emg_encoder, ev.emg[:4].numpy(), files("mae-emg", emg)),
-                # pose windows in, not EMG: weights only (EmgEncoder's docstring)
-                Export("-pose", enc.pose_encoder, ev.pose[:4].numpy(), files("mae-pose")),
+                Export(
+                    "-pose", enc.pose_encoder, ev.pose[:4].numpy(), files("mae-pose", POSE_ONLY)
+                ),
             ]
         else:
             exports = [

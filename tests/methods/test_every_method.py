@@ -16,7 +16,7 @@ import torch
 from emgcore.config import load_yaml, resolve_config
 from emgcore.data import open_dataset
 from emgcore.methods import METHODS
-from emgcore.methods.base import TrialSetup
+from emgcore.methods.base import INFERENCE_FILE, NO_INFERENCE_FILE, TrialSetup
 
 
 @pytest.mark.slow
@@ -42,6 +42,9 @@ def test_final_trial_registers_what_it_scored(name: str, tmp_path) -> None:
         if ex.write_files is not None:
             files = ex.write_files(tmp_path / f"files{ex.suffix}")
             assert all(f.exists() for f in files)
+            # raw EMG in (load_inference), or a note saying why not: never silently neither
+            names = {f.name for f in files}
+            assert (INFERENCE_FILE in names) != (NO_INFERENCE_FILE in names), (name, names)
         if ex.rescore is not None:
             champion = ex.load(tmp_path / f"files{ex.suffix}") if ex.load else ex.model
             with torch.no_grad():

@@ -15,7 +15,7 @@ from emgcore.config import load_yaml, resolve_config
 from emgcore.data import open_dataset
 from emgcore.errors import EmgDataError
 from emgcore.methods import METHODS, load_inference
-from emgcore.methods.base import TrialSetup
+from emgcore.methods.base import TrialSetup, save_no_inference
 from emgcore.models.decoder import r2_per_output
 
 
@@ -65,6 +65,10 @@ def test_inference_refuses_other_channels_and_rates_in_one_line(kinembed_final):
 
 def test_a_folder_without_an_inference_file_says_what_to_do(tmp_path):
     with pytest.raises(EmgDataError, match="registered without its inference pipeline"):
+        load_inference(tmp_path)
+    # a weights-only export says why itself, found in the version's folder or extra_files
+    save_no_inference("takes pose windows; load_model(folder) instead", tmp_path / "extra_files")
+    with pytest.raises(EmgDataError, match=r"no inference.pt here: takes pose windows; load_mo"):
         load_inference(tmp_path)
 
 

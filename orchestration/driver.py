@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -167,18 +168,28 @@ class Sweep:
     def run(self) -> int:
         import ray
 
-        state = self._open_state()
-        self._check_subjects(state)  # bad data fails here, before Ray or MLflow runs start
-        self._check_same_data(state)  # so does a resume on data that changed since
-        self._check_pretrained(state)  # so does a starting model trained on other data
-        self._end_dead_sweeps(state)  # and resuming a sweep that still runs
-        self._save_state(state)  # and a storage path that takes no state, before any run opens
-        self._start_ray()
-        t0 = time.time()
-        sid = state["sweep_id"]
-        exp = self.tracker.experiment(self.opts.experiment or self.opts.method)
-        self.exp = exp
-        tags = self._tags(sid, state)
+        handlers = self._install_signals()
+        try:  # Ctrl-C / SIGTERM while starting: no run is open yet, one line says so
+            state = self._open_state()
+            self._check_subjects(state)  # bad data fails here, before Ray or MLflow runs start
+            self._check_same_data(state)  # so does a resume on data that changed since
+            self._check_pretrained(state)  # so does a starting model trained on other data
+            self._end_dead_sweeps(state)  # and resuming a sweep that still runs
+            self._save_state(state)  # and a storage path that takes no state, before any run
+            self._start_ray()
+            self._own_signals()  # Ray's start installed its own SIGTERM handler (abort)
+            self._check_stop()
+            t0 = time.time()
+            sid = state["sweep_id"]
+            exp = self.tracker.experiment(self.opts.experiment or self.opts.method)
+            self.exp = exp
+            tags = self._tags(sid, state)
+            self.deferred = True  # a signal from here waits for the try below to end the run
+        except (Interrupted, KeyboardInterrupt):
+            _restore_signals(handlers)
+            name = self.stop or "SIGINT"
+            _print(f"interrupted ({name}) while starting, before any run opened: start it again")
+            return 128 + signal.Signals[name].value
         parent = self.tracker.open_run(exp, f"{sid}", f"sweep {sid}", tags)
         state["parent"] = parent
         state["status"], state["ended"] = "RUNNING", {}
@@ -190,8 +201,9 @@ class Sweep:
             f"MLflow {self.uri}"
         )
         status, code, how = "FINISHED", 0, "finished"
-        handlers = self._install_signals()
         try:  # from here on every failure ends the runs it reopened (never left RUNNING)
+            self.deferred = False
+            self._check_stop()  # one that arrived while the parent run opened
             self.links = self._ui(sid)
             _print(f"MLflow UI: {self.links.get('view', self.links['experiment'])}")
             self._log_sweep(state, parent)
@@ -201,6 +213,7 @@ class Sweep:
             for stage in self.space.stages if not state.get("study") else ():
                 if self.opts.stages and stage.name not in self.opts.stages:
                     continue
+                self._check_stop()
                 if state["stages"].get(stage.name, {}).get("done"):
                     _print(f"stage {stage.name}: done in an earlier run, winner kept")
                     continue
@@ -335,7 +348,10 @@ class Sweep:
                     name=name,
                     storage_path=f"{self.storage}/{sid}",
                     # the JSON logger explicitly: _quiet_ray turns Tune's defaults off
-                    callbacks=[_Progress(name, metric), JsonLoggerCallback()],
+                    callbacks=[
+                        _Progress(name, metric, lambda: bool(self.stop)),
+                        JsonLoggerCallback(),
+                    ],
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
@@ -541,19 +557,43 @@ class Sweep:
     def _install_signals(self) -> dict[int, Any]:
         """SIGTERM/SIGINT end the sweep cleanly: runs KILLED, Tune state saved for --resume.
 
-        Inside ``tuner.fit()`` Tune owns SIGINT (it stops the trials and saves the experiment),
-        so a SIGTERM there is handed to it as a SIGINT; elsewhere the handler raises.
+        This handler stays in charge inside ``tuner.fit()`` too: Tune's own SIGINT handler is
+        turned off (``TUNE_DISABLE_SIGINT_HANDLER``; with it a Ctrl-C mid-stage went unseen
+        here and the stage ended "every trial failed"), and a signal there is handed to Tune as
+        SIGUSR1, its other stop signal (it stops the trials and saves the experiment), by the
+        stage's :class:`_Progress` callback at Tune's next step. Outside
+        Tune the handler raises :class:`Interrupted`, or, while the parent run opens, leaves
+        ``self.stop`` for :meth:`_check_stop`. An ``Interrupted`` that lands where Python
+        ignores exceptions (an at-fork hook while Ray starts) is kept quiet; ``self.stop``
+        still ends the sweep at the next check.
         """
 
         def handler(signum: int, frame: Any) -> None:
             self.stop = signal.Signals(signum).name
-            if self.in_tune:
-                signal.raise_signal(signal.SIGINT)
-                return
-            raise Interrupted(self.stop)
+            if not (self.in_tune or self.deferred):
+                raise Interrupted(self.stop)
 
-        self.stop, self.in_tune = "", False
+        def unraisable(u: Any) -> None:
+            if not isinstance(u.exc_value, Interrupted):
+                unraisable.before(u)  # type: ignore[attr-defined]
+
+        unraisable.before = sys.unraisablehook  # type: ignore[attr-defined]
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        sys.unraisablehook = unraisable
+        self.stop, self.in_tune, self.deferred = "", False, False
+        self._handler = handler
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _own_signals(self) -> None:
+        """Put this sweep's handler back: starting Ray's core worker in this process installs a
+        native failure handler on SIGTERM that aborts (exit -6, no run ended)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _check_stop(self) -> None:
+        """Raise :class:`Interrupted` for a signal that arrived where it could not raise."""
+        if self.stop:
+            raise Interrupted(self.stop)
 
     def _spec(self, mode: str, overrides: dict, key: str, parent: str, tags: dict) -> dict:
         """What a trial's workers need (:func:`orchestration.launch.trial_spec`)."""
@@ -994,12 +1034,22 @@ class Sweep:
 
 
 class _Progress:
-    """Tune callback: one console line per trial event."""
+    """Tune callback: one console line per trial event; and the sweep's stop request
+    (``stopping()`` true) handed to Tune as SIGUSR1, its stop signal, from Tune's own loop,
+    where Tune's handler for it is certainly installed (the default action of SIGUSR1 would
+    end the process)."""
 
-    def __new__(cls, stage: str, metric: str) -> Any:
+    def __new__(cls, stage: str, metric: str, stopping: Callable[[], bool]) -> Any:
         from ray.tune import Callback
 
         class Progress(Callback):
+            told = False
+
+            def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
+                if stopping() and not self.told:
+                    self.told = True
+                    signal.raise_signal(signal.SIGUSR1)
+
             def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
                 _print(f"  {stage} {trial.trial_id} started {trial.config['overrides']}")
 
@@ -1273,5 +1323,7 @@ def _print(msg: str) -> None:
 
 
 def _restore_signals(old: dict[int, Any]) -> None:
+    """Undo :meth:`Sweep._install_signals`: the handlers and the unraisable-exception hook."""
     for sig, h in old.items():
         signal.signal(sig, h)
+    sys.unraisablehook = getattr(sys.unraisablehook, "before", sys.unraisablehook)

@@ -253,6 +253,14 @@ def parse(argv: Sequence[str] | None) -> Options:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the sweep's own handlers: imports, reading the config
+        print("interrupted (SIGINT) while starting, before any run opened", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from orchestration.launch import environment_problem  # stdlib only: a job's bare python
 
     if problem := environment_problem():  # one line, exit 2 (before anything imports them)

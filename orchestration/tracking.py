@@ -42,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from emgcore.config import PARAM_MAX
-from emgcore.methods.base import INFERENCE_FILE, Score, better
+from emgcore.methods.base import INFERENCE_FILE, Score, better, exact
 
 T = TypeVar("T")
 DEFAULT_DB = "mlflow.db"
@@ -943,7 +943,7 @@ def register(
         **test.tags("test"),
         "selection_metric": selection.metric,
         "test_metric": test.metric,
-        f"champion_{selection.metric}": f"{old:.6f}",
+        f"champion_{selection.metric}": exact(old),
         "below_trivial": str(not floor_ok).lower(),
         "became_champion": str(promote).lower(),
         **tags,
@@ -959,7 +959,7 @@ def register(
     if note:  # the champion changed while this version was trained and logged: say what won
         reason = f"{reason}; {note}".strip("; ")[:5000]
         fixed = {
-            f"champion_{selection.metric}": f"{math.nan if now_old is None else now_old:.6f}",
+            f"champion_{selection.metric}": exact(math.nan if now_old is None else now_old),
             "became_champion": str(moved).lower(),
             "reason": reason,
         }

@@ -48,12 +48,20 @@ class Score:
         """The version tags that record it: ``registered_<metric>``, ``<role>_split``,
         ``trivial_<metric>``. ``registered_``: the registered model's own score, as the final
         run logs it too; the run's ``<metric>`` is the mean over its seeds (and subjects), another
-        value, so the two never share a name."""
+        value, so the two never share a name. Values are written exactly (:func:`exact`): the
+        champion rule reads them back and compares, so a rounded tag would let an identical
+        rerun's score beat its own rounding."""
         return {
-            f"registered_{self.metric}": f"{self.value:.6f}",
+            f"registered_{self.metric}": exact(self.value),
             f"{role}_split": self.split,
-            f"trivial_{self.metric}": f"{self.trivial:.6f}",
+            f"trivial_{self.metric}": exact(self.trivial),
         }
+
+
+def exact(value: float) -> str:
+    """``value`` as text that reads back as the same float (``float(exact(v)) == v``; Python's
+    shortest round-trip ``repr``), for scores stored in tags that are compared again later."""
+    return repr(float(value))
 
 
 def better(score: float, other: float | None, mode: str = "max") -> bool:

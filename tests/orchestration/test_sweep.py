@@ -730,8 +730,8 @@ def test_readme_recipe_runs_the_champion_on_raw_emg_from_any_folder(job, tmp_pat
     readme = (ROOT / "README.md").read_text()
     block = readme.split("- **Using a champion on new data.**", 1)[1].split("```python", 1)[1]
     code = textwrap.dedent(block.split("```", 1)[0])
-    assert "sqlite:////path/to/emg-orchestra/mlflow.db" in code and "n_subjects=1" in code
-    code = code.replace("sqlite:////path/to/emg-orchestra/mlflow.db", job["uri"])
+    assert "sqlite:////path/to/clone/mlflow.db" in code and "n_subjects=1" in code
+    code = code.replace("sqlite:////path/to/clone/mlflow.db", job["uri"])
     code = code.replace("n_subjects=1", "n_subjects=2")
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -883,6 +883,92 @@ def test_nan_trial_fails_sweep_goes_on_sigterm_and_resume(tmp_path):
         [*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 2 and "already finished" in again.stderr
+
+
+CTRL_C_SPACE = """
+method: kinembed
+metric: cv_r2
+mode: max
+stages:
+  - name: dropout
+    grid:
+      kinembed.dropout: [0.0, 0.2]
+"""
+
+# when Ctrl-C lands: how to tell from the outside (process state / its log), and what it ends
+CTRL_C_MOMENTS = {
+    "importing": ("libtorch", "while starting"),  # torch's library mapped: inside the imports
+    "starting Ray": ("split: ", "while starting"),  # data checked, Ray starting
+    # Ray up, the parent run about to open: either, by a few milliseconds
+    "opening the parent run": ("Ray's own messages go to", "either"),
+    "at a stage boundary": ("MLflow UI: ", "KILLED"),  # the driver's own handler
+    "mid-stage": ("  dropout ", "KILLED"),  # a trial started, inside tuner.fit(): Tune's handler
+}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.mlflow
+@pytest.mark.parametrize("moment", sorted(CTRL_C_MOMENTS))
+def test_ctrl_c_ends_the_sweep_as_interrupted_wherever_it_lands(tmp_path, moment):
+    """Ctrl-C is SIGINT to the terminal's whole foreground process group (Ray's own processes
+    block it). Wherever it lands the sweep exits 130 with one line and no traceback, and
+    leaves no run RUNNING; once the parent run is open it ends it KILLED and prints the
+    command that continues it (before: ignored at a stage boundary, FAILED mid-stage)."""
+    marker, outcome = CTRL_C_MOMENTS[moment]
+    space = tmp_path / "space.yaml"
+    space.write_text(CTRL_C_SPACE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [sys.executable, str(SWEEP), "kinembed", "--smoke", "--space", str(space)]
+    args += ["--max-concurrent", "1", "--skip-final", "--tracking-uri", uri]
+    env = _env(EMGCORE_CACHE=str(tmp_path / "cache"))
+    log_path = tmp_path / "out.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if marker == "libtorch":
+                with contextlib.suppress(OSError):
+                    if marker in Path(f"/proc/{proc.pid}/maps").read_text():
+                        break
+            elif marker in log_path.read_text():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(180)
+    finally:
+        _kill_group(proc.pid)
+    out = log_path.read_text()
+    assert rc == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    if outcome == "either":
+        outcome = "KILLED" if "open runs ended KILLED" in out else "while starting"
+    if outcome == "while starting":
+        assert "interrupted (SIGINT) while starting, before any run opened" in out
+        assert "sweep failed" not in out
+    else:
+        line = next(ln for ln in out.splitlines() if "interrupted (SIGINT)" in ln)
+        assert "open runs ended KILLED; continue with: " in line, out[-3000:]
+        assert "python orchestration/sweep.py kinembed --resume " in line
+        _c, _exp, runs = _runs(uri)
+        parent = next(r for r in runs if r.info.run_name.startswith("sweep "))
+        assert parent.info.status == "KILLED"
+    if (tmp_path / "mlflow.db").exists():
+        statuses = {r.info.status for r in _runs(uri)[2]} if _has_experiment(uri) else set()
+        assert "RUNNING" not in statuses and "FAILED" not in statuses, statuses
+
+
+def _has_experiment(uri: str) -> bool:
+    return _client(uri).get_experiment_by_name("kinembed") is not None
 
 
 def _kill_group(pgid: int) -> None:

@@ -90,6 +90,17 @@ def test_champion_rule_in_both_directions(score, champ, mode, want):
     assert tracking.beats_champion(score, champ, mode) is want
 
 
+@pytest.mark.parametrize("value", [0.4583561234567, 1 / 3, -2.01, 1e-17, math.nan, math.inf])
+def test_score_tags_read_back_as_the_same_float(value):
+    """The champion rule compares a new score with the champion's tag read back: a tie must
+    stay a tie (a 6-decimal tag made an identical rerun beat its own rounding)."""
+    tags = tracking.Score("cv_r2", value, "split", value).tags("selection")
+    for key in ("registered_cv_r2", "trivial_cv_r2"):
+        back = float(tags[key])
+        assert back == value or (math.isnan(back) and math.isnan(value))
+    assert not tracking.beats_champion(value, float(tags["registered_cv_r2"]))
+
+
 def test_champion_rule_names_a_bad_mode():
     with pytest.raises(ValueError, match="'max' or 'min'"):
         tracking.beats_champion(1.0, 0.0, "lower")
@@ -147,9 +158,9 @@ def test_champion_moves_only_on_improvement_and_loads(tmp_path):
     assert version(5, 0.60, 0.50) == ("5", True)
     champ = t.client.get_model_version_by_alias("kin", "champion")
     assert str(champ.version) == "5"
-    assert champ.tags["registered_cv_r2"] == "0.600000"
-    assert champ.tags["registered_heldout_r2"] == "0.300000"
-    assert champ.tags["champion_cv_r2"] == "0.500000"
+    assert champ.tags["registered_cv_r2"] == "0.6"
+    assert champ.tags["registered_heldout_r2"] == "0.3"
+    assert champ.tags["champion_cv_r2"] == "0.5"
     assert champ.tags["selection_split"] == "session CV A1+A2 of s0"
     assert champ.tags["test_split"] == "s0/A3" and champ.tags["below_trivial"] == "false"
     assert t.client.get_model_version("kin", "2").tags["became_champion"] == "false"
@@ -167,6 +178,12 @@ def test_champion_moves_only_on_improvement_and_loads(tmp_path):
     assert t.client.get_model_version("kin", "6").tags["below_trivial"] == "true"
     assert version(7, -0.10, None) == ("7", False)  # even with no champion at all
     assert str(t.client.get_model_version_by_alias("kin", "champion").version) == "5"
+    # an identical rerun ties with the champion's score as recorded, to the last bit: it stays
+    # (the tag once held 6 decimals, and 0.6123456789 beat its own rounding, 0.612346)
+    assert version(8, 0.6123456789, 0.6) == ("8", True)
+    recorded, _ = tracking.recorded_champion(t.client, "kin", sel)
+    assert recorded == 0.6123456789
+    assert version(9, 0.6123456789, recorded) == ("9", False)
 
     model = tracking.load_model("models:/kin@champion")
     expected = _pipeline(5)(torch.as_tensor(x)).detach().numpy()

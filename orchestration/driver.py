@@ -176,7 +176,7 @@ class Sweep:
             self._check_pretrained(state)  # so does a starting model trained on other data
             self._end_dead_sweeps(state)  # and resuming a sweep that still runs
             self._save_state(state)  # and a storage path that takes no state, before any run
-            self._start_ray()
+            self.start_ray()
             self._own_signals()  # Ray's start installed its own SIGTERM handler (abort)
             self._check_stop()
             t0 = time.time()
@@ -522,6 +522,44 @@ class Sweep:
         logger.flush()
         return m
 
+    def retrain(
+        self, recipe: Mapping[str, Any], seeds: Sequence[int], run: str, key: str, name: str
+    ) -> dict[str, Any]:
+        """Retrain a registered version's ``recipe`` (its ``recipe`` tag,
+        :func:`orchestration.launch.recipe`) with ``seeds``, as its final run did, into the
+        open MLflow run ``run`` (``key``: its ``emg.key``) of experiment ``self.exp``; nothing
+        is registered. ``name``: the Train run's name, unique to this retrain, so a second
+        start resumes it from its checkpoints (Train V2 resumes by name). Starts Ray when it
+        is not running (a caller's own signal handlers then need installing again: Ray's start
+        replaces SIGTERM's). Returns the trial's final metrics: its summary, with the per-seed
+        scores (``seeds_<metric>``) and cost figures. The data must be the recipe's,
+        fingerprint and all: other data raises :class:`EmgDataError` (a changed data set is
+        not a regression)."""
+        import ray
+
+        from emgcore.recording import digest
+
+        self.sim = dict(recipe.get("sim") or {})
+        recs = self._load_data()
+        self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
+        if recipe.get("fingerprint") and recipe["fingerprint"] != self.fingerprint:
+            raise EmgDataError(
+                f"the champion was trained on data {recipe['fingerprint']}, {self.opts.data} "
+                f"is now {self.fingerprint}: the data changed, so its scores are not comparable "
+                "(sweep again to register a champion on this data)",
+                source=self.opts.data,
+                field="fingerprint",
+            )
+        self.subjects = list(recipe.get("subjects") or [])
+        self.pretrained = dict(recipe.get("pretrained") or {})
+        if not ray.is_initialized():
+            self.start_ray()
+        tags = {"emg.method": self.opts.method, "emg.data": self.opts.data}
+        spec = self._spec("final", dict(recipe.get("overrides") or {}), key, run, tags)
+        spec |= {"seeds": list(seeds), "registry": None, "report": False, "selection": {}}
+        spec["tracking"]["run_id"] = run
+        return self._fit_once(spec, self.method, name, name)
+
     def _selection_score(self, state: dict) -> float:
         """The final configuration's selection score: the best trial of the last stage that ran
         (it holds every earlier stage's winner), or NaN when no stage ran."""
@@ -636,6 +674,21 @@ class Sweep:
             },
             "max_failures": launch.MAX_WORKER_FAILURES,
         }
+
+    def start_ray(self) -> None:
+        """Start a private local Ray, or connect to ``--address`` / ``$RAY_ADDRESS``; work out
+        how many trials run at once.
+
+        While Ray starts, its own SIGTERM handler is in place (it exits with status 15): such an
+        exit is turned into :class:`Interrupted`, so the caller ends as interrupted (143). The
+        caller installs its own handlers again right after (:meth:`_own_signals`)."""
+        try:
+            self._start_ray()
+        except SystemExit as e:
+            if e.code != signal.SIGTERM:
+                raise
+            self.stop = "SIGTERM"
+            raise Interrupted("SIGTERM") from None
 
     def _start_ray(self) -> None:
         import logging

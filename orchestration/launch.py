@@ -114,6 +114,17 @@ def trial_spec(
     }
 
 
+# What defines a final run's model (a trial spec's keys): recorded on every registered version
+# as its ``recipe`` tag, so a nightly run retrains exactly that with tonight's code.
+RECIPE = ("method", "config", "overrides", "data", "sim", "seeds", "subjects", "fingerprint")
+
+
+def recipe(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The final run's recipe from its trial spec (:data:`RECIPE`); ``pretrained``: the
+    registered models it started from, pinned to their versions."""
+    return {k: spec.get(k) for k in RECIPE} | {"pretrained": dict(spec.get("pretrained") or {})}
+
+
 def load_recordings(spec: Mapping[str, Any]) -> list:
     """The trial's data: the sweep's BYOD copy of a simulated dataset when this worker can see
     it, else the dataset itself (simulated again, or loaded from its path)."""

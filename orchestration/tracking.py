@@ -321,7 +321,15 @@ def name_tags(renamed: Mapping[str, str]) -> dict[str, str]:
     return {f"{NAME_TAG}{m}": k[:PARAM_MAX] for m, k in renamed.items()}
 
 
+GIT_COMMIT_ENV = "EMG_GIT_COMMIT"
+
+
 def git_commit() -> str:
+    """The code's commit: ``$EMG_GIT_COMMIT`` when set (a Ray job's working directory is
+    uploaded without ``.git``: the submitter names the commit, ``clusters/nightly/``), else
+    ``git rev-parse HEAD`` of this checkout, else ``"unknown"``."""
+    if commit := os.environ.get(GIT_COMMIT_ENV, "").strip():
+        return commit
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

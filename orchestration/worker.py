@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import signal
+import statistics
 import tempfile
 import time
 import traceback
@@ -37,7 +39,7 @@ import torch
 
 from emgcore.config import flatten, load_yaml, override, resolve_config
 from emgcore.distributed import DataParallel
-from emgcore.methods.base import Method, Registration, TrialSetup
+from emgcore.methods.base import Method, Registration, TrialSetup, seed_tags
 from emgcore.training import EpochHook
 from orchestration import launch, tracking
 
@@ -93,6 +95,8 @@ def train_loop(config: dict[str, Any]) -> None:
             if i < len(trial.units) - 1:  # the last unit's result goes straight on
                 run.checkpoint(values, states, trial.summary(values))
         summary = trial.summary(values)
+        if spec["mode"] == "final":  # for the registered version and the nightly gate
+            summary |= seed_tags(trial.seeds(values))
         if rank == 0 and spec["mode"] == "final":
             summary |= run.publish(trial, values)
         run.finish(summary, values, states)
@@ -115,6 +119,7 @@ class TrialRun:
                 spec["tracking"], params, spec["overrides"]
             )
         self.step, self.unit, self.units_done = 0, 0, 0
+        self.epoch_s: list[float] = []  # every epoch's wall time, for the run's cost figures
         self.t_report = self.t_epoch = -math.inf
 
     def hooks(self, model: str | None) -> tuple[EpochHook]:
@@ -128,6 +133,7 @@ class TrialRun:
             self.step += 1
             now = time.perf_counter()
             metrics = {**metrics, "epoch_s": now - self.t_epoch}  # hooks included
+            self.epoch_s.append(now - self.t_epoch)
             self.t_epoch = now
             if self.log is not None:
                 prefix = f"{model}." if model else ""
@@ -204,7 +210,9 @@ class TrialRun:
                     self.tracker.log_artifact(self.run_id, f, "report")
         if not self.spec.get("registry"):  # a study registers nothing
             return {}
-        return register(self.spec, trial.registration(values), self.tracker, self.run_id)
+        reg = trial.registration(values)
+        reg = replace(reg, tags={**reg.tags, **seed_tags(trial.seeds(values))})
+        return register(self.spec, reg, self.tracker, self.run_id)
 
     def finish(
         self, summary: dict[str, Any], values: Mapping[str, Any], states: Mapping[str, Any]
@@ -213,7 +221,7 @@ class TrialRun:
         (``checkpoint/``, :meth:`tracking.Tracker.log_checkpoint`), the run ended FINISHED
         (rank 0), and reported to Train with that checkpoint (Train V2's ``Result.metrics`` are
         the latest checkpointed report's: the sweep reads the trial's numbers from there)."""
-        summary |= {"loop_s": time.perf_counter() - self.t_start, "done": True}
+        summary |= {"loop_s": time.perf_counter() - self.t_start, "done": True} | self.cost()
 
         def close(folder: Path) -> None:  # rank 0, once the checkpoint's files are written
             if self.log is not None and self.tracker is not None:
@@ -224,6 +232,14 @@ class TrialRun:
                 self.tracker.end(self.run_id, "FINISHED")
 
         self.checkpoint(values, states, summary, close)
+
+    def cost(self) -> dict[str, float]:
+        """What this worker's trial cost: the median epoch's wall time (s, hooks included) and
+        the process's peak resident memory (MiB, imports and data included; Linux reports
+        ``ru_maxrss`` in KiB), which the nightly compares night to night."""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        median = statistics.median(self.epoch_s) if self.epoch_s else math.nan
+        return {"epoch_s_median": median, "peak_rss_mb": float(peak)}
 
     def __enter__(self) -> TrialRun:
         return self
@@ -250,6 +266,7 @@ def register(
     common = {
         "sweep": spec["tracking"]["tags"].get("emg.sweep", ""),
         "data_fingerprint": spec["fingerprint"],
+        "recipe": json.dumps(launch.recipe(spec), sort_keys=True),
     }
     out: dict[str, Any] = {}
     for ex in reg.exports:

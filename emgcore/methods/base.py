@@ -17,6 +17,7 @@ Nothing here imports Ray or MLflow: the registry's champion rule reads these pla
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +141,21 @@ class Registration:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+def seed_tags(seeds: Mapping[str, Sequence[float]]) -> dict[str, str]:
+    """``seeds_<metric>``: a JSON list of a final run's per-seed scores (:meth:`Trial.seeds`),
+    each exact (JSON writes a float's round-trip ``repr``; NaN as ``NaN``). Every registered
+    version carries them, and a final run's summary too: the nightly gate compares the two."""
+    return {f"seeds_{k}": json.dumps([float(v) for v in vs]) for k, vs in seeds.items()}
+
+
+def seed_scores(tags: Mapping[str, Any], metric: str) -> tuple[float, ...] | None:
+    """The per-seed scores of ``metric`` that :func:`seed_tags` wrote into ``tags`` (a
+    version's tags, a final run's summary), or None when there are none (a version registered
+    before they were kept)."""
+    raw = tags.get(f"seeds_{metric}")
+    return None if raw is None else tuple(float(v) for v in json.loads(raw))
+
+
 Hooks = Callable[[str | None], Sequence[EpochHook]]
 """``hooks(model)``: the epoch hooks for one model a unit trains; ``None`` for a method's only
 model, else its name (``emg_mae``, ``pretrain``), which prefixes its logged metrics."""
@@ -162,6 +178,11 @@ class Trial:
 
     def restore(self, unit: str, state: Mapping[str, Any]) -> None:
         """A finished unit's ``state`` after a worker restart (default: nothing kept)."""
+
+    def seeds(self, values: Mapping[str, Any]) -> dict[str, list[float]]:
+        """A final run's score per seed, by metric (its :meth:`Method.per_seed` metrics), in
+        ``config.seeds`` order, from its finished units' values (default: none)."""
+        return {}
 
     def summary(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The trial's metrics from its finished units' values (also called on a part of them,
@@ -264,6 +285,9 @@ class Method:
       hold a session out (printed and recorded by the sweep).
     * ``inference(payload)``: the :class:`Inference` a registered version's ``inference.pt``
       holds (written by an :class:`Export`'s ``write_files`` with :func:`save_inference`).
+    * ``seed_metrics``: what its final run scores per seed (:attr:`Registration.seeds`), each
+      with its direction (``"max"``: higher is better; ``"min"``: an error); default: the
+      ``final_metric``, higher is better. The nightly suite may gate on any of them.
     """
 
     name: str
@@ -282,3 +306,8 @@ class Method:
     split_id: Callable[[Any], str] | None = None
     session_split: Callable[[Any, Any], tuple[tuple[str, ...], str]] | None = None
     inference: Callable[[Mapping[str, Any]], Inference] | None = None
+    seed_metrics: Mapping[str, str] | None = None
+
+    def per_seed(self) -> dict[str, str]:
+        """:attr:`seed_metrics`, defaulted: ``{metric: "max" | "min"}``."""
+        return dict(self.seed_metrics or {self.final_metric: "max"})

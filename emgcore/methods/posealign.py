@@ -817,6 +817,7 @@ class PoseAlignTrial(Trial):
             "eval_zs_bacc_std": float(np.std(scores)),
             "scores": ",".join(f"{s:.6f}" for s in scores),
             "first_seed_zs_bacc": scores[0],
+            "seeds": {"eval_zs_bacc": scores},
         }
         if excl:
             out |= {
@@ -829,7 +830,11 @@ class PoseAlignTrial(Trial):
         return UnitResult(out)
 
     def summary(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(values.get(self.setup.mode, {}))
+        # the per-seed lists are summarised by seeds(), as text, not logged as metrics
+        return {k: v for k, v in values.get(self.setup.mode, {}).items() if k != "seeds"}
+
+    def seeds(self, values: Mapping[str, Any]) -> dict[str, list[float]]:
+        return dict(values.get("final", {}).get("seeds", {}))
 
     def report(self, values: Mapping[str, Any], folder: Path) -> Sequence[Path]:
         from emgcore.eval.posereport import evaluate, write

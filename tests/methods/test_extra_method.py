@@ -20,7 +20,16 @@ import pytest
 import torch
 
 from emgcore.methods import METHODS
-from emgcore.methods.base import Export, Hooks, Method, Registration, Score, Trial, UnitResult
+from emgcore.methods.base import (
+    Export,
+    Hooks,
+    Method,
+    Registration,
+    Score,
+    Trial,
+    UnitResult,
+    seed_scores,
+)
 from emgcore.models.decoder import r2_per_output
 from emgcore.training import fit
 
@@ -98,6 +107,9 @@ class TinyTrial(Trial):
         v = list(values.values())
         return {metric: float(np.mean(v)), f"{metric}_std": float(np.std(v))} if v else {}
 
+    def seeds(self, values: Mapping[str, Any]) -> dict[str, list[float]]:
+        return {"test_r2": [float(values[u]) for u in self.units if u in values]}
+
     def registration(self, values: Mapping[str, Any]) -> Registration:
         first = self.units[0]
         data = f"{self.setup.data} ({self.setup.fingerprint})"
@@ -154,6 +166,12 @@ def test_a_method_added_at_test_time_sweeps_and_registers_a_champion(tmp_path, m
     assert final.data.tags["emg.stage"] == "final" and final.info.status == "FINISHED"
     # both seeds were units of the final run, each logged once
     assert {"r2.seed0", "r2.seed1"} <= set(final.data.metrics)
+    # and its score per seed, declared by seeds(), recorded on the version for the nightly
+    seeds = seed_scores(champ.tags, "test_r2")
+    assert seeds is not None and len(seeds) == len(
+        [k for k in final.data.metrics if k[:6] == "r2.see"]
+    )
+    assert np.mean(seeds) == pytest.approx(final.data.metrics["test_r2"], rel=1e-9)
     tracking.use(uri)
     served = tracking.load_model("models:/tiny@champion")
     x = np.zeros((5, 16), np.float32)  # db8-like: 16 channels -> 5 DoA, any batch size

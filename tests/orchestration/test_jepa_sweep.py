@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from emgcore.methods.base import seed_scores
 from tests.orchestration.test_sweep import SWEEP, _client, _env
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.mlflow]
@@ -63,6 +64,7 @@ def test_jepa_sweep_selects_the_lowest_error_and_registers_by_it(tmp_path):
     assert final["test_ja_mae"] == pytest.approx(
         sum(map(float, final["scores"].split(","))) / 3, abs=1e-3
     )
+    assert "seeds" not in final  # per-seed lists go to the version, not the metrics
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = _client(uri)
@@ -97,6 +99,10 @@ def test_jepa_sweep_selects_the_lowest_error_and_registers_by_it(tmp_path):
     assert pred.shape == data.test.pose.shape
     score = ja_mae(pred, data.test.pose, data.unit)
     assert score == pytest.approx(float(v1.tags["registered_test_ja_mae"]), abs=1e-3)
+    seeds = seed_scores(v1.tags, "test_ja_mae")  # per seed, for the nightly gate; seed 0 first
+    assert seeds is not None and len(seeds) == 3
+    assert seeds[0] == float(v1.tags["registered_test_ja_mae"])
+    assert len(seed_scores(v1.tags, "val_ja_mae") or ()) == 3
     with torch.no_grad():
         val_score = ja_mae(batched(served, data.val.emg), data.val.pose, data.unit)
     assert val_score == pytest.approx(float(v1.tags["registered_val_ja_mae"]), abs=1e-3)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emgcore.methods.base import seed_scores
 from tests.orchestration.test_sweep import SWEEP, _client, _env
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.mlflow]
@@ -47,6 +48,8 @@ def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
         )
         assert v1.tags["below_trivial"] == str(not above).lower()
         assert v1.tags["became_champion"] == str(above).lower()
+        seeds = seed_scores(v1.tags, "eval_zs_bacc")  # per seed, for the nightly gate
+        assert seeds is not None and len(seeds) == 3 and all(0 <= x <= 1 for x in seeds)
     exp = c.get_experiment_by_name("cpep")
     runs = c.search_runs([exp.experiment_id], max_results=100)
     trials = [r for r in runs if "emg.trial" in r.data.tags]  # named by their values

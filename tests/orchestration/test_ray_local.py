@@ -27,9 +27,9 @@ START_RAY = """
 import ray
 from orchestration.driver import Options, Sweep
 
-sweep = Sweep.__new__(Sweep)  # only _start_ray: no data, no MLflow
+sweep = Sweep.__new__(Sweep)  # only start_ray: no data, no MLflow
 sweep.opts = Options(method="kinembed")
-sweep._start_ray()
+sweep.start_ray()
 print("GCS", ray.get_runtime_context().gcs_address, flush=True)
 ray.shutdown()
 """

@@ -574,6 +574,22 @@ def test_mlflow_holds_the_run_tree_params_metrics_tags_artifacts(job):
             assert r.data.tags[tag], tag
     assert len(parent.data.tags["emg.data_fingerprint"]) == 12
     assert parent.data.metrics["heldout_r2"] > 0.0  # the smoke model still decodes something
+    # the version records the final run's score per seed (the nightly gate compares them),
+    # exact: their mean is the run's heldout_r2 (1 subject x 3 smoke seeds)
+    from emgcore.methods.base import seed_scores
+
+    version = c.get_model_version("kinembed", "1")
+    seeds = seed_scores(version.tags, "heldout_r2")
+    assert seeds is not None and len(seeds) == 3
+    assert sum(seeds) / 3 == pytest.approx(parent.data.metrics["heldout_r2"], rel=1e-12)
+    # and what defines it, for the nightly to retrain exactly that: the winner, data and seeds
+    recipe = json.loads(version.tags["recipe"])
+    assert recipe["method"] == "kinembed" and recipe["seeds"] == [0, 1, 2]
+    assert recipe["fingerprint"] == parent.data.tags["emg.data_fingerprint"]
+    winner = {
+        k.removeprefix("winner."): v for k, v in parent.data.params.items() if k[:7] == "winner."
+    }
+    assert winner and {k: str(v) for k, v in recipe["overrides"].items()} == winner
     trial = next(r for r in runs if "emg.trial" in r.data.tags)  # named by its values
     assert trial.data.params["kinembed.batch_size"] in {"128", "256", "512"}
     # the split each run was computed on, resolved (not the config's empty defaults)

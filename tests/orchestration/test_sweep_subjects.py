@@ -51,7 +51,7 @@ def test_bad_subjects_are_one_line_exit_2_before_anything_starts(
     flags, want, tmp_path, capsys, monkeypatch
 ) -> None:
     # a check that let it through fails here, fast, instead of running the sweep
-    monkeypatch.setattr(Sweep, "_start_ray", lambda self: pytest.fail("Ray was started"))
+    monkeypatch.setattr(Sweep, "start_ray", lambda self: pytest.fail("Ray was started"))
     try:
         code = sweep.main(_args(tmp_path, *flags))
     except SystemExit as e:  # argparse: usage, then the one line

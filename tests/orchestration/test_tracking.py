@@ -101,6 +101,19 @@ def test_score_tags_read_back_as_the_same_float(value):
     assert not tracking.beats_champion(value, float(tags["registered_cv_r2"]))
 
 
+def test_per_seed_scores_round_trip_through_version_tags_exactly():
+    """What the nightly gate reads back: every seed's score, exact, in seed order."""
+    from emgcore.methods.base import seed_scores, seed_tags
+
+    seeds = {"heldout_r2": [0.4583561234567, 1 / 3, -2.01], "val": [math.nan]}
+    tags = seed_tags(seeds)
+    assert set(tags) == {"seeds_heldout_r2", "seeds_val"}
+    assert all(len(v) < 5000 for v in tags.values())  # MLflow's tag value limit
+    assert seed_scores(tags, "heldout_r2") == tuple(seeds["heldout_r2"])
+    assert math.isnan(seed_scores(tags, "val")[0])
+    assert seed_scores(tags, "cv_r2") is None  # a version registered before seeds were kept
+
+
 def test_champion_rule_names_a_bad_mode():
     with pytest.raises(ValueError, match="'max' or 'min'"):
         tracking.beats_champion(1.0, 0.0, "lower")
@@ -178,12 +191,6 @@ def test_champion_moves_only_on_improvement_and_loads(tmp_path):
     assert t.client.get_model_version("kin", "6").tags["below_trivial"] == "true"
     assert version(7, -0.10, None) == ("7", False)  # even with no champion at all
     assert str(t.client.get_model_version_by_alias("kin", "champion").version) == "5"
-    # an identical rerun ties with the champion's score as recorded, to the last bit: it stays
-    # (the tag once held 6 decimals, and 0.6123456789 beat its own rounding, 0.612346)
-    assert version(8, 0.6123456789, 0.6) == ("8", True)
-    recorded, _ = tracking.recorded_champion(t.client, "kin", sel)
-    assert recorded == 0.6123456789
-    assert version(9, 0.6123456789, recorded) == ("9", False)
 
     model = tracking.load_model("models:/kin@champion")
     expected = _pipeline(5)(torch.as_tensor(x)).detach().numpy()
@@ -205,6 +212,12 @@ def test_champion_moves_only_on_improvement_and_loads(tmp_path):
         None,
         "no champion yet",
     )
+    # an identical rerun ties with the champion's score as recorded, to the last bit: it stays
+    # (the tag once held 6 decimals, and 0.6123456789 beat its own rounding, 0.612346)
+    assert version(8, 0.6123456789, 0.6) == ("8", True)
+    recorded, _ = tracking.recorded_champion(t.client, "kin", sel)
+    assert recorded == 0.6123456789
+    assert version(9, 0.6123456789, recorded) == ("9", False)
 
 
 def _free_port() -> int:
@@ -496,9 +509,9 @@ def test_register_under_a_race_records_what_the_version_lost_to(tmp_path):
     the better version first, the worse 4 s later; the worse one's tags say what won."""
     t = _race(tmp_path, "register", rounds=1)
     versions = t.client.search_model_versions("name = 'kin'")
-    (worse,) = [v for v in versions if v.tags.get("registered_cv_r2") == "0.600000"]
+    (worse,) = [v for v in versions if v.tags.get("registered_cv_r2") == "0.6"]
     assert worse.tags["became_champion"] == "false"
-    assert worse.tags["champion_cv_r2"] == "0.700000"  # what it lost to, not the v1 it scored
+    assert worse.tags["champion_cv_r2"] == "0.7"  # what it lost to, not the v1 it scored
     assert worse.tags["reason"].startswith("champion v1 scored 0.5000 on the same selection")
     assert "the champion moved from v1 while v" in worse.tags["reason"]
 

@@ -694,7 +694,13 @@ class Sweep:
         import logging
 
         import ray
+        from ray._private import ray_constants
 
+        # Ray's C++ failure-signal handler (stack traces on crashes) also takes SIGTERM while
+        # ray.init starts this process's core worker, and aborts it (exit -6) before any run is
+        # ended. This driver handles its own signals: off here, in this process only (a module
+        # setting read at the core worker's start, not the environment its workers inherit).
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
         _quiet_ray()
         address = self.opts.address or os.environ.get("RAY_ADDRESS")
         if address:

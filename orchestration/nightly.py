@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from emgcore.config import HelpFormatter, at_least, help_text
+from orchestration.sweep import add_cluster_flags
 
 EXPERIMENT = "nightly"
 BISECT_EXPERIMENT = "nightly-bisect"
@@ -87,31 +88,7 @@ def parser() -> argparse.ArgumentParser:
         "champion's final run starts from: a deterministic path then reproduces its scores "
         "exactly, so any change shows; another start draws fresh seeds)",
     )
-    p.add_argument(
-        "--workers", type=at_least(1, int), default=1, help="Ray Train workers (default: 1)"
-    )
-    p.add_argument(
-        "--gpus-per-worker",
-        type=at_least(0),
-        default=0.0,
-        help="GPUs per worker, fractions allowed (default: 0)",
-    )
-    p.add_argument(
-        "--cpus-per-worker", type=at_least(0.01), default=1.0, help="CPUs per worker (default: 1)"
-    )
-    p.add_argument(
-        "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)"
-    )
-    p.add_argument(
-        "--storage-path",
-        default=None,
-        help="Ray results and checkpoints (default: ./ray_results; shared storage on a cluster)",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
+    add_cluster_flags(p)
     p.add_argument(
         "--cache", default=None, help="preprocessing cache (default: $EMGCORE_CACHE, else local)"
     )
@@ -666,6 +643,10 @@ def bisect(
                 git("worktree", "remove", "--force", str(tree))
         verdict = {0: "good", 1: "bad"}.get(r.returncode, "skip")
         probes.append((sha, verdict))
+        # why: the probe's verdict lines (or its last words when it could not check)
+        said = [ln for ln in r.stdout.splitlines() if "): " in ln and not ln.startswith("[")]
+        for line in said or (r.stderr.strip().splitlines() or ["(no output)"])[-1:]:
+            _print(f"bisect:   {line.strip()}")
         _print(
             f"bisect: {sha[:12]} is {verdict}" + (f" (exit {r.returncode})" * (verdict == "skip"))
         )

@@ -63,6 +63,46 @@ def names(what: str) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+def add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    """Where and on what a run trains and tracks: ``--workers``, ``--gpus-per-worker``,
+    ``--cpus-per-worker``, ``--address``, ``--storage-path``, ``--tracking-uri`` (the sweep's
+    and the nightly's, the same flags with the same defaults)."""
+    p.add_argument(
+        "--workers",
+        type=at_least(1, int),
+        default=1,
+        help="Ray Train workers per trial, data parallel (default: 1)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=at_least(0),
+        default=0.0,
+        help="GPUs per worker, fractions allowed (default: 0, CPU only)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=at_least(0.01),
+        default=1.0,
+        help="CPUs per worker; its torch threads are the whole part (default: 1)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started in-process)",
+    )
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="Ray results and checkpoints (default: ./ray_results; shared storage, e.g. "
+        "s3://... or an NFS path, on a multi-node cluster)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line (no heavy import: building it, and ``--help``, take well under 1 s)."""
     p = argparse.ArgumentParser(
@@ -132,40 +172,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="cap on concurrent trials (default: what the cluster's CPUs/GPUs hold)",
     )
-    p.add_argument(
-        "--workers",
-        type=at_least(1, int),
-        default=1,
-        help="Ray Train workers per trial, data parallel (default: 1)",
-    )
-    p.add_argument(
-        "--gpus-per-worker",
-        type=at_least(0),
-        default=0.0,
-        help="GPUs per worker, fractions allowed (default: 0, CPU only)",
-    )
-    p.add_argument(
-        "--cpus-per-worker",
-        type=at_least(0.01),
-        default=1.0,
-        help="CPUs per worker; its torch threads are the whole part (default: 1)",
-    )
-    p.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray started in-process)",
-    )
-    p.add_argument(
-        "--storage-path",
-        default=None,
-        help="Ray results and checkpoints (default: ./ray_results; shared storage, e.g. "
-        "s3://... or an NFS path, on a multi-node cluster)",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
+    add_cluster_flags(p)
     p.add_argument(
         "--experiment", default=None, help="MLflow experiment name (default: the method)"
     )

@@ -382,6 +382,7 @@ class Night:
         from orchestration import tracking
 
         uri = f"models:/{entry.registry}/{champ.version}"
+        tracking.use(self.uri)  # models:/ resolves through the fluent API's registry
         try:
             tracking.load_model(uri)
             files = tracking.model_files(uri)

@@ -39,7 +39,7 @@ def _nightly(store: dict, *args: str, root: Path = ROOT, **popen) -> subprocess.
         cmd += ["--suite", str(store["suite"])]
     cmd += ["--tracking-uri", store["uri"], "--storage-path", str(store["dir"] / "results")]
     return subprocess.run(
-        [*cmd, *args], cwd=store["dir"], env=store["env"], capture_output=True, text=True,
+        [*cmd, *args], cwd=store["elsewhere"], env=store["env"], capture_output=True, text=True,
         timeout=900, **popen,
     )  # fmt: skip
 
@@ -57,7 +57,9 @@ def store(tmp_path_factory):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     suite = d / "suite.yaml"
     suite.write_text("entries:\n  kinembed: {metrics: {heldout_r2: 0.02}}\n")
-    return {"dir": d, "uri": uri, "env": env, "suite": suite}
+    # the nightly runs from another folder: every store it uses is named, none found by chance
+    (d / "elsewhere").mkdir()
+    return {"dir": d, "uri": uri, "env": env, "suite": suite, "elsewhere": d / "elsewhere"}
 
 
 def _night_runs(uri: str, night: str) -> list:
@@ -189,7 +191,7 @@ def test_a_killed_night_reruns_without_duplicates_and_a_second_nightly_refuses(s
     log = store["dir"] / "first.log"
     with log.open("w") as f:
         first = subprocess.Popen(
-            cmd, cwd=store["dir"], env=store["env"], stdout=f, stderr=subprocess.STDOUT,
+            cmd, cwd=store["elsewhere"], env=store["env"], stdout=f, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 

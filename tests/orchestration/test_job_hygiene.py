@@ -120,12 +120,13 @@ JOB_ENV = {
         }
     )
 }
-COPY = "/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_fc1b04ddead61dd9"
+# where Ray unpacks a job's working directory, under its session folder (below a test's tmp_path)
+COPY = Path("ray/session_1/runtime_resources/working_dir_files/_ray_pkg_fc1b04ddead61dd9")
 
 
 def test_a_ray_job_in_a_working_dir_copy_is_recognised(tmp_path):
     assert ray_job_copy(JOB_ENV, tmp_path) == "raysubmit_abc"  # by the job's config
-    assert ray_job_copy({}, COPY) == "(no submission id)"  # by where it runs
+    assert ray_job_copy({}, tmp_path / COPY) == "(no submission id)"  # by where it runs
     assert ray_job_copy({}, tmp_path) == ""  # a plain run
     # a job submitted without --working-dir runs where it was started: nothing is lost
     plain = json.loads(JOB_ENV["RAY_JOB_CONFIG_JSON_ENV_VAR"])
@@ -137,7 +138,7 @@ def test_a_ray_job_in_a_working_dir_copy_is_recognised(tmp_path):
 def test_a_ray_job_keeps_its_defaults_in_emg_home_and_says_so(tmp_path):
     home = tmp_path / "home"
     env = {**JOB_ENV, "EMG_HOME": str(home)}
-    moved, note = job_defaults(Options(method="kinembed"), env, COPY)
+    moved, note = job_defaults(Options(method="kinembed"), env, tmp_path / COPY)
     assert moved == {
         "tracking_uri": f"sqlite:///{home}/mlflow.db",
         "storage_path": f"{home}/ray_results",
@@ -148,9 +149,11 @@ def test_a_ray_job_keeps_its_defaults_in_emg_home_and_says_so(tmp_path):
     assert "$EMG_HOME" in note and "--tracking-uri, --storage-path, --cache" in note
     # what was given (flags or the environment) stays where it was given
     opts = Options(method="kinembed", storage_path="s3://b/sweeps", tracking_uri="http://m:5000")
-    moved, note = job_defaults(opts, {**env, "EMGCORE_CACHE": "/shared/cache"}, COPY)
+    cache = str(tmp_path / "shared-cache")
+    moved, note = job_defaults(opts, {**env, "EMGCORE_CACHE": cache}, tmp_path / COPY)
     assert moved == {} and note == ""
-    moved, _ = job_defaults(Options(method="kinembed"), {**env, "MLFLOW_TRACKING_URI": "x"}, COPY)
+    env_uri = {**env, "MLFLOW_TRACKING_URI": "x"}
+    moved, _ = job_defaults(Options(method="kinembed"), env_uri, tmp_path / COPY)
     assert set(moved) == {"storage_path", "cache"}
     # not a job: nothing moves (the working directory is the user's own)
     assert job_defaults(Options(method="kinembed"), {"EMG_HOME": str(home)}, tmp_path) == ({}, "")
@@ -158,7 +161,7 @@ def test_a_ray_job_keeps_its_defaults_in_emg_home_and_says_so(tmp_path):
 
 def test_default_home_is_emg_orchestra_in_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    moved, _ = job_defaults(Options(method="kinembed"), JOB_ENV, COPY)
+    moved, _ = job_defaults(Options(method="kinembed"), JOB_ENV, tmp_path / COPY)
     assert moved["storage_path"] == str(tmp_path / "emg-orchestra" / "ray_results")
 
 

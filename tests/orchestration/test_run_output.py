@@ -92,9 +92,12 @@ def test_the_subjects_note_is_information_and_says_what_happens(tmp_path):
     )
     assert sweep._subjects_note(["s00"]).endswith("scored instead on its one subject, s00")
     assert "no subject" not in note and "error" not in note
-    sweep.opts.data = "/data/ninapro_db8"
+    sweep.opts.data = str(tmp_path / "ninapro_db8")  # a folder of recordings, named by path
     note = sweep._subjects_note(["S1", "S2", "S3", "S6", "S8"])
-    assert "the data /data/ninapro_db8 lacks S11, so every trial is scored instead on all 5" in note
+    want = (
+        f"the data {tmp_path / 'ninapro_db8'} lacks S11, so every trial is scored instead on all 5"
+    )
+    assert want in note
 
 
 def test_ray_is_told_to_keep_quiet_unless_the_user_said_otherwise(monkeypatch):

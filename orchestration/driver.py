@@ -166,7 +166,6 @@ class Sweep:
     # -- the whole sweep -------------------------------------------------------------------------
 
     def run(self) -> int:
-        import ray
 
         handlers = self._install_signals()
         try:  # Ctrl-C / SIGTERM while starting: no run is open yet, one line says so
@@ -177,7 +176,7 @@ class Sweep:
             self._end_dead_sweeps(state)  # and resuming a sweep that still runs
             self._save_state(state)  # and a storage path that takes no state, before any run
             self.start_ray()
-            self._own_signals()  # Ray's start installed its own SIGTERM handler (abort)
+            self._own_signals()  # Ray's start installed its own SIGTERM handler (exit 15)
             self._check_stop()
             t0 = time.time()
             sid = state["sweep_id"]
@@ -243,12 +242,7 @@ class Sweep:
             self.tracker.end(parent, status)
             _record_end(state, {"status": status, "how": how, "at": _now()})
             self._save_state(state)
-            # Train's detached helpers outlive the driver on a cluster it was submitted to
-            try:
-                launch.end_detached_actors()
-            except Exception as e:  # the sweep's outcome stands; say why
-                _print(f"could not end this sweep's detached Ray actors: {type(e).__name__}: {e}")
-            ray.shutdown()
+            end_ray("this sweep's")
         return code
 
     # -- stages ----------------------------------------------------------------------------------
@@ -623,8 +617,8 @@ class Sweep:
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _own_signals(self) -> None:
-        """Put this sweep's handler back: starting Ray's core worker in this process installs a
-        native failure handler on SIGTERM that aborts (exit -6, no run ended)."""
+        """Put this sweep's handlers back: Ray's start installs its own on SIGTERM (it exits
+        with status 15, no run ended; its native one, which aborted, is off: :meth:`_start_ray`)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handler)
 
@@ -911,26 +905,9 @@ class Sweep:
             _print(f"sweep {other} was left RUNNING ({why}): {n} run(s) ended KILLED{note}")
 
     def _heartbeat(self, parent: str) -> Callable[[], None]:
-        """Mark the parent run as this driver's (``emg.driver``, ``emg.storage``) and refresh
-        its ``emg.heartbeat`` every ``HEARTBEAT_S`` from a daemon thread, so that a later start
-        can tell a dead driver's RUNNING runs from a live one's. Returns the stop function."""
-        self.tracker.set_tags(
-            parent,
-            {
-                "emg.driver": driver_id(),
-                "emg.storage": self.store.storage,
-                "emg.heartbeat": f"{time.time():.0f}",
-            },
-        )
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(HEARTBEAT_S):
-                with contextlib.suppress(Exception):  # a tracking outage: the next beat retries
-                    self.tracker.set_tags(parent, {"emg.heartbeat": f"{time.time():.0f}"})
-
-        threading.Thread(target=beat, name="emg-heartbeat", daemon=True).start()
-        return done.set
+        """Mark the parent run as this driver's (:func:`heartbeat`, with ``emg.storage``), so
+        that a later start can tell a dead driver's RUNNING runs from a live one's."""
+        return heartbeat(self.tracker, parent, {"emg.storage": self.store.storage})
 
     def _check_subjects(self, state: dict) -> None:
         """The space's subjects when the data has them; else every subject, said out loud."""
@@ -1090,6 +1067,42 @@ class Sweep:
         key = self.tracker.save_view(self.exp, sid, f"sweep {sid}", state)
         registry = None if self.opts.skip_final or self.opts.study else self.registry
         return tracking.ui_links(self.uri, self.exp, key, registry)
+
+
+def end_ray(whose: str) -> None:
+    """Leave nothing running: Train's detached helper actors (on a cluster the job was
+    submitted to, they outlive the driver), then this process's Ray. ``whose`` names them in
+    the line said when they cannot be ended (the run's outcome stands)."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        launch.end_detached_actors()
+    except Exception as e:
+        _print(f"could not end {whose} detached Ray actors: {type(e).__name__}: {e}")
+    ray.shutdown()
+
+
+def heartbeat(
+    tracker: tracking.Tracker, run_id: str, tags: Mapping[str, str] | None = None
+) -> Callable[[], None]:
+    """Mark ``run_id`` as this process's (``emg.driver``, :func:`driver_id`, and ``tags``) and
+    refresh its ``emg.heartbeat`` every ``HEARTBEAT_S`` from a daemon thread, so that another
+    process can tell a dead driver's RUNNING run from a live one's (:func:`driver_gone`: the
+    pid on this host, the heartbeat elsewhere). Returns the function that stops it."""
+    tracker.set_tags(
+        run_id, {"emg.driver": driver_id(), **(tags or {}), "emg.heartbeat": f"{time.time():.0f}"}
+    )
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a tracking outage: the next beat retries
+                tracker.set_tags(run_id, {"emg.heartbeat": f"{time.time():.0f}"})
+
+    threading.Thread(target=beat, name="emg-heartbeat", daemon=True).start()
+    return done.set
 
 
 class _Progress:

@@ -167,7 +167,6 @@ class Checked:
     note: str = ""
     cost: dict[str, float] = field(default_factory=dict)
     slowdown: float | None = None  # wall time / trailing nights' median
-    run_id: str = ""
 
 
 class Night:
@@ -193,7 +192,7 @@ class Night:
 
     def run(self) -> int:
         from orchestration import tracking
-        from orchestration.driver import Interrupted
+        from orchestration.driver import Interrupted, end_ray, heartbeat
 
         exp = self.tracker.experiment(self.a.experiment)
         self.exp = exp
@@ -204,7 +203,7 @@ class Night:
             "emg.nightly": "night", "emg.night": self.night, "emg.git_commit":
             tracking.git_commit(), **_versions()})  # fmt: skip
         self.parent = parent
-        stop_beat = self._heartbeat(parent)
+        stop_beat = heartbeat(self.tracker, parent)  # one nightly at a time: _refuse_a_second
         old = self._install_signals()
         open_runs = [parent]
         checked: list[Checked] = []
@@ -241,7 +240,7 @@ class Night:
             stop_beat()
             for sig, h in old.items():
                 signal.signal(sig, h)
-            _end_ray()
+            end_ray("the night's")
 
     def _check(self, entry: Any, open_runs: list[str]) -> Checked:
         """Retrain, gate and record one entry (see the module doc)."""
@@ -261,7 +260,6 @@ class Night:
         tags |= {"emg.label": self.a.label} if self.a.label else {}
         run = self.tracker.open_run(self.exp, key, entry.name, tags, parent=self.parent)
         open_runs.append(run)
-        out.run_id = run
         try:
             champ = tracking.champion(self.tracker.client, entry.registry)
             recipe = self._recipe(entry, champ)
@@ -274,7 +272,7 @@ class Night:
             sweep = self._sweep(entry, recipe)
             if not ray.is_initialized():
                 sweep.start_ray()
-                self._own_signals()  # Ray's start replaced SIGTERM's handler (it aborts)
+                self._own_signals()  # Ray's start replaced SIGTERM's handler (it exits 15)
             t0 = time.perf_counter()
             train = f"nightly-{self.night}-{entry.name}" + (f"-{self.a.label}" if label else "")
             m = sweep.retrain(recipe, seeds, run, key, train)
@@ -524,26 +522,6 @@ class Night:
             n = self.tracker.end_orphans(exp, "emg.night", tags.get("emg.night", ""), "KILLED")
             _print(f"nightly {tags.get('emg.night')} was left RUNNING ({why}): {n} run(s) KILLED")
 
-    def _heartbeat(self, parent: str) -> Any:
-        import contextlib
-        import threading
-        import time
-
-        from orchestration.state import HEARTBEAT_S, driver_id
-
-        self.tracker.set_tags(
-            parent, {"emg.driver": driver_id(), "emg.heartbeat": f"{time.time():.0f}"}
-        )
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(HEARTBEAT_S):
-                with contextlib.suppress(Exception):  # an outage: the next beat retries
-                    self.tracker.set_tags(parent, {"emg.heartbeat": f"{time.time():.0f}"})
-
-        threading.Thread(target=beat, name="emg-nightly-heartbeat", daemon=True).start()
-        return done.set
-
     def _install_signals(self) -> dict[int, Any]:
         from orchestration.driver import Interrupted
 
@@ -557,21 +535,6 @@ class Night:
     def _own_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handler)
-
-
-def _end_ray() -> None:
-    """Leave nothing running: Train's detached helper actors (on a cluster the job was
-    submitted to they outlive the driver), then this process's Ray."""
-    import ray
-
-    from orchestration import launch
-
-    if ray.is_initialized():
-        try:
-            launch.end_detached_actors()
-        except Exception as e:  # the night's outcome stands; say why
-            _print(f"could not end the night's detached Ray actors: {type(e).__name__}: {e}")
-        ray.shutdown()
 
 
 def _verdict(entry: Any, champ: Any | None, out: Checked, loads: str) -> tuple[str, str]:

@@ -25,7 +25,7 @@ fails on load as one :class:`~emgcore.errors.InvalidValueError` naming the file 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,6 @@ class Suite:
     entries: tuple[Entry, ...]
     source: str = ""
     smoke: bool = False
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def entry(self, name: str) -> Entry:
         """The entry called ``name``; InvalidValueError naming the known ones otherwise."""
@@ -173,4 +172,4 @@ def load(path: str | Path = SUITE, *, smoke: bool = False) -> Suite:
                 flaky,
             )
         )
-    return Suite(alpha, history, tuple(entries), str(path), smoke, dict(top))
+    return Suite(alpha, history, tuple(entries), str(path), smoke)

@@ -285,7 +285,7 @@ class Method:
       hold a session out (printed and recorded by the sweep).
     * ``inference(payload)``: the :class:`Inference` a registered version's ``inference.pt``
       holds (written by an :class:`Export`'s ``write_files`` with :func:`save_inference`).
-    * ``seed_metrics``: what its final run scores per seed (:attr:`Registration.seeds`), each
+    * ``seed_metrics``: what its final run scores per seed (:meth:`Trial.seeds`), each
       with its direction (``"max"``: higher is better; ``"min"``: an error); default: the
       ``final_metric``, higher is better. The nightly suite may gate on any of them.
     """

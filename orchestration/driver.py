@@ -89,8 +89,37 @@ class Options:
     mae_any_data: bool | None = False
 
 
-class Interrupted(BaseException):
-    """SIGTERM/SIGINT reached the driver: end every open run KILLED, then exit."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGINT reached the driver: end every open run KILLED, then exit.
+
+    A ``KeyboardInterrupt`` because Ray's blocking waits (``ray.get``) run signal handlers from
+    C and let only ``KeyboardInterrupt`` and ``SystemExit`` through: any other exception raised
+    there is reported as unraisable and dropped, and the wait goes on (a SIGTERM mid-training
+    went unseen until the training ended, exit 0)."""
+
+
+def _fit_off_the_main_thread(trainer: Any) -> Any:
+    """``trainer.fit()`` in a helper thread, the main thread waiting: on the main thread Train
+    V2 replaces SIGINT's handler with its own (it aborts the run and lets ``fit`` return, or
+    exits 0 on the third Ctrl-C), so a Ctrl-C mid-training was no interruption to the driver.
+    Off it, Train installs nothing (as under Tune) and the driver's handlers stay in charge;
+    an interrupted driver leaves the thread waiting (a daemon) and ends Ray, which ends the run.
+    Returns ``fit``'s result; raises what ``fit`` raised."""
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+
+    thread = threading.Thread(target=fit, name="train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # short waits: a signal's handler runs between them
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 class Sweep:
@@ -579,7 +608,7 @@ class Sweep:
         launch.release_leaked_placement_groups()
         stop = progress.follow(folder / "progress.jsonl")
         try:
-            m = dict(trainer.fit().metrics)
+            m = dict(_fit_off_the_main_thread(trainer).metrics)
         finally:
             stop()
             shutil.rmtree(folder, ignore_errors=True)

@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from emgcore.distributed import DataParallel
 
 Step = Callable[[Tensor, torch.Generator], tuple[Tensor, dict[str, float]]]
-# called after every epoch of every method's training as hook(epoch, metrics, model)
+# called after every epoch of every method's training as hook(epoch, metrics, model); the
+# metrics include ``samples``: the training samples the epoch stepped over, all workers
+# together (the orchestration turns it into samples/s)
 EpochHook = Callable[[int, dict[str, float], nn.Module], None]
 
 
@@ -125,6 +127,7 @@ def fit(
             sums = dict(zip(keys, (total / parallel.world_size).tolist(), strict=True))
         epoch_metrics = {f"train_{k}": v / per_epoch for k, v in sums.items()}
         epoch_metrics["lr"] = opt.param_groups[0]["lr"]
+        epoch_metrics["samples"] = float(batch * per_epoch)  # the epoch's, all workers
         out.epochs.append(epoch_metrics)
         for hook in hooks:
             hook(epoch, epoch_metrics, model)

@@ -546,7 +546,13 @@ class Sweep:
         return m
 
     def retrain(
-        self, recipe: Mapping[str, Any], seeds: Sequence[int], run: str, key: str, name: str
+        self,
+        recipe: Mapping[str, Any],
+        seeds: Sequence[int],
+        run: str,
+        key: str,
+        name: str,
+        rescore: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Retrain a registered version's ``recipe`` (its ``recipe`` tag,
         :func:`orchestration.launch.recipe`) with ``seeds``, as its final run did, into the
@@ -555,7 +561,10 @@ class Sweep:
         start resumes it from its checkpoints (Train V2 resumes by name). Starts Ray when it
         is not running (a caller's own signal handlers then need installing again: Ray's start
         replaces SIGTERM's). Returns the trial's final metrics: its summary, with the per-seed
-        scores (``seeds_<metric>``) and cost figures. The data must be the recipe's,
+        scores (``seeds_<metric>``) and cost figures; with ``rescore`` (``{"name",
+        "version"}``: the version the recipe came from) also that version's artifact scored
+        again on the same split (``champion_rescored``, :func:`orchestration.worker.
+        rescore_artifact`). The data must be the recipe's,
         fingerprint and all: other data raises :class:`EmgDataError` (a changed data set is
         not a regression)."""
         import ray
@@ -580,6 +589,7 @@ class Sweep:
         tags = {"emg.method": self.opts.method, "emg.data": self.opts.data}
         spec = self._spec("final", dict(recipe.get("overrides") or {}), key, run, tags)
         spec |= {"seeds": list(seeds), "registry": None, "report": False, "selection": {}}
+        spec["rescore"] = dict(rescore) if rescore else None
         spec["tracking"]["run_id"] = run
         return self._fit_once(spec, self.method, name, name)
 
@@ -1055,7 +1065,7 @@ class Sweep:
             m, label = self.method.final_metric, self.method.final_label
             lines.append(
                 f"  {label:<15} {final[m]:+.4f} +- {final[m + '_std']:.4f} "
-                f"({self.method.final_over})"
+                f"(mean +- population sd over {self.method.final_over})"
             )
             if state.get("split"):  # a held-out session: who chose, who was scored
                 scored = final.get("scored", "").split(",")

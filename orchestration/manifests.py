@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for line in found:
         print(line)
+    if not found:
+        print(f"ok: {len(a.files)} file(s) valid")
     return 1 if found else 0
 
 

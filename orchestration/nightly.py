@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -69,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="the suite's smoke budget (fewer seeds)")
     p.add_argument(
         "--only",
-        default=None,
+        type=_entry_names,
+        default=(),
         metavar="ENTRIES",
         help="comma-separated entries to check, e.g. kinembed,jepa (default: every entry)",
     )
@@ -136,7 +139,11 @@ def bisect_parser() -> argparse.ArgumentParser:
     p.add_argument("--good", required=True, help="a commit whose night was green")
     p.add_argument("--bad", default="HEAD", help="a commit that regressed (default: HEAD)")
     p.add_argument(
-        "--only", default=None, metavar="ENTRIES", help="entries to probe (default: every entry)"
+        "--only",
+        type=_entry_names,
+        default=(),
+        metavar="ENTRIES",
+        help="comma-separated entries to probe, e.g. kinembed (default: every entry)",
     )
     p.add_argument("--night", type=_night, default=None, help="the night (default: today, UTC)")
     p.add_argument("--suite", default=None, help="the suite file (default: the probed commit's)")
@@ -150,10 +157,26 @@ def bisect_parser() -> argparse.ArgumentParser:
 
 
 def _night(text: str) -> str:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}")
     try:
         return date.fromisoformat(text).isoformat()
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from e
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date ({e})") from e
+
+
+def _entry_names(text: str) -> tuple[str, ...]:
+    """``--only``'s value: entry names, comma-separated; an empty one is a mistake (a blank
+    value once ran the whole suite at its full budget)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected entry names, e.g. kinembed,jepa; got {text!r}")
+    return names
+
+
+# an entry's cost figures: the retrain's wall time (s), its workers' median epoch time (s) and
+# training samples per second (median epoch), peak RSS (MiB) and training-loop time (s)
+COST = ("wall_s", "epoch_s_median", "samples_s_median", "peak_rss_mb", "loop_s")
 
 
 @dataclass
@@ -167,6 +190,9 @@ class Checked:
     note: str = ""
     cost: dict[str, float] = field(default_factory=dict)
     slowdown: float | None = None  # wall time / trailing nights' median
+    rerun: bool = False  # gated again from an earlier start's records, not retrained
+    # the champion's artifact scored again tonight (see _rescored); empty when it cannot say
+    rescore: dict[str, Any] = field(default_factory=dict)
 
 
 class Night:
@@ -176,8 +202,7 @@ class Night:
 
         self.a = a
         self.suite = suite.load(a.suite or suite.SUITE, smoke=a.smoke)
-        only = [n.strip() for n in (a.only or "").split(",") if n.strip()]
-        self.entries = [self.suite.entry(n) for n in only] if only else list(self.suite.entries)
+        self.entries = self.suite.select(a.only)
         self.night = a.night or datetime.now(UTC).date().isoformat()
         self.moved, note = job_defaults(a)
         if note:
@@ -258,6 +283,7 @@ class Night:
         key = f"nightly/{self.night}/{entry.name}{label}"
         tags = {"emg.nightly": "entry", "emg.night": self.night, "emg.nightly.entry": entry.name}
         tags |= {"emg.label": self.a.label} if self.a.label else {}
+        earlier = self._earlier_attempt(key)
         run = self.tracker.open_run(self.exp, key, entry.name, tags, parent=self.parent)
         open_runs.append(run)
         try:
@@ -265,24 +291,38 @@ class Night:
             recipe = self._recipe(entry, champ)
             out.champion = f"v{champ.version}" if champ is not None else ""
             seeds = list(range(self.a.first_seed, self.a.first_seed + entry.seeds))
-            _print(
-                f"{entry.name}: {'champion ' + out.champion if champ else 'no champion yet'}, "
-                f"retraining seeds {seeds} on {recipe['data']}"
-            )
-            sweep = self._sweep(entry, recipe)
-            if not ray.is_initialized():
-                sweep.start_ray()
-                self._own_signals()  # Ray's start replaced SIGTERM's handler (it exits 15)
-            t0 = time.perf_counter()
-            train = f"nightly-{self.night}-{entry.name}" + (f"-{self.a.label}" if label else "")
-            m = sweep.retrain(recipe, seeds, run, key, train)
-            out.cost = {"wall_s": time.perf_counter() - t0} | {
-                k: float(m[k]) for k in ("epoch_s_median", "peak_rss_mb", "loop_s") if k in m
-            }
+            unmeasured = ""
+            if earlier is not None and earlier.info.status == "FINISHED":
+                # a re-run of a finished night: its scores and cost stand as measured (a
+                # retrain would only reload its checkpoints, and time that instead)
+                _print(f"{entry.name}: finished earlier tonight; its recorded seeds are gated")
+                m = dict(earlier.data.tags) | dict(earlier.data.metrics)
+                out.cost = {k: v for k, v in earlier.data.metrics.items() if k in COST}
+                out.rerun = True
+            else:
+                _print(
+                    f"{entry.name}: {'champion ' + out.champion if champ else 'no champion yet'}"
+                    f", retraining seeds {seeds} on {recipe['data']}"
+                )
+                sweep = self._sweep(entry, recipe)
+                if not ray.is_initialized():
+                    sweep.start_ray()
+                    self._own_signals()  # Ray's start replaced SIGTERM's handler (it exits 15)
+                t0 = time.perf_counter()
+                train = f"nightly-{self.night}-{entry.name}" + (f"-{self.a.label}" * bool(label))
+                which = {"name": entry.registry, "version": str(champ.version)} if champ else None
+                m = sweep.retrain(recipe, seeds, run, key, train, rescore=which)
+                if earlier is None:  # resumed from checkpoints, the time is a part's: not kept
+                    out.cost = {"wall_s": time.perf_counter() - t0} | {
+                        k: float(m[k]) for k in COST if k in m and k != "wall_s"
+                    }
+                else:
+                    unmeasured = "cost not measured: resumed from an interrupted start"
             tonight = {mt.name: seed_scores(m, mt.name) for mt in entry.metrics}
             if missing := [k for k, v in tonight.items() if not v]:
                 raise EmgDataError(f"tonight's run reported no per-seed {missing}", field=key)
             loads = self._champion_loads(entry, champ)
+            out.rescore = _rescored(m, self.suite.artifact_tolerance)
             for mt in entry.metrics:
                 recorded = seed_scores(champ.tags, mt.name) if champ is not None else None
                 if recorded is None:
@@ -293,8 +333,10 @@ class Night:
                         tolerance=mt.tolerance, alpha=self.suite.alpha, flaky=entry.flaky,
                     )
                 )  # fmt: skip
-            out.slowdown = self._slowdown(entry, out.cost["wall_s"])
+            wall = out.cost.get("wall_s")
+            out.slowdown = self._slowdown(entry, wall) if wall else None
             out.verdict, out.note = _verdict(entry, champ, out, loads)
+            out.note = "; ".join(n for n in (out.note, unmeasured) if n)
             self._log(run, entry, out, tonight)
             self.tracker.end(run, "FINISHED")
         except (EmgDataError, tracking.TrackingUnavailable) as e:
@@ -310,6 +352,14 @@ class Night:
         open_runs.remove(run)
         _print(f"{entry.name}: {out.verdict}{': ' + out.note if out.note else ''}")
         return out
+
+    def _earlier_attempt(self, key: str) -> Any | None:
+        """This night's run of an entry from an earlier start (``key``: its ``emg.key``), or
+        None on its first start."""
+        from orchestration.tracking import retry
+
+        found = self.tracker.find(self.exp, key)
+        return None if found is None else retry(self.tracker.client.get_run, found)
 
     def _recipe(self, entry: Any, champ: Any | None) -> dict[str, Any]:
         """The champion's recipe; without a champion, the method's default (its bundled preset
@@ -419,7 +469,9 @@ class Night:
     def _log(self, run: str, entry: Any, out: Checked, tonight: dict[str, Any]) -> None:
         from emgcore.methods.base import seed_tags
 
-        metrics = dict(out.cost)
+        # the wall time is the driver's to log; the rest of the cost came with the worker's
+        # summary, logged by the worker; a re-run's cost stands as first logged
+        metrics = {"wall_s": out.cost["wall_s"]} if "wall_s" in out.cost and not out.rerun else {}
         for c in out.comparisons:
             metrics |= {
                 c.metric: c.tonight_mean, f"{c.metric}_sd": c.tonight_sd,
@@ -431,6 +483,8 @@ class Night:
                 metrics |= {name: sum(seeds) / len(seeds)}
         if out.slowdown is not None:
             metrics["slowdown"] = out.slowdown
+        r = out.rescore  # its numbers are logged by the worker (the trial's summary)
+        tags_r = {f"champion_rescored_{k}": r[k] for k in ("metric", "why")} if r else {}
         logger = self.tracker.logger(run)
         logger.log(metrics, 0)
         logger.flush()
@@ -438,14 +492,15 @@ class Night:
         tags |= {f"emg.verdict.{c.metric}": c.verdict for c in out.comparisons}
         if out.note:
             tags["emg.note"] = out.note[:5000]
-        self.tracker.set_tags(run, tags | seed_tags({k: v for k, v in tonight.items() if v}))
+        seeds = seed_tags({k: v for k, v in tonight.items() if v})
+        self.tracker.set_tags(run, tags | tags_r | seeds)
 
     # -- the report ------------------------------------------------------------------------------
 
     def _report(self, checked: list[Checked], parent: str) -> None:
         import tempfile
 
-        from orchestration import nightly_report
+        from orchestration import nightly_report, tracking
 
         table = nightly_report.console(checked, self.night)
         print(table, flush=True)
@@ -457,6 +512,8 @@ class Night:
                 self.tracker.log_artifact(parent, f, "report")
             if self.a.report_dir:
                 _print(f"report: {folder / 'report.html'}")
+        link = tracking.ui_links(self.uri, self.exp, run=parent)
+        _print(f"report: report/report.html in the night's run's artifacts, {link['run']}")
         hook = self.a.webhook or os.environ.get(WEBHOOK_ENV)
         if hook and any(c.verdict == REGRESSION for c in checked):
             nightly_report.post(hook, checked, self.night)
@@ -537,6 +594,23 @@ class Night:
             signal.signal(sig, self._handler)
 
 
+def _rescored(m: Mapping[str, Any], tolerance: float) -> dict[str, Any]:
+    """The champion artifact's score tonight from a retrain's results ``m`` (its summary, or
+    an earlier start's entry-run tags): ``metric``, ``value`` (NaN: it could not be scored),
+    ``recorded`` (the version's own ``registered_<metric>``), ``why`` (the split, or what
+    failed) and ``tolerance`` (the suite's ``artifact_tolerance``); empty when the method
+    says no way to score its artifact (an encoder alone)."""
+    if "champion_rescored_metric" not in m:
+        return {}
+    return {
+        "metric": str(m["champion_rescored_metric"]),
+        "value": float(m["champion_rescored"]),
+        "recorded": float(m["champion_recorded"]),
+        "why": str(m.get("champion_rescored_why", "")),
+        "tolerance": tolerance,
+    }
+
+
 def _verdict(entry: Any, champ: Any | None, out: Checked, loads: str) -> tuple[str, str]:
     """The entry's verdict and note from its comparisons, cost and the champion's loading."""
     from orchestration import gate
@@ -553,6 +627,14 @@ def _verdict(entry: Any, champ: Any | None, out: Checked, loads: str) -> tuple[s
     notes += [f"{c.metric} {c.why}" for c in bad]
     if loads:
         notes.append(f"the champion artifact does not load: {loads}")
+    elif r := out.rescore:
+        if not math.isfinite(r["value"]):
+            notes.append(f"the champion artifact cannot be scored tonight: {r['why']}")
+        elif math.isfinite(r["recorded"]) and abs(r["value"] - r["recorded"]) > r["tolerance"]:
+            notes.append(
+                f"the champion artifact scores {r['metric']} {r['value']:.6g} tonight on "
+                f"{r['why']}, registered with {r['recorded']:.6g}"
+            )
     if entry.slowdown and out.slowdown is not None and out.slowdown > entry.slowdown:
         notes.append(f"slower: {out.slowdown:.2f}x the trailing nights' median wall time")
     better = [c for c in out.comparisons if c.verdict == gate.IMPROVEMENT]
@@ -578,11 +660,25 @@ def bisect(
 
     def git(*cmd: str) -> str:
         r = subprocess.run(["git", "-C", str(repo), *cmd], capture_output=True, text=True)
-        if r.returncode:
-            raise EmgDataError(f"git {' '.join(cmd)}: {r.stderr.strip()}", source=str(repo))
+        if r.returncode:  # git's first line says what is wrong; the rest is advice
+            said = (r.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise EmgDataError(f"git {' '.join(cmd)}: {said}", source=str(repo))
         return r.stdout.strip()
 
-    good, bad = git("rev-parse", good), git("rev-parse", bad)
+    def commit(ref: str, flag: str) -> str:
+        r = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if r.returncode:
+            raise EmgDataError(f"{ref!r} is not a commit of {repo}", field=flag)
+        return r.stdout.strip()
+
+    good, bad = commit(good, "--good"), commit(bad, "--bad")
+    if good == bad:
+        raise EmgDataError(
+            f"nothing to bisect: --good and --bad are the same commit {good[:12]}", field="--good"
+        )
     path = git("rev-list", "--reverse", "--ancestry-path", f"{good}..{bad}").split()
     if not path:
         raise EmgDataError(f"{bad[:12]} does not descend from {good[:12]}", field="--good")
@@ -690,9 +786,7 @@ def _bisect_main(argv: Sequence[str]) -> int:
 
     repo = Path(a.repo or Path(__file__).resolve().parent.parent)
     try:
-        entries = [e.name for e in suite.load(a.suite or suite.SUITE).entries]
-        if a.only:
-            entries = [n.strip() for n in a.only.split(",") if n.strip()]
+        entries = [e.name for e in suite.load(a.suite or suite.SUITE).select(a.only)]
         uri = tracking.resolve_uri(a.tracking_uri)
         tracking.check_reachable(uri)
         args = ["--tracking-uri", uri, "--storage-path", f"{_storage(a.storage_path)}/bisect"]

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 HEAD = ("metric", "champion", "tonight", "change [95% CI]", "p", "verdict")
+LEGEND = (
+    "mean +- sd: over seeds, sample sd (n-1); change: tonight's mean - the champion's, with a "
+    "95% bootstrap interval; p: Welch's one-sided test"
+)
 
 
 def rows(checked: Sequence[Any]) -> list[tuple[str, list[tuple[str, ...]]]]:
@@ -34,11 +38,26 @@ def rows(checked: Sequence[Any]) -> list[tuple[str, list[tuple[str, ...]]]]:
             )
             for k in c.comparisons
         ]
-        if c.cost:
+        if r := c.rescore:  # the champion artifact scored again tonight
+            ok = math.isfinite(r["value"]) and not abs(r["value"] - r["recorded"]) > r["tolerance"]
+            table.append(
+                (
+                    f"{r['metric']} (artifact)",
+                    f"{r['recorded']:.6f} (registered)",
+                    f"{r['value']:.6f} (scored again)",
+                    f"{r['value'] - r['recorded']:+.2g}",
+                    "",
+                    "PASS" if ok else "REGRESSION",
+                )
+            )
+        if "wall_s" in c.cost:
             ratio = "" if c.slowdown is None else f" ({c.slowdown:.2f}x trailing median)"
             table.append(
                 ("wall time", "", f"{c.cost['wall_s']:.0f} s{ratio}", "", "", _cost_verdict(c))
             )
+            rate = c.cost.get("samples_s_median", math.nan)
+            if math.isfinite(rate):
+                table.append(("samples/s", "", f"{rate:.0f} (median epoch)", "", "", ""))
             if "peak_rss_mb" in c.cost:
                 table.append(("peak RSS", "", f"{c.cost['peak_rss_mb']:.0f} MiB", "", "", ""))
         out.append((head, table))
@@ -61,8 +80,9 @@ def console(checked: Sequence[Any], night: str) -> str:
             continue
         widths = [max(len(r[i]) for r in [HEAD, *table]) for i in range(len(HEAD))]
         for r in [HEAD, *table]:
-            lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-    return "\n".join(lines)
+            row = "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))
+            lines.append(f"  {row}".rstrip())
+    return "\n".join([*lines, LEGEND])
 
 
 def markdown(checked: Sequence[Any], night: str, plots: Mapping[str, str]) -> str:
@@ -75,7 +95,7 @@ def markdown(checked: Sequence[Any], night: str, plots: Mapping[str, str]) -> st
             out.append("")
         if c.entry.name in plots:
             out += [f"![{c.entry.name} trend]({plots[c.entry.name]})", ""]
-    return "\n".join(out)
+    return "\n".join([*out, f"_{LEGEND}_", ""])
 
 
 def html_page(checked: Sequence[Any], night: str, plots: Mapping[str, bytes]) -> str:
@@ -103,7 +123,7 @@ def html_page(checked: Sequence[Any], night: str, plots: Mapping[str, bytes]) ->
             parts.append(
                 f"<p><img alt='{e(c.entry.name)} trend' src='data:image/png;base64,{data}'></p>"
             )
-    parts.append("</body></html>")
+    parts.append(f"<p><small>{e(LEGEND)}</small></p></body></html>")
     return "\n".join(parts)
 
 

@@ -5,6 +5,8 @@ Schema::
     alpha: 0.05                 # the gate's test level (orchestration/gate.py), in (0, 1)
     seeds: 3                    # tonight's retrains per entry, >= 2 (the gate needs a spread)
     history: 30                 # nights in the trend plots and the cost baseline
+    artifact_tolerance: 1.0e-4  # the champion artifact scored again tonight may differ from
+                                # its registered score by this much (the metric's units)
     smoke: {seeds: 2}           # --smoke: replaces the top-level values it names
     entries:
       kinembed:                 # a key of emgcore.methods.METHODS (or any name + ``method:``)
@@ -24,7 +26,7 @@ fails on load as one :class:`~emgcore.errors.InvalidValueError` naming the file 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from emgcore.errors import InvalidValueError
 from emgcore.methods import METHODS
 
 SUITE = Path(__file__).resolve().parent.parent / "suites" / "nightly.yaml"
-_TOP = {"alpha", "seeds", "history", "smoke", "entries"}
+_TOP = {"alpha", "seeds", "history", "artifact_tolerance", "smoke", "entries"}
 _SMOKE = {"seeds", "history"}
 _ENTRY = {"method", "registry", "metrics", "seeds", "slowdown", "flaky"}
 
@@ -69,6 +71,12 @@ class Suite:
     entries: tuple[Entry, ...]
     source: str = ""
     smoke: bool = False
+    artifact_tolerance: float = 1e-4
+
+    def select(self, names: Sequence[str] = ()) -> list[Entry]:
+        """The entries called ``names`` in that order, or every entry when ``names`` is empty;
+        InvalidValueError for a name the suite lacks."""
+        return [self.entry(n) for n in names] if names else list(self.entries)
 
     def entry(self, name: str) -> Entry:
         """The entry called ``name``; InvalidValueError naming the known ones otherwise."""
@@ -126,6 +134,9 @@ def load(path: str | Path = SUITE, *, smoke: bool = False) -> Suite:
     alpha = number(top.get("alpha", 0.05), "alpha")
     if not 0 < alpha < 1:
         raise bad(f"must lie in (0, 1), got {alpha}", "alpha")
+    artifact_tolerance = number(top.get("artifact_tolerance", 1e-4), "artifact_tolerance")
+    if artifact_tolerance < 0:
+        raise bad(f"must be >= 0, got {artifact_tolerance}", "artifact_tolerance")
     raw_entries = top.get("entries")
     if not isinstance(raw_entries, Mapping) or not raw_entries:
         raise bad("must map entry names to their checks", "entries")
@@ -172,4 +183,4 @@ def load(path: str | Path = SUITE, *, smoke: bool = False) -> Suite:
                 flaky,
             )
         )
-    return Suite(alpha, history, tuple(entries), str(path), smoke)
+    return Suite(alpha, history, tuple(entries), str(path), smoke, artifact_tolerance)

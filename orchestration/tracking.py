@@ -392,12 +392,17 @@ def _redact(uri: str) -> str:
 
 
 def ui_links(
-    uri: str, experiment_id: str, view: str | None = None, model: str | None = None
+    uri: str,
+    experiment_id: str,
+    view: str | None = None,
+    model: str | None = None,
+    run: str | None = None,
 ) -> dict[str, str]:
     """How to open ``uri`` in MLflow's UI: ``command`` (the ``mlflow ui`` that serves a store
     no server serves; absent for a server), ``experiment`` (the experiment's runs in model
     training mode), ``view`` (the same page through the sweep's saved view: its runs, flat, with
-    the metric, searched-value and winner columns) and ``model`` (the registered model)."""
+    the metric, searched-value and winner columns), ``model`` (the registered model) and
+    ``run`` (one run's page)."""
     if _scheme(uri) in ("http", "https"):
         base, out = _redact(uri).rstrip("/"), {}
     else:  # a local server on MLflow's default port
@@ -411,6 +416,8 @@ def ui_links(
         out["view"] = f"{out['experiment']}&viewStateShareKey={key}"
     if model:
         out["model"] = f"{base}/#/models/{urllib.parse.quote(model, safe='')}?{UI_MODE}"
+    if run:
+        out["run"] = f"{base}/#/experiments/{experiment_id}/runs/{run}"
     return out
 
 

@@ -120,6 +120,7 @@ class TrialRun:
             )
         self.step, self.unit, self.units_done = 0, 0, 0
         self.epoch_s: list[float] = []  # every epoch's wall time, for the run's cost figures
+        self.samples_s: list[float] = []  # every epoch's training samples per second
         self.t_report = self.t_epoch = -math.inf
 
     def hooks(self, model: str | None) -> tuple[EpochHook]:
@@ -133,6 +134,9 @@ class TrialRun:
             self.step += 1
             now = time.perf_counter()
             metrics = {**metrics, "epoch_s": now - self.t_epoch}  # hooks included
+            if samples := metrics.pop("samples", 0.0):  # the throughput, hooks included
+                metrics["samples_s"] = samples / metrics["epoch_s"]
+                self.samples_s.append(metrics["samples_s"])
             self.epoch_s.append(now - self.t_epoch)
             self.t_epoch = now
             if self.log is not None:
@@ -208,6 +212,8 @@ class TrialRun:
             with tempfile.TemporaryDirectory() as d:
                 for f in trial.report(values, Path(d)):
                     self.tracker.log_artifact(self.run_id, f, "report")
+        if self.spec.get("rescore"):  # the nightly: the champion's artifact scored again
+            return rescore_artifact(self.spec["rescore"], trial.registration(values), self.tracker)
         if not self.spec.get("registry"):  # a study registers nothing
             return {}
         reg = trial.registration(values)
@@ -235,11 +241,13 @@ class TrialRun:
 
     def cost(self) -> dict[str, float]:
         """What this worker's trial cost: the median epoch's wall time (s, hooks included) and
-        the process's peak resident memory (MiB, imports and data included; Linux reports
-        ``ru_maxrss`` in KiB), which the nightly compares night to night."""
+        the median epoch's training samples per second (all workers' samples over the epoch's
+        wall time) and the process's peak resident memory (MiB, imports and data included;
+        Linux reports ``ru_maxrss`` in KiB), which the nightly compares night to night."""
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         median = statistics.median(self.epoch_s) if self.epoch_s else math.nan
-        return {"epoch_s_median": median, "peak_rss_mb": float(peak)}
+        rate = statistics.median(self.samples_s) if self.samples_s else math.nan
+        return {"epoch_s_median": median, "samples_s_median": rate, "peak_rss_mb": float(peak)}
 
     def __enter__(self) -> TrialRun:
         return self
@@ -250,6 +258,48 @@ class TrialRun:
                 tracking.end_with_error(self.tracker, self.run_id, self.log, e)
             traceback.print_exc()
         return False  # the error goes on to Train
+
+
+def rescore_artifact(
+    which: Mapping[str, str], reg: Registration, tracker: tracking.Tracker
+) -> dict[str, Any]:
+    """Score the registered version ``which`` (``{"name", "version"}``) again, from its own
+    files, in this environment, on the split this trial (a retrain of its recipe) scored it on:
+    its test score through the export's ``retest`` (compared with ``registered_<test
+    metric>``), else its selection score through ``rescore`` (``registered_<selection
+    metric>``). Returns ``champion_rescored`` (NaN when it cannot be evaluated),
+    ``champion_recorded``, ``champion_rescored_metric`` and ``champion_rescored_why``; nothing
+    for an export that says neither how (an encoder alone has no score)."""
+    tracking.use(tracker.uri)  # models:/ resolves through the fluent API's registry
+    name, version = which["name"], str(which["version"])
+    # the export registered under ``name``: its suffix ends the name (the longest that does)
+    ex = max((e for e in reg.exports if name.endswith(e.suffix)), default=None,
+             key=lambda e: len(e.suffix))  # fmt: skip
+    if ex is None or not (ex.retest or ex.rescore):
+        return {}
+    score = reg.test if ex.retest else reg.selection
+    recorded = tracker.client.get_model_version(name, version).tags.get(
+        f"registered_{score.metric}"
+    )
+    out: dict[str, Any] = {
+        "champion_rescored_metric": score.metric,
+        "champion_recorded": float(recorded) if recorded is not None else math.nan,
+    }
+    uri = f"models:/{name}/{version}"
+    try:
+        import torch
+
+        with torch.no_grad():
+            if ex.retest:
+                value = ex.retest(tracking.model_files(uri))
+            else:
+                model = ex.load(tracking.model_files(uri)) if ex.load else tracking.load_model(uri)
+                value = ex.rescore(model)
+        out |= {"champion_rescored": float(value), "champion_rescored_why": score.split}
+    except Exception as e:  # reported by the nightly as the artifact's failure, not raised
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        out |= {"champion_rescored": math.nan, "champion_rescored_why": why}
+    return out
 
 
 def register(

@@ -115,6 +115,7 @@ def test_every_image_tag_and_version_in_clusters_matches_the_lock_file():
 def test_the_command_line_exits_1_on_a_problem_and_names_it(tmp_path, capsys):
     bad = _misspelt(tmp_path, NIGHTLY / "cronjob.yaml", "schedule:", "schedul:")
     assert manifests.main([str(NIGHTLY / "cronjob.yaml")]) == 0
+    assert capsys.readouterr().out == "ok: 1 file(s) valid\n"
     assert manifests.main([str(bad)]) == 1
     assert "spec.schedul: unknown field of V1CronJobSpec" in capsys.readouterr().out
     assert manifests.main([str(tmp_path / "absent.yaml")]) == 2

@@ -119,7 +119,10 @@ class Export:
     the champion's score on the new model's selection split, scored again here (``rescored_on``
     names that split, ``load(folder)`` loads the champion from its extra files, default its
     logged graph); None compares the champion's recorded score, which must then come from the
-    same selection split."""
+    same selection split. ``retest(folder)``: a version's test score from its files (``folder``:
+    its extra files), on this trial's test split: a version of the same recipe recorded it
+    (``registered_<test metric>``), so the nightly scores the registered artifact again in
+    tonight's environment; without it the nightly uses ``rescore`` on the selection split."""
 
     suffix: str
     model: Any
@@ -128,6 +131,7 @@ class Export:
     rescore: Callable[[Any], float] | None = None
     rescored_on: str = ""
     load: Callable[[Path], Any] | None = None
+    retest: Callable[[Path], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -986,6 +986,10 @@ class KinEmbedTrial(Trial):
             subjects=tuple(s.subject for s in subjects),
         )
         self.subjects, self.train, self.test = subjects, tuple(train), test
+        # the registered subject's held-out recording as recorded: what its champion is
+        # scored on again from raw EMG (Export.retest)
+        first = subjects[0].subject if subjects else None
+        self._heldout_raw = [r for r in recordings if r.subject == first and r.session == test]
         if setup.mode == "final":  # (key, subject, train sessions, eval session, seed)
             todo = [
                 (f"{s.subject}/seed{seed}", s, self.train, test, seed)
@@ -1102,8 +1106,20 @@ class KinEmbedTrial(Trial):
             0.0,
         )
         tags = {"train_sessions": ",".join(self.train), "test_session": self.test}
-        export = Export("", decoder.pipeline, raw, decoder.save)
+        export = Export("", decoder.pipeline, raw, decoder.save, retest=self._retest)
         return Registration(selection, heldout, [export], tags)
+
+    def _retest(self, folder: Path) -> float:
+        """The held-out R^2 of the version whose files are in ``folder`` (its ``inference.pt``:
+        raw EMG in, DoAs out), on this trial's registered subject and held-out session: a
+        version of the same recipe recorded it as ``registered_heldout_r2``."""
+        from emgcore.methods import load_inference
+
+        (raw,) = self._heldout_raw
+        pipe = load_inference(folder)
+        doa = pipe.predict(np.asarray(raw.emg), raw.fs)
+        end = pipe.window_end(raw.n_samples, raw.fs)
+        return float(np.mean(r2_per_output(np.asarray(raw.kinematics)[end], doa)))
 
     def seeds(self, values: Mapping[str, Any]) -> dict[str, list[float]]:
         """Held-out R^2 per seed: each the mean over subjects (of the mean over DoAs), as

@@ -271,6 +271,7 @@ def _train(
             "train_loss": float(np.mean(losses)),
             "val_loss": val,
             "lr": sched.get_last_lr()[0],
+            "samples": float(batch * steps_per_epoch),  # the epoch's, all workers
         }
         history.epochs.append(metrics)
         for hook in hooks:

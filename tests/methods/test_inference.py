@@ -49,6 +49,9 @@ def test_kinembed_champion_takes_raw_emg_and_reproduces_its_heldout_score(kinemb
     r2 = float(np.mean(r2_per_output(np.asarray(raw.kinematics)[end], doa)))
     assert r2 == pytest.approx(reg.test.value, abs=1e-5)
     assert reg.test.value > 0.0  # a model that decodes something: the check could fail
+    # the nightly's re-score of a registered version: the same number from its files alone
+    (ex,) = reg.exports
+    assert ex.retest(folder) == pytest.approx(reg.test.value, abs=1e-5)
     assert pipe.joint_names == raw.joint_names and pipe.fs == raw.fs
 
 

@@ -7,6 +7,7 @@ the sweep's store."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -87,9 +88,11 @@ def test_a_green_night_retrains_the_champions_recipe_and_passes(store):
     assert tags["emg.verdict"] == "green" and tags["emg.git_commit"]
     assert tags["emg.version.torch"] and tags["emg.version.mlflow"]
     assert child.data.tags["emg.verdict"] == "PASS" and child.data.tags["emg.champion"] == "v1"
-    for m in ("heldout_r2", "champion_heldout_r2", "wall_s", "peak_rss_mb", "epoch_s_median"):
+    cost = ("wall_s", "peak_rss_mb", "epoch_s_median", "samples_s_median")
+    for m in ("heldout_r2", "champion_heldout_r2", *cost):
         assert m in child.data.metrics, m
     assert 100 < child.data.metrics["peak_rss_mb"] < 8000
+    assert child.data.metrics["samples_s_median"] > 0 and "samples/s" in r.stdout
     # the exact recipe with tonight's (same) code: seeds 0, 1, 2 score what they scored
     champ = _client(store["uri"]).get_model_version_by_alias("kinembed", "champion")
     recorded, tonight = (
@@ -97,8 +100,27 @@ def test_a_green_night_retrains_the_champions_recipe_and_passes(store):
         seed_scores(child.data.tags, "heldout_r2"),
     )
     assert tonight == pytest.approx(recorded, abs=1e-6) and len(tonight) == 3
+    # the champion artifact itself, scored again from its files on the same held-out session
+    assert child.data.metrics["champion_recorded"] == float(champ.tags["registered_heldout_r2"])
+    assert child.data.metrics["champion_rescored"] == pytest.approx(
+        child.data.metrics["champion_recorded"], abs=1e-6
+    )
+    assert "heldout_r2 (artifact)" in r.stdout
     arts = {a.path for a in _client(store["uri"]).list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.html"} <= arts
+    assert f"runs/{parent.info.run_id}" in r.stdout  # where the report is, said
+    assert not [ln for ln in r.stdout.splitlines() if ln.endswith(" ")]
+
+    # the same night again: gated from its records, not retrained; its cost stands as measured
+    again = _nightly(store, "--only", "kinembed", "--night", "2026-12-01")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "kinembed: finished earlier tonight" in again.stdout and "retraining" not in again.stdout
+    assert "kinembed (v1): PASS" in again.stdout
+    c = _client(store["uri"])
+    assert len(_night_runs(store["uri"], "2026-12-01")) == 2
+    for m in ("wall_s", "peak_rss_mb", "epoch_s_median"):
+        (point,) = c.get_metric_history(child.info.run_id, m)  # logged once
+        assert point.value == child.data.metrics[m]
 
 
 @pytest.mark.slow
@@ -226,6 +248,7 @@ def test_a_killed_night_reruns_without_duplicates_and_a_second_nightly_refuses(s
     assert statuses == {"night": "KILLED", "entry": "KILLED"}
     again = _nightly(store, "--suite", str(suite), "--night", night)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "cost not measured: resumed from an interrupted start" in again.stdout  # a part's
     runs = _night_runs(store["uri"], night)
     assert sorted(x.data.tags["emg.nightly"] for x in runs) == ["entry", "night"]  # no duplicate
     assert {x.info.status for x in runs} == {"FINISHED"}
@@ -326,15 +349,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     """Before Ray or MLflow start."""
     bad = tmp_path / "suite.yaml"
     bad.write_text("entries:\n  kinembed: {metrics: {heldout_r3: 0.02}}\n")
-    base = [sys.executable, str(NIGHTLY), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
     for args, want in (
         (["--only", "nosuch"], "no entry 'nosuch'"),
+        (["--only", ""], "expected entry names, e.g. kinembed,jepa; got ''"),  # not all of them
+        (["--only", "kinembed,"], "expected entry names"),
         (["--suite", str(bad)], "entries.kinembed.metrics.heldout_r3"),
-        (["--night", "2026-13-01"], "expected YYYY-MM-DD"),
+        (["--night", "26-12-01"], "expected YYYY-MM-DD"),
+        (["--night", "2026-02-30"], "'2026-02-30' is not a date"),
+        (["bisect", "--good", "HEAD", "--only", "nosuch"], "no entry 'nosuch'"),
+        (["bisect", "--good", "HEAD", "--only", " "], "expected entry names"),
+        (["bisect", "--good", "HEAD"], "nothing to bisect: --good and --bad are the same commit"),
+        (["bisect", "--good", "no-such-ref"], "'no-such-ref' is not a commit of"),
     ):
         r = subprocess.run(
-            [*base, *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120
-        )
+            [sys.executable, str(NIGHTLY), *args, *uri], cwd=tmp_path, env=_env(),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
         # one line (after argparse's usage, for a bad flag), naming what is wrong
         assert r.returncode == 2 and want in r.stderr.strip().splitlines()[-1], (args, r.stderr)
         assert "Traceback" not in r.stderr
@@ -360,6 +391,25 @@ def test_the_nights_verdict_counts_a_slowdown_and_an_unloadable_champion():
         verdict == "REGRESSION"
         and note == "the champion artifact does not load: OSError: no such file"
     )
+    # the champion artifact scored again tonight: a change beyond the suite's tolerance, or
+    # no score at all, is a regression of its own
+    rescore = {"metric": "heldout_r2", "recorded": 0.458356, "why": "S1/A3", "tolerance": 1e-4}
+    checked.rescore = rescore | {"value": 0.45836}
+    assert nightly._verdict(entry, champ, checked, "") == ("PASS", "")
+    checked.rescore = rescore | {"value": 0.4571}
+    assert nightly._verdict(entry, champ, checked, "") == (
+        "REGRESSION",
+        "the champion artifact scores heldout_r2 0.4571 tonight on S1/A3, registered with 0.458356",
+    )
+    checked.rescore = rescore | {"value": math.nan, "why": "KeyError: 'w'"}
+    assert nightly._verdict(entry, champ, checked, "")[1] == (
+        "the champion artifact cannot be scored tonight: KeyError: 'w'"
+    )
+    from orchestration import nightly_report
+
+    (_, table), *_ = nightly_report.rows([checked])
+    assert table[-1][0] == "heldout_r2 (artifact)" and table[-1][-1] == "REGRESSION"
+    checked.rescore = {}
     assert nightly._verdict(entry, None, checked, "")[0] == "BASELINE"
     ok, bad = nightly.Checked(entry, verdict="PASS"), nightly.Checked(entry, verdict="REGRESSION")
     err = nightly.Checked(entry, verdict="ERROR")

@@ -49,6 +49,7 @@ entries:
         (BASE + "    slowdown: 0.9\n", "entries.kinembed.slowdown", "a slowdown factor is > 1"),
         (BASE + "    flaky: yes please\n", "entries.kinembed.flaky", "must be true or false"),
         ("alpha: 2\n" + BASE, "alpha", r"must lie in \(0, 1\)"),
+        ("artifact_tolerance: -0.1\n" + BASE, "artifact_tolerance", "must be >= 0"),
         ("smoke: {seed: 2}\n" + BASE, "smoke.seed", "unknown key"),
         ("entries: {}\n", "entries", "must map entry names"),
         ("entries: [\n", "file", "not valid YAML"),

@@ -334,7 +334,7 @@ class Night:
                     )
                 )  # fmt: skip
             wall = out.cost.get("wall_s")
-            out.slowdown = self._slowdown(entry, wall) if wall else None
+            out.slowdown = self._slowdown(entry, wall, out.champion) if wall else None
             out.verdict, out.note = _verdict(entry, champ, out, loads)
             out.note = "; ".join(n for n in (out.note, unmeasured) if n)
             self._log(run, entry, out, tonight)
@@ -440,15 +440,19 @@ class Night:
             return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         return ""
 
-    def _slowdown(self, entry: Any, wall_s: float) -> float | None:
+    def _slowdown(self, entry: Any, wall_s: float, champion: str) -> float | None:
         """Tonight's wall time over the median of the trailing nights' (finished, other
-        nights), or None without history."""
+        nights) that retrained the same recipe (the same ``champion`` version, "" for the
+        method's default: a new champion's recipe may cost more, and is no slowdown), or None
+        without such history."""
         import statistics
 
         past = [
             r.data.metrics["wall_s"]
             for r in self._history(entry)
-            if r.data.tags.get("emg.night") != self.night and "wall_s" in r.data.metrics
+            if r.data.tags.get("emg.night") != self.night
+            and r.data.tags.get("emg.champion") == (champion or "none")
+            and "wall_s" in r.data.metrics
         ]
         return wall_s / statistics.median(past) if past else None
 

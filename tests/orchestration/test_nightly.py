@@ -452,3 +452,31 @@ def test_the_webhook_gets_the_regressions_as_slack_json_and_a_dead_one_is_only_r
     )
     assert "jepa" not in msg["text"]
     assert nightly_report.post(url, [bad], "2026-12-01", timeout=2)  # nobody listens now: said
+
+
+@pytest.mark.mlflow
+def test_the_cost_baseline_is_the_nights_that_retrained_the_same_recipe(tmp_path):
+    """A new champion's recipe may cost more than the default the nights before it ran (seen:
+    EMG-JEPA's first night with a champion was '4.05x slower' than its baseline nights)."""
+    from types import SimpleNamespace
+
+    from orchestration import nightly, suite, tracking
+
+    t = tracking.Tracker(f"sqlite:///{tmp_path}/m.db")
+    exp = t.experiment("nightly")
+    nights = (("2026-11-01", "none", 10.0), ("2026-11-02", "none", 12.0),
+              ("2026-11-03", "v1", 40.0), ("2026-11-04", "v1", 44.0))  # fmt: skip
+    for night, champion, wall in nights:
+        tags = {"emg.nightly.entry": "kinembed", "emg.night": night, "emg.champion": champion}
+        run = t.open_run(exp, f"nightly/{night}/kinembed", "kinembed", tags)
+        log = t.logger(run)
+        log.log({"wall_s": wall}, 0)
+        log.flush()
+        t.end(run)
+    night = nightly.Night.__new__(nightly.Night)  # what _slowdown reads, on a real store
+    night.tracker, night.exp, night.night = t, exp, "2026-11-05"
+    night.suite = SimpleNamespace(history=30)
+    entry = suite.Entry("kinembed", "kinembed", "kinembed", (), 3, slowdown=1.5)
+    assert night._slowdown(entry, 42.0, "v1") == pytest.approx(1.0)  # median of 40 and 44
+    assert night._slowdown(entry, 22.0, "") == pytest.approx(2.0)  # the default's nights
+    assert night._slowdown(entry, 99.0, "v2") is None  # a new champion: no history yet

@@ -640,6 +640,8 @@ class Sweep:
         """
 
         def handler(signum: int, frame: Any) -> None:
+            if self.stop:  # already ending: the open runs end KILLED first (SIGKILL forces)
+                return
             self.stop = signal.Signals(signum).name
             if not (self.in_tune or self.deferred):
                 raise Interrupted(self.stop)

@@ -292,7 +292,7 @@ class Night:
             out.champion = f"v{champ.version}" if champ is not None else ""
             seeds = list(range(self.a.first_seed, self.a.first_seed + entry.seeds))
             unmeasured = ""
-            if earlier is not None and earlier.info.status == "FINISHED":
+            if self._gated_earlier(entry, earlier, out.champion):
                 # a re-run of a finished night: its scores and cost stand as measured (a
                 # retrain would only reload its checkpoints, and time that instead)
                 _print(f"{entry.name}: finished earlier tonight; its recorded seeds are gated")
@@ -309,15 +309,21 @@ class Night:
                     sweep.start_ray()
                     self._own_signals()  # Ray's start replaced SIGTERM's handler (it exits 15)
                 t0 = time.perf_counter()
-                train = f"nightly-{self.night}-{entry.name}" + (f"-{self.a.label}" * bool(label))
+                # the recipe's version in the name: a champion that moved since an interrupted
+                # start of the night is retrained afresh, not resumed from the old recipe's
+                train = f"nightly-{self.night}-{entry.name}-{out.champion or 'default'}"
+                train += f"-{self.a.label}" * bool(label)
                 which = {"name": entry.registry, "version": str(champ.version)} if champ else None
                 m = sweep.retrain(recipe, seeds, run, key, train, rescore=which)
-                if earlier is None:  # resumed from checkpoints, the time is a part's: not kept
-                    out.cost = {"wall_s": time.perf_counter() - t0} | {
-                        k: float(m[k]) for k in COST if k in m and k != "wall_s"
-                    }
+                out.cost = {k: float(m[k]) for k in COST if k in m and k != "wall_s"}
+                if m.get("units_resumed"):  # resumed from checkpoints: the time is a part's
+                    unmeasured = "wall time not measured: resumed from an interrupted start"
                 else:
-                    unmeasured = "cost not measured: resumed from an interrupted start"
+                    out.cost["wall_s"] = time.perf_counter() - t0
+            if skipped := m.get("champion_rescore_skipped"):
+                unmeasured = "; ".join(
+                    x for x in (unmeasured, f"artifact not scored: {skipped}") if x
+                )
             tonight = {mt.name: seed_scores(m, mt.name) for mt in entry.metrics}
             if missing := [k for k, v in tonight.items() if not v]:
                 raise EmgDataError(f"tonight's run reported no per-seed {missing}", field=key)
@@ -352,6 +358,21 @@ class Night:
         open_runs.remove(run)
         _print(f"{entry.name}: {out.verdict}{': ' + out.note if out.note else ''}")
         return out
+
+    def _gated_earlier(self, entry: Any, earlier: Any | None, champion: str) -> bool:
+        """Whether an earlier start tonight (``earlier``: its entry run) finished gating this
+        entry against the same champion at the same seed count: FINISHED (the worker ends
+        the run FINISHED before the driver gates, so the verdict and every metric's seeds
+        must be there too)."""
+        if earlier is None or earlier.info.status != "FINISHED":
+            return False
+        tags = earlier.data.tags
+        seeds = [tags.get(f"seeds_{mt.name}") for mt in entry.metrics]
+        return (
+            "emg.verdict" in tags
+            and tags.get("emg.champion") == (champion or "none")
+            and all(x is not None and len(json.loads(x)) == entry.seeds for x in seeds)
+        )
 
     def _earlier_attempt(self, key: str) -> Any | None:
         """This night's run of an entry from an earlier start (``key``: its ``emg.key``), or
@@ -587,6 +608,8 @@ class Night:
         from orchestration.driver import Interrupted
 
         def handler(signum: int, frame: Any) -> None:
+            if self.stop:  # already ending: the open runs end KILLED first (SIGKILL forces)
+                return
             self.stop = signal.Signals(signum).name
             raise Interrupted(self.stop)
 

@@ -989,7 +989,11 @@ class KinEmbedTrial(Trial):
         # the registered subject's held-out recording as recorded: what its champion is
         # scored on again from raw EMG (Export.retest)
         first = subjects[0].subject if subjects else None
-        self._heldout_raw = [r for r in recordings if r.subject == first and r.session == test]
+        self._heldout_raw = [
+            r
+            for r in recordings
+            if r.subject == first and r.session == test and r.kinematics is not None
+        ]
         if setup.mode == "final":  # (key, subject, train sessions, eval session, seed)
             todo = [
                 (f"{s.subject}/seed{seed}", s, self.train, test, seed)

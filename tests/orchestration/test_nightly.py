@@ -228,7 +228,7 @@ def test_a_killed_night_reruns_without_duplicates_and_a_second_nightly_refuses(s
             time.sleep(0.1)
 
     try:
-        wait_for("kinembed unit 1 done")  # mid-training: the kill that matters
+        wait_for("kinembed-v1 unit 1 done")  # mid-training: the kill that matters
         # the first driver frozen, alive: a second nightly, however slow to start, meets it
         first.send_signal(signal.SIGSTOP)
         second = _nightly(store, "--suite", str(suite), "--night", night)
@@ -248,7 +248,7 @@ def test_a_killed_night_reruns_without_duplicates_and_a_second_nightly_refuses(s
     assert statuses == {"night": "KILLED", "entry": "KILLED"}
     again = _nightly(store, "--suite", str(suite), "--night", night)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "cost not measured: resumed from an interrupted start" in again.stdout  # a part's
+    assert "wall time not measured: resumed from an interrupted start" in again.stdout
     runs = _night_runs(store["uri"], night)
     assert sorted(x.data.tags["emg.nightly"] for x in runs) == ["entry", "night"]  # no duplicate
     assert {x.info.status for x in runs} == {"FINISHED"}

@@ -131,6 +131,19 @@ def compare(
     )  # fmt: skip
 
 
+def artifact_problem(value: float, recorded: float, tolerance: float) -> str:
+    """Why a registered artifact scored again tonight (``value``; NaN: it could not be scored)
+    fails against its registered score ``recorded`` (NaN: none recorded, not compared): "not
+    scored", "changed" beyond ``tolerance`` (the metric's units), or "" when it holds. One
+    value, no seeds: the artifact is fixed, so any change beyond numerical noise is the
+    environment's (a torch / numpy / MLflow upgrade)."""
+    if not math.isfinite(value):
+        return "not scored"
+    if math.isfinite(recorded) and abs(value - recorded) > tolerance:
+        return "changed"
+    return ""
+
+
 def regressed(
     champion: np.ndarray, tonight: np.ndarray, mode: str, tolerance: float, alpha: float = 0.05
 ) -> np.ndarray:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import signal
@@ -655,9 +654,10 @@ def _verdict(entry: Any, champ: Any | None, out: Checked, loads: str) -> tuple[s
     if loads:
         notes.append(f"the champion artifact does not load: {loads}")
     elif r := out.rescore:
-        if not math.isfinite(r["value"]):
+        problem = gate.artifact_problem(r["value"], r["recorded"], r["tolerance"])
+        if problem == "not scored":
             notes.append(f"the champion artifact cannot be scored tonight: {r['why']}")
-        elif math.isfinite(r["recorded"]) and abs(r["value"] - r["recorded"]) > r["tolerance"]:
+        elif problem:
             notes.append(
                 f"the champion artifact scores {r['metric']} {r['value']:.6g} tonight on "
                 f"{r['why']}, registered with {r['recorded']:.6g}"
@@ -685,21 +685,18 @@ def bisect(
 
     from emgcore.errors import EmgDataError
 
-    def git(*cmd: str) -> str:
+    def git(*cmd: str, fails: str = "") -> str:
+        """git's output; a failure raises ``fails`` (default: git's own first line, the rest
+        being advice)."""
         r = subprocess.run(["git", "-C", str(repo), *cmd], capture_output=True, text=True)
-        if r.returncode:  # git's first line says what is wrong; the rest is advice
+        if r.returncode:
             said = (r.stderr.strip().splitlines() or ["(no message)"])[0]
-            raise EmgDataError(f"git {' '.join(cmd)}: {said}", source=str(repo))
+            raise EmgDataError(fails or f"git {' '.join(cmd)}: {said}", source=str(repo))
         return r.stdout.strip()
 
     def commit(ref: str, flag: str) -> str:
-        r = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if r.returncode:
-            raise EmgDataError(f"{ref!r} is not a commit of {repo}", field=flag)
-        return r.stdout.strip()
+        why = f"{flag} {ref!r} is not a commit of {repo}"
+        return git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", fails=why)
 
     good, bad = commit(good, "--good"), commit(bad, "--bad")
     if good == bad:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestration import gate
+
 HEAD = ("metric", "champion", "tonight", "change [95% CI]", "p", "verdict")
 LEGEND = (
     "mean +- sd: over seeds, sample sd (n-1); change: tonight's mean - the champion's, with a "
@@ -39,7 +41,7 @@ def rows(checked: Sequence[Any]) -> list[tuple[str, list[tuple[str, ...]]]]:
             for k in c.comparisons
         ]
         if r := c.rescore:  # the champion artifact scored again tonight
-            ok = math.isfinite(r["value"]) and not abs(r["value"] - r["recorded"]) > r["tolerance"]
+            ok = not gate.artifact_problem(r["value"], r["recorded"], r["tolerance"])
             table.append(
                 (
                     f"{r['metric']} (artifact)",

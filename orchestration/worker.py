@@ -135,12 +135,12 @@ class TrialRun:
         def on_epoch(epoch: int, metrics: Mapping[str, float], m: Any) -> None:
             self.step += 1
             now = time.perf_counter()
-            metrics = {**metrics, "epoch_s": now - self.t_epoch}  # hooks included
+            took, self.t_epoch = now - self.t_epoch, now  # hooks included
+            metrics = {**metrics, "epoch_s": took}
+            self.epoch_s.append(took)
             if samples := metrics.pop("samples", 0.0):  # the throughput, hooks included
-                metrics["samples_s"] = samples / metrics["epoch_s"]
+                metrics["samples_s"] = samples / took
                 self.samples_s.append(metrics["samples_s"])
-            self.epoch_s.append(now - self.t_epoch)
-            self.t_epoch = now
             if self.log is not None:
                 prefix = f"{model}." if model else ""
                 self.log.log({f"{prefix}{k}": v for k, v in metrics.items()}, self.step)

@@ -480,3 +480,49 @@ def test_the_cost_baseline_is_the_nights_that_retrained_the_same_recipe(tmp_path
     assert night._slowdown(entry, 42.0, "v1") == pytest.approx(1.0)  # median of 40 and 44
     assert night._slowdown(entry, 22.0, "") == pytest.approx(2.0)  # the default's nights
     assert night._slowdown(entry, 99.0, "v2") is None  # a new champion: no history yet
+
+
+def test_an_entry_counts_as_gated_earlier_only_when_the_driver_finished_gating_it():
+    """The worker ends the entry run FINISHED before the driver gates: FINISHED alone is not
+    done. Nor is a night gated against another champion, or at another seed count."""
+    from types import SimpleNamespace
+
+    from orchestration import nightly, suite
+
+    entry = suite.Entry("kinembed", "kinembed", "kinembed", (suite.Metric("r2", "max", 0.02),), 3)
+    night = nightly.Night.__new__(nightly.Night)
+
+    def run(status: str = "FINISHED", **tags: str) -> SimpleNamespace:
+        tags = {"emg.verdict": "PASS", "emg.champion": "v1", "seeds_r2": "[0.1, 0.2, 0.3]"} | tags
+        return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(
+            tags={k: v for k, v in tags.items() if v}))  # fmt: skip
+
+    assert night._gated_earlier(entry, run(), "v1")
+    assert not night._gated_earlier(entry, None, "v1")
+    assert not night._gated_earlier(entry, run("KILLED"), "v1")
+    assert not night._gated_earlier(entry, run(**{"emg.verdict": ""}), "v1")  # worker only
+    assert not night._gated_earlier(entry, run(seeds_r2=""), "v1")
+    assert not night._gated_earlier(entry, run(), "v2")  # the champion moved since
+    assert not night._gated_earlier(entry, run(seeds_r2="[0.1, 0.2]"), "v1")  # other seeds
+    assert night._gated_earlier(entry, run(**{"emg.champion": "none"}), "")  # a baseline
+
+
+def test_a_second_signal_while_the_night_ends_does_not_interrupt_its_ending():
+    """The first signal raises (the night ends its runs KILLED); a second one, arriving while
+    it does, is ignored instead of raising past that bookkeeping."""
+    from orchestration import nightly
+    from orchestration.driver import Interrupted
+
+    night = nightly.Night.__new__(nightly.Night)
+    night.stop = ""
+    old = night._install_signals()
+    try:
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        assert night.stop == "SIGTERM"  # the first signal's name is kept: exit 143
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

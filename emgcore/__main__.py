@@ -19,6 +19,7 @@ from pathlib import Path
 # only light imports here: ``--help`` and a bad flag answer before torch loads (each command
 # imports what it runs; the method registry, emgcore.methods.METHODS, once the arguments parse)
 from emgcore.config import (
+    ArgumentParser,
     HelpFormatter,
     at_least,
     help_text,
@@ -314,7 +315,7 @@ def _jepa(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The command line; building it (and ``--help``) imports nothing heavy."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m emgcore",
         description=help_text(__doc__),
         formatter_class=HelpFormatter,

@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from emgcore.errors import InvalidValueError
 
@@ -419,6 +419,15 @@ def _covers(key: str, field: str) -> bool:
 _ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
 _DEFAULT_ROLE = re.compile(r"(?<![`\w])`([^`]+)`(?![`\w])")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The project's command lines: a bad flag is one line on stderr, exit 2, naming the
+    command, the flag and what is wrong (argparse's own ``error`` first prints the whole usage
+    block, burying that line under a dozen others); ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

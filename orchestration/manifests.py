@@ -16,7 +16,6 @@ Exit 0 when every document validates, 1 otherwise, 2 on unreadable input.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -158,7 +157,9 @@ def _model_problems(value: Any, type_name: str, path: str = "") -> Iterator[str]
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    p = argparse.ArgumentParser(prog="python -m orchestration.manifests", description=__doc__)
+    from emgcore.config import ArgumentParser
+
+    p = ArgumentParser(prog="python -m orchestration.manifests", description=__doc__)
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--schemas", default=os.environ.get(SCHEMAS_ENV), help="KubeRay CRD folder")
     a = p.parse_args(argv)

@@ -42,6 +42,7 @@ import os
 import re
 import signal
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -51,7 +52,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emgcore.config import HelpFormatter, at_least, help_text
+from emgcore.config import ArgumentParser, HelpFormatter, at_least, help_text
 from orchestration.sweep import add_cluster_flags
 
 EXPERIMENT = "nightly"
@@ -61,7 +62,7 @@ PASS, REGRESSION, BASELINE, ERROR = "PASS", "REGRESSION", "BASELINE", "ERROR"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python orchestration/nightly.py",
         description=help_text(__doc__),
         formatter_class=HelpFormatter,
@@ -126,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def bisect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python orchestration/nightly.py bisect",
         description="Find the first bad commit between a good and a bad one: each probe checks "
         "out a commit in a git worktree and runs the nightly from there at the smoke budget "
@@ -538,6 +539,12 @@ class Night:
                 _print(f"report: {folder / 'report.html'}")
         link = tracking.ui_links(self.uri, self.exp, run=parent)
         _print(f"report: report/report.html in the night's run's artifacts, {link['run']}")
+        if "command" in link:  # no server serves this store: the file itself, and the UI's command
+            art = tracking.retry(self.tracker.client.get_run, parent).info.artifact_uri
+            if urllib.parse.urlparse(art).scheme in ("", "file"):
+                folder = Path(urllib.parse.urlparse(art).path).resolve()
+                _print(f"report: {folder / 'report' / 'report.html'}")
+            _print(f"MLflow UI: {link['command']}")
         hook = self.a.webhook or os.environ.get(WEBHOOK_ENV)
         if hook and any(c.verdict == REGRESSION for c in checked):
             nightly_report.post(hook, checked, self.night)

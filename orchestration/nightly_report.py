@@ -18,7 +18,7 @@ from orchestration import gate
 HEAD = ("metric", "champion", "tonight", "change [95% CI]", "p", "verdict")
 LEGEND = (
     "mean +- sd: over seeds, sample sd (n-1); change: tonight's mean - the champion's, with a "
-    "95% bootstrap interval; p: Welch's one-sided test"
+    "95% bootstrap interval (for reading); p: Welch's one-sided test, the one the gate uses"
 )
 
 

@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 # only light imports here: ``--help`` and a bad flag answer before torch, Ray or MLflow load
 # (the driver, the method registry and tracking are imported once the arguments parse)
-from emgcore.config import HelpFormatter, at_least, help_text
+from emgcore.config import ArgumentParser, HelpFormatter, at_least, help_text
 
 if TYPE_CHECKING:
     from orchestration.driver import Options
@@ -105,7 +105,7 @@ def add_cluster_flags(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The command line (no heavy import: building it, and ``--help``, take well under 1 s)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python orchestration/sweep.py",
         description=help_text(__doc__),
         formatter_class=HelpFormatter,

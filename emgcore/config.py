@@ -427,7 +427,7 @@ class ArgumentParser(argparse.ArgumentParser):
     block, burying that line under a dozen others); ``--help`` still shows the usage."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")  # argparse's own last line
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

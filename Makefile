@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC) 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,cluster]" 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -m pip install --quiet --no-deps libemg==2.0.3 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -c "import torch, ray, mlflow, cebra, pmdarima, emgcore"  # fail here if install broke
 	touch $(STAMP)
@@ -42,9 +42,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
-# Record the exact versions the tests passed with.
+# Record the exact versions the tests passed with. torch's local label (+cpu, +cu128) is dropped:
+# `torch==X` then admits the CPU wheel here and the CUDA wheel of the same release in the
+# cluster image (clusters/Dockerfile), where `torch==X+cpu` would make pip swap one for the other.
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' | sed -E 's/^(torch==[^+]+)\+.*/\1/' > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -125,6 +125,7 @@ def _fit_off_the_main_thread(trainer: Any) -> Any:
 class Sweep:
     def __init__(self, opts: Options):
         self.opts = opts
+        self.backend: str | None = None  # torch.distributed's; None: Ray's choice (start_ray)
         # under `ray job submit --working-dir` the defaults below would land in Ray's temporary
         # copy of the working directory: they go to $EMG_HOME instead, said in one line
         self.moved, note = job_defaults(opts)
@@ -345,7 +346,7 @@ class Sweep:
         from ray.tune.logger import JsonLoggerCallback
 
         spec["storage"] = f"{self.storage}/{sid}/{name}-train"
-        driver = tune.with_resources(launch.tune_driver, {"CPU": 0, "memory": 2**20})
+        driver = tune.with_resources(launch.tune_driver, launch.TUNE_DRIVER_RESOURCES)
         param_space = {
             "spec": spec,
             "method": launch.pack_method(self.method),
@@ -708,6 +709,7 @@ class Sweep:
                 "resources_per_worker": res,
             },
             "max_failures": launch.MAX_WORKER_FAILURES,
+            "backend": self.backend,
         }
 
     def start_ray(self) -> None:
@@ -764,10 +766,20 @@ class Sweep:
         res = ray.cluster_resources()
         o = self.opts
         per_trial = {"CPU": o.workers * o.cpus_per_worker, "GPU": o.workers * o.gpus_per_worker}
+        # fractional GPUs pack: --gpus-per-worker 0.25 runs four one-worker trials per GPU.
+        # --max-concurrent wins, above what fits now too: on an autoscaling cluster the nodes
+        # come for trials that wait for them
         fits = [int(res.get(k, 0) // v) for k, v in per_trial.items() if v > 0]
-        self.concurrency = max(1, min(fits) if fits else 1)
-        if o.max_concurrent:
-            self.concurrency = max(1, min(self.concurrency, o.max_concurrent))
+        self.concurrency = o.max_concurrent or max(1, min(fits) if fits else 1)
+        # (asked only of GPUs present now: with none yet, an autoscaler brings real ones)
+        if o.gpus_per_worker and res.get("GPU") and not launch.gpus_have_cuda(o.gpus_per_worker):
+            # GPUs declared (`ray start --num-gpus`) where torch sees no CUDA: Ray's default
+            # backend for GPU workers, NCCL, would fail every trial; pack by them, train on CPU
+            self.backend = "gloo"
+            _print(
+                "the cluster's GPUs are logical (torch sees no CUDA where they are): trials are "
+                f"packed by --gpus-per-worker {o.gpus_per_worker:g} and train on CPU"
+            )
 
     def _find_sweep(self) -> dict:
         """The state of the sweep ``--resume`` names (``latest``: this method's newest) under

@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 MAX_WORKER_FAILURES = 2  # a trial's workers may die this often; each restart resumes
+# Where each Tune trial's driver runs: it holds no CPU, and it runs on the head node. A Train run's
+# controller runs beside its driver (Train V2 pins it to the driver's node), so a worker node that
+# dies takes only the trial's workers with it: the controller restarts them from the last
+# checkpoint on a node with capacity. A driver left to the scheduler can land on a worker node and
+# die with it, and the trial with it (tests/orchestration/test_multinode.py).
+TUNE_DRIVER_RESOURCES = {"CPU": 0, "memory": 2**20, "node:__internal_head__": 0.001}
 # what the sweep's driver imports (module names): checked before anything else runs
 NEEDED = ("ray", "mlflow", "torch", "numpy", "scipy", "yaml")
 
@@ -187,6 +193,31 @@ def tune_driver(config: dict[str, Any]) -> None:
     release_placement_group(result.metrics.get("placement_group", ""))
 
 
+def gpus_have_cuda(gpus: float) -> bool:
+    """Whether torch sees CUDA where the cluster schedules a task holding ``gpus`` GPUs (at most
+    one: a node with one GPU answers). ``False`` on a CPU machine whose Ray declares logical GPUs
+    (``ray start --num-gpus N``), which Ray cannot tell from real ones. Ask it only of a cluster
+    that has GPUs: it waits for a node that can run it."""
+    import ray
+
+    @ray.remote(num_cpus=0, num_gpus=min(gpus, 1.0))
+    def probe() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    return bool(ray.get(probe.remote()))
+
+
+def train_device() -> str:
+    """The torch device of this Train worker: its GPU (``ray.train.torch.get_device``), or the CPU
+    where torch sees no CUDA (Ray hands a worker holding a logical GPU ``cuda:0`` regardless)."""
+    import ray.train.torch
+    import torch
+
+    return str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
+
+
 def make_trainer(
     spec: dict[str, Any],
     method: bytes,
@@ -198,11 +229,12 @@ def make_trainer(
     """A TorchTrainer over :func:`train_loop` for one trial's ``spec`` of the ``method``
     :func:`pack_method` packed."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec, "method": method},
+        torch_config=TorchConfig(backend=args.get("backend")),
         scaling_config=ray.train.ScalingConfig(**args["scaling"]),
         run_config=ray.train.RunConfig(
             name=name,

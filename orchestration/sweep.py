@@ -170,7 +170,9 @@ def parser() -> argparse.ArgumentParser:
         "--max-concurrent",
         type=at_least(1, int),
         default=None,
-        help="cap on concurrent trials (default: what the cluster's CPUs/GPUs hold)",
+        help="trials at once (default: what the cluster's CPUs/GPUs hold when the sweep "
+        "starts; on an autoscaling cluster give the number wanted: trials waiting for "
+        "resources make the autoscaler add nodes)",
     )
     add_cluster_flags(p)
     p.add_argument(

@@ -67,7 +67,7 @@ def train_loop(config: dict[str, Any]) -> None:
     setup = TrialSetup(
         mode=spec["mode"],
         parallel=parallel,
-        device=str(ray.train.torch.get_device()),
+        device=launch.train_device(),
         cache=spec.get("cache"),
         data=spec["data"],
         fingerprint=spec.get("fingerprint", ""),
@@ -76,6 +76,11 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     trial = method.trial(configure(method, spec), launch.load_recordings(spec), setup)
     run = TrialRun(spec, trial.config, parallel, rank)
+    if run.tracker is not None:  # where this start runs (a restarted trial moves: the latest)
+        node = ray.get_runtime_context().get_node_id()
+        run.tracker.set_tags(
+            run.run_id, {"emg.device": setup.device, "emg.node": node, "emg.host": os.uname()[1]}
+        )
     with run:
         if run.tracker is not None and spec.get("pretrained"):  # the versions it started from
             pinned = {f"emg.{method.starts_from}.{k}": v for k, v in spec["pretrained"].items()}

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.orchestration.processes import free_port, stop_own_ray, submit
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ROOT / "orchestration" / "sweep.py"
@@ -42,35 +43,6 @@ def _env(**extra: str) -> dict[str, str]:
     for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         env.pop(var, None)
     return env
-
-
-def _stop_own_ray(temp_dir: Path) -> None:
-    """Stop the Ray cluster started with ``--temp-dir=temp_dir``, and no other: every one of its
-    processes names that folder on its command line; Ray's own CLI stop command would end every
-    Ray cluster on the machine, so it is never used."""
-
-    def mine() -> list[int]:
-        pids = []
-        for cmd in Path("/proc").glob("[0-9]*/cmdline"):
-            with contextlib.suppress(OSError):
-                if str(temp_dir).encode() in cmd.read_bytes():
-                    pids.append(int(cmd.parent.name))
-        return [p for p in pids if p != os.getpid()]
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in mine():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.time() + 15
-        while mine() and time.time() < deadline:
-            time.sleep(0.5)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -109,7 +81,7 @@ def test_help_names_every_option():
 
 @pytest.mark.mlflow
 def test_unreachable_tracking_server_is_a_one_line_error(tmp_path):
-    port = _free_port()
+    port = free_port()
     out = _sweep(tmp_path, "--smoke", "--tracking-uri", f"http://127.0.0.1:{port}")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -379,7 +351,7 @@ def job(tmp_path_factory):
     # Every port named: the dashboard agent's HTTP port defaults to 52365, and when another Ray
     # on the machine holds it the agent stays up without HTTP, so every submission answers "No
     # available agent" (Ray 2.60 dashboard/agent.py) -- what failed CI once.
-    port, dash, agent = _free_port(), _free_port(), _free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     env = _env(EMGCORE_CACHE=str(tmp / "cache"))
     subprocess.run(
         [
@@ -407,50 +379,22 @@ def job(tmp_path_factory):
     text = (ROOT / "search_spaces" / "kinembed.yaml").read_text()
     space.write_text(text.replace("subjects: [S1, S3, S6, S8, S11]", "subjects: [s00]"))
     try:
-        deadline = time.time() + 120  # the agent can come up after `ray start` returns (loaded)
-        while True:
-            out = subprocess.run(
-                [
-                    str(BIN / "ray"),
-                    "job",
-                    "submit",
-                    "--address",
-                    f"http://127.0.0.1:{dash}",
-                    "--working-dir",
-                    ".",
-                    "--",
-                    "python",
-                    "orchestration/sweep.py",
-                    "kinembed",
-                    "--smoke",
-                    "--sim-subjects",
-                    "2",
-                    "--space",
-                    str(space),
-                    "--tracking-uri",
-                    f"sqlite:///{db}",
-                    "--storage-path",
-                    str(tmp / "results"),
-                ],
-                env=env,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=1800,  # two subjects; a loaded machine needs the headroom
+        out = submit(
+            f"http://127.0.0.1:{dash}",
+            ["python", "orchestration/sweep.py", "kinembed", "--smoke", "--sim-subjects", "2",
+             "--space", str(space), "--tracking-uri", f"sqlite:///{db}",
+             "--storage-path", str(tmp / "results")],
+            env, ROOT, timeout=1800,  # two subjects; a loaded machine needs the headroom
+        )  # fmt: skip
+        if "No available agent to submit job" in out.stdout + out.stderr:
+            log = next(ray_tmp.glob("session_*/logs/dashboard_agent.log"), None)
+            out.stderr += "\n--- dashboard_agent.log ---\n" + (
+                log.read_text()[-3000:] if log else "absent"
             )
-            if "No available agent to submit job" not in out.stdout + out.stderr:
-                break
-            if time.time() > deadline:
-                log = next(ray_tmp.glob("session_*/logs/dashboard_agent.log"), None)
-                out.stderr += "\n--- dashboard_agent.log ---\n" + (
-                    log.read_text()[-3000:] if log else "absent"
-                )
-                break
-            time.sleep(3)
         # what of the job still runs once it finished (a short wait: actors end asynchronously)
         job_id, left = _job_actors_left(out.stdout + out.stderr, dash, env)
     finally:
-        _stop_own_ray(ray_tmp)
+        stop_own_ray(ray_tmp)
     return {
         "out": out.stdout + out.stderr,
         "rc": out.returncode,
@@ -1088,14 +1032,13 @@ def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
     metric columns, trial runs named by their values, the winners marked, and the registered
     model's description. Screenshots are saved in the test's tmp dir."""
     import re
-    import shutil
 
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
     from tests.orchestration.test_tracking import _free_port as free_port
-    from tests.orchestration.test_tracking import start_server
+    from tests.orchestration.test_tracking import start_server, stop_server
 
     _, _exp, runs = _runs(job["uri"])
     parent = next(r for r in runs if r.info.run_name.startswith("sweep "))
@@ -1159,7 +1102,7 @@ def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
             grid = page.locator("[role=grid], [role=treegrid]").first.inner_text()
             browser.close()
     finally:
-        server.terminate()
+        stop_server(server)
     assert {"cv_r2", "best_cv_r2", "heldout_r2", "heldout_r2_std", "emg.winner"} <= headers
     # the searched values follow (the table draws the columns in sight: the first stage's)
     assert {"emg.stage", "Models", "searched.kinembed.loss"} <= headers, headers

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -227,7 +229,8 @@ def _free_port() -> int:
 
 
 def start_server(db: str, artifacts: str, port: int) -> subprocess.Popen:
-    """``mlflow server`` on 127.0.0.1:port, returned once /health answers."""
+    """``mlflow server`` on 127.0.0.1:port over ``db`` (a SQLite file, or a database URI), with
+    proxied artifacts in ``artifacts``; returned once /health answers."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -235,7 +238,7 @@ def start_server(db: str, artifacts: str, port: int) -> subprocess.Popen:
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{db}",
+            db if "://" in db else f"sqlite:///{db}",
             "--artifacts-destination",
             artifacts,
             "--host",
@@ -247,6 +250,10 @@ def start_server(db: str, artifacts: str, port: int) -> subprocess.Popen:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # its own process group, so stop_server ends its uvicorn worker too; no job runner (7
+        # more processes for MLflow's GenAI jobs, which no test here uses)
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -255,8 +262,16 @@ def start_server(db: str, artifacts: str, port: int) -> subprocess.Popen:
                 return proc
         except OSError:
             time.sleep(0.3)
-    proc.kill()
+    stop_server(proc)
     raise RuntimeError("mlflow server did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """End the ``mlflow server`` :func:`start_server` started, with every process it started (a
+    SIGKILL of the ``mlflow`` process alone leaves its uvicorn worker serving the port)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
 
 
 @pytest.mark.slow
@@ -275,8 +290,7 @@ def test_short_outage_is_retried_and_loses_no_metrics(tmp_path, monkeypatch):
     for step in range(50):
         log.log({"loss": step * 0.5}, step)
     log.flush()
-    server.terminate()
-    server.wait(30)
+    stop_server(server)
     for step in range(50, 100):  # logged while the server is down
         log.log({"loss": step * 0.5}, step)
     restarted: list[subprocess.Popen] = []
@@ -292,7 +306,7 @@ def test_short_outage_is_retried_and_loses_no_metrics(tmp_path, monkeypatch):
         assert t.status(run) == "FINISHED"
     finally:
         for p in restarted:
-            p.terminate()
+            stop_server(p)
 
 
 # -- any name the data formats accept is trackable (issue 15) ------------------------------------

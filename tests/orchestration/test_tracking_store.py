@@ -271,14 +271,14 @@ def _file_store(tmp: Path, template: Path) -> tuple[str, str]:
 
 
 def _missing_driver(tmp: Path, template: Path) -> tuple[str, str]:
-    try:  # psycopg is no dependency of the project: its absence is the case
-        import psycopg  # noqa: F401
+    try:  # MySQL's driver is no dependency of the project (PostgreSQL's is: the cluster extra)
+        import MySQLdb  # noqa: F401
 
-        pytest.skip("psycopg is installed here")
+        pytest.skip("MySQLdb is installed here")
     except ImportError:
         pass
-    uri = "postgresql://mlflow@127.0.0.1:1/mlflow"
-    return uri, f"tracking store {uri} cannot be used: No module named 'psycopg'"
+    uri = "mysql://mlflow@127.0.0.1:1/mlflow"
+    return uri, f"tracking store {uri} cannot be used: No module named 'MySQLdb'"
 
 
 def _not_mlflow_server(tmp: Path, template: Path) -> tuple[str, str]:

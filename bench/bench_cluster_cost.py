@@ -9,7 +9,8 @@ one core:
    floating-point operations per step (``torch.utils.flop_counter``, forward + backward) and ATen
    operators dispatched per step, each of which is at least one CUDA kernel launch on a GPU.
 2. A trial of the first stage: 5 subjects x 2-fold session CV = 10 units, each at most 200
-   contrastive epochs (early stopping, patience 20: the bound is used) and 100 decoder epochs,
+   contrastive epochs (early stopping, patience 20: the bound is used, so a trial's time is an
+   upper bound worked out from the step, not a trial run end to end) and 100 decoder epochs,
    plus Ray's start-up of a trial (~15 s, ``bench_sweep.py``).
 3. On an A100 a step takes ``max(FLOPs / (156 TFLOP/s TF32 x 40%), operators x 10 us)``: the
    compute at a modest efficiency, or the time to launch its kernels one after another from
@@ -19,14 +20,16 @@ one core:
    Python loop (a p4d.24xlarge has 96 vCPUs for 8 GPUs).
 
 Prints the figures and, for 1, 2, 4 and 8 trials per GPU, the stage's waves, wall time and GPU
-hours. The baseline in the same run: the stage on this machine (2 trials at once on 2 cores).
+hours. The baseline in the same run: the stage on this machine (2 trials at once on 2 cores, 1.6x
+the trials per hour of one, ``bench_sweep.py``).
 
 4. Which methods pack how many trials per GPU: every method's training step at paper size (its
    paper's batch; measured on a batch of 8 and scaled, FLOPs and stored activations grow with
    the batch, operators do not), its A100 step by the rule of 3, the share of it the GPU computes,
    and its memory (fp32 weights, gradients and AdamW's two moments, plus the activations autograd
-   keeps for backward, counted with ``saved_tensors_hooks``). Trials per GPU: as many as leave
-   the GPU idle some of the time and fit 40 GB, at most 8 (a p4d's 12 vCPUs per GPU).
+   keeps for backward, counted with ``saved_tensors_hooks``, plus ~0.5 GB of CUDA context).
+   Trials per GPU: as many as leave the GPU idle some of the time and fit 40 GB, at most 8 (a
+   p4d's 12 vCPUs per GPU).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ STAGE_POINTS, NODES, GPUS_PER_NODE, VCPUS_PER_NODE = 75, 4, 8, 96
 UNITS = 10  # 5 subjects x 2 folds
 CONTRASTIVE_EPOCHS, DECODER_EPOCHS = 200, 100
 STARTUP_S = 15.0  # Ray's start-up of a trial, bench_sweep.py
+TWO_TRIALS_SPEEDUP = 1.6  # 2 concurrent trials vs 1 on 2 cores, bench_sweep.py
 A100_TF32, EFFICIENCY, LAUNCH_S = 156e12, 0.40, 10e-6
 
 
@@ -86,6 +90,7 @@ def _a100_step(flops: float, ops: int) -> float:
 
 
 A100_BYTES, PROBE_BATCH = 40e9, 8
+CUDA_CONTEXT = 0.5e9  # what each process holding a GPU keeps for its CUDA context (~0.3-0.5 GB)
 
 
 def _memory(model: torch.nn.Module, loss_fn) -> float:
@@ -162,7 +167,7 @@ def packing() -> None:
         flops *= scale
         mem = _memory(model, loss_fn)
         params = 16.0 * sum(p.numel() for p in model.parameters() if p.requires_grad)
-        mem = params + (mem - params) * scale
+        mem = params + (mem - params) * scale + CUDA_CONTEXT
         a100 = _a100_step(flops, ops)
         busy = flops / (A100_TF32 * EFFICIENCY) / a100
         fit = min(8, int(1 / busy) if busy < 1 else 1, int(A100_BYTES // mem))
@@ -248,7 +253,8 @@ def main() -> None:
         f"  one A100 {gpu_trial / 60:.1f} min ({cpu_trial / gpu_trial:.1f}x), the GPU busy "
         f"{100 * busy:.1f}% of it"
     )
-    here = math.ceil(STAGE_POINTS / 2) * cpu_trial
+    # two trials at once on 2 cores give 1.6x the trials per hour of one (bench_sweep.py)
+    here = STAGE_POINTS * cpu_trial / TWO_TRIALS_SPEEDUP
     print(f"baseline: the stage on this 2-core machine, 2 trials at once: {here / 3600:.1f} h")
     gpus = NODES * GPUS_PER_NODE
     print(f"\n{STAGE_POINTS} trials on {NODES} x {GPUS_PER_NODE} A100 ({gpus} GPUs):")

@@ -769,16 +769,21 @@ class Sweep:
         # fractional GPUs pack: --gpus-per-worker 0.25 runs four one-worker trials per GPU.
         # --max-concurrent wins, above what fits now too: on an autoscaling cluster the nodes
         # come for trials that wait for them
-        fits = [int(res.get(k, 0) // v) for k, v in per_trial.items() if v > 0]
-        self.concurrency = o.max_concurrent or max(1, min(fits) if fits else 1)
-        # (asked only of GPUs present now: with none yet, an autoscaler brings real ones)
-        if o.gpus_per_worker and res.get("GPU") and not launch.gpus_have_cuda(o.gpus_per_worker):
-            # GPUs declared (`ray start --num-gpus`) where torch sees no CUDA: Ray's default
-            # backend for GPU workers, NCCL, would fail every trial; pack by them, train on CPU
+        fits = max(1, min(int(res.get(k, 0) // v) for k, v in per_trial.items() if v > 0))
+        self.concurrency = o.max_concurrent or fits
+        if self.concurrency > fits:
+            _print(
+                f"{self.concurrency} trials at once (--max-concurrent); the cluster holds {fits} "
+                "now: the others wait for nodes (an autoscaler adds them; without one they wait "
+                "for a trial to end)"
+            )
+        if o.gpus_per_worker and launch.declared_gpus_only(ray.nodes()):
+            # Ray's default backend for GPU workers, NCCL, would fail every trial on a CPU
             self.backend = "gloo"
             _print(
-                "the cluster's GPUs are logical (torch sees no CUDA where they are): trials are "
-                f"packed by --gpus-per-worker {o.gpus_per_worker:g} and train on CPU"
+                "the cluster's GPUs are declared, not detected (ray start --num-gpus on a CPU "
+                "machine, or a container started without --gpus all): trials are packed by "
+                f"--gpus-per-worker {o.gpus_per_worker:g} and train on CPU"
             )
 
     def _find_sweep(self) -> dict:

@@ -193,20 +193,17 @@ def tune_driver(config: dict[str, Any]) -> None:
     release_placement_group(result.metrics.get("placement_group", ""))
 
 
-def gpus_have_cuda(gpus: float) -> bool:
-    """Whether torch sees CUDA where the cluster schedules a task holding ``gpus`` GPUs (at most
-    one: a node with one GPU answers). ``False`` on a CPU machine whose Ray declares logical GPUs
-    (``ray start --num-gpus N``), which Ray cannot tell from real ones. Ask it only of a cluster
-    that has GPUs: it waits for a node that can run it."""
-    import ray
-
-    @ray.remote(num_cpus=0, num_gpus=min(gpus, 1.0))
-    def probe() -> bool:
-        import torch
-
-        return torch.cuda.is_available()
-
-    return bool(ray.get(probe.remote()))
+def declared_gpus_only(nodes: list[dict[str, Any]]) -> bool:
+    """Whether every alive node with GPUs only declares them: ``ray start --num-gpus N`` (or a
+    launcher's ``resources: {GPU: N}``) where Ray detected no GPU. Ray adds an
+    ``accelerator_type:<model>`` resource (e.g. ``accelerator_type:A100``) to a node only when
+    it detects NVIDIA GPUs there; a declared GPU without one is a CPU (a container started
+    without ``--gpus all`` looks the same). ``nodes``: ``ray.nodes()``. ``False`` without GPU
+    nodes (an autoscaler brings real ones)."""
+    gpu_nodes = [n["Resources"] for n in nodes if n.get("Alive") and n["Resources"].get("GPU")]
+    return bool(gpu_nodes) and not any(
+        k.startswith("accelerator_type:") for res in gpu_nodes for k in res
+    )
 
 
 def train_device() -> str:

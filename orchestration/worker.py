@@ -76,12 +76,11 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     trial = method.trial(configure(method, spec), launch.load_recordings(spec), setup)
     run = TrialRun(spec, trial.config, parallel, rank)
-    if run.tracker is not None:  # where this start runs (a restarted trial moves: the latest)
-        node = ray.get_runtime_context().get_node_id()
-        run.tracker.set_tags(
-            run.run_id, {"emg.device": setup.device, "emg.node": node, "emg.host": os.uname()[1]}
-        )
     with run:
+        if run.tracker is not None:  # where this start runs (a restarted trial moves: the latest)
+            where = {"emg.device": setup.device, "emg.host": os.uname()[1]}
+            where["emg.node"] = ray.get_runtime_context().get_node_id()
+            run.tracker.set_tags(run.run_id, where)
         if run.tracker is not None and spec.get("pretrained"):  # the versions it started from
             pinned = {f"emg.{method.starts_from}.{k}": v for k, v in spec["pretrained"].items()}
             run.tracker.set_tags(run.run_id, pinned)

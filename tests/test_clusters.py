@@ -183,7 +183,8 @@ def _workers(config: dict) -> dict:
 def test_a_launcher_yaml_passes_rays_own_checks_offline(name, monkeypatch):
     prepared = _launcher_checked(_launcher(name), monkeypatch)
     head = prepared["available_node_types"][prepared["head_node_type"]]
-    assert head["resources"] == {"CPU": 0}  # no Train worker on the head
+    # no GPU trial on the head; CPUs, so that it starts trials' processes in parallel
+    assert "GPU" not in head["resources"] and head["resources"]["CPU"] >= 8
     worker = _workers(prepared)
     machine = worker["node_config"].get("InstanceType") or worker["node_config"]["machineType"]
     assert worker["resources"]["GPU"] == A100S[machine]
@@ -489,7 +490,11 @@ def test_every_ray_pod_has_the_image_tracking_server_shared_volume_and_shm(name)
     doc = _docs(name)[0]
     spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
     assert spec["enableInTreeAutoscaling"] is True
-    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no Train worker there
+    head = spec["headGroupSpec"]
+    # its CPUs (not 0: Ray would start trials' processes there one at a time), no GPU
+    assert "num-cpus" not in head["rayStartParams"]
+    (container,) = head["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
     claim = _doc("shared.yaml", "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     service = _doc("mlflow.yaml", "Service", "emg-mlflow")
@@ -593,7 +598,7 @@ def test_the_mlflow_server_listens_for_its_service_on_postgresql():
     # the Host header every client sends passes MLflow's own check (a 403 otherwise)
     allowed = flags["--allowed-hosts"].split(",")
     name = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
-    for host in (f"{name}:{port['port']}", f"localhost:{port['port']}"):
+    for host in (f"{name}:{port['port']}", f"localhost:{port['port']}", "localhost:8080"):
         assert is_allowed_host_header(allowed, host), host
     assert not is_allowed_host_header(allowed, f"10.0.0.1:{port['port']}")
     # the probes hit /health on the served port

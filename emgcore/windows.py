@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from emgcore.errors import MissingFieldError
+from emgcore.errors import FormatError, MissingFieldError
 from emgcore.preprocessing import Pipeline
 from emgcore.recording import ChannelLayout, Recording, digest
 
@@ -39,24 +39,36 @@ def default_cache_dir() -> Path:
 
 
 class MappedArray:
-    """A read-only ``.npy`` file mapped into memory, whose resident pages can be dropped."""
+    """A read-only ``.npy`` file mapped into memory, whose resident pages can be dropped.
+
+    Raises :class:`~emgcore.errors.FormatError` naming the file when it is not a whole ``.npy``
+    (a damaged header, or fewer bytes than its header's shape and dtype need: a truncated copy)."""
 
     def __init__(self, path: Path):
         with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if major == 1
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
+            try:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if major == 1
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(f)
+            except (ValueError, EOFError, OSError) as e:
+                raise _damaged(path, f"not a readable .npy file ({e})") from None
             offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if fortran:
+                raise _damaged(path, "a Fortran-ordered array, which the cache never writes")
+            if size < need:
+                raise _damaged(
+                    path, f"truncated: {size} bytes, its header {shape} {dtype} needs {need}"
+                )
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         # Windows are read in shuffled order: without this the kernel maps ~1 MB of read-around
         # per fault, and a pass over a large dataset balloons the resident set (measured: 6x).
         self._mmap.madvise(mmap.MADV_RANDOM)
-        if fortran:
-            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
         self.array = np.ndarray(shape, dtype, buffer=self._mmap, offset=offset)
 
     def drop_resident(self) -> None:
@@ -168,7 +180,13 @@ class RecordingCache:
 
     @staticmethod
     def open(path: Path) -> CachedRecording:
-        header = json.loads((path / "header.json").read_text())
+        """The cached recording in the folder ``path``, its arrays memory-mapped. A damaged file
+        (cut short, not JSON / ``.npy``) raises :class:`~emgcore.errors.FormatError` naming it
+        and saying to delete the folder, which the next :meth:`get` builds again."""
+        try:
+            header = json.loads((path / "header.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _damaged(path / "header.json", f"not readable JSON ({e})") from None
         maps: list[MappedArray] = []
 
         def load(name: str) -> np.ndarray | None:
@@ -183,6 +201,15 @@ class RecordingCache:
         return CachedRecording(
             path, header, load("emg.npy"), load("kinematics.npy"), labels, load("valid.npy"), maps
         )  # type: ignore[arg-type]
+
+
+def _damaged(path: Path, what: str) -> FormatError:
+    """A damaged file of a cached recording: what is wrong, and how to rebuild it."""
+    return FormatError(
+        f"{what}; delete {path.parent} and the next run builds it again",
+        source=path,
+        field="preprocessing cache",
+    )
 
 
 Target = Literal["last", "sequence", "none"]

@@ -110,3 +110,36 @@ def test_bad_window_arguments(rec: Recording, tmp_path: Path) -> None:
         WindowDataset([c], 0, 1)
     with pytest.raises(KeyError, match="stage"):
         WindowDataset([c], 10, 10, label="stage")
+
+
+@pytest.mark.parametrize(
+    ("damage", "file", "says"),
+    [
+        ("truncate", "emg.npy", "truncated: "),
+        ("truncate", "kinematics.npy", "truncated: "),
+        ("garble", "emg.npy", "not a readable .npy file"),
+        ("truncate", "header.json", "not readable JSON"),
+    ],
+)
+def test_a_damaged_cache_file_is_one_error_naming_it(
+    rec: Recording, tmp_path: Path, damage: str, file: str, says: str
+) -> None:
+    """A cache copied in part, or damaged on disk, is a FormatError naming the file and how to
+    rebuild it, never a TypeError from numpy or a recording cut short in silence."""
+    from emgcore.errors import FormatError
+
+    cache = RecordingCache(tmp_path)
+    folder = cache.get(rec, PIPE).path
+    target = folder / file
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * len(data))
+    with pytest.raises(FormatError) as err:
+        cache.get(rec, PIPE)
+    line = str(err.value)
+    assert line.startswith(f"{target}: field 'preprocessing cache': {says}"), line
+    assert f"delete {folder} and the next run builds it again" in line and "\n" not in line
+    import shutil
+
+    shutil.rmtree(folder)  # as the line says: the next run builds it again
+    again = cache.get(rec, PIPE)
+    assert np.array_equal(np.asarray(again.emg), PIPE.apply(rec).emg)

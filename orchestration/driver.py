@@ -777,6 +777,15 @@ class Sweep:
                 "now: the others wait for nodes (an autoscaler adds them; without one they wait "
                 "for a trial to end)"
             )
+        if o.gpus_per_worker and not res.get("GPU"):
+            if not address:  # a private local Ray: no GPU ever joins it
+                raise EmgDataError(
+                    "this machine has no GPU, so no trial asking for one could start: leave "
+                    "--gpus-per-worker out to train on CPU, or give the --address of a cluster "
+                    "with GPUs",
+                    field="--gpus-per-worker",
+                )
+            _print("the cluster has no GPU now: trials wait for an autoscaler to add GPU nodes")
         if o.gpus_per_worker and launch.declared_gpus_only(ray.nodes()):
             # Ray's default backend for GPU workers, NCCL, would fail every trial on a CPU
             self.backend = "gloo"

@@ -32,7 +32,6 @@ LAUNCHERS = ("aws.yaml", "gcp.yaml")
 PROJECT_IMAGE = "ghcr.io/biosignals-lab/emg-orchestra"
 # A100s per machine type (AWS and GCP instance tables): what the launcher's GPU resource declares
 A100S = {"p4d.24xlarge": 8, "a2-highgpu-8g": 8}
-SHARED = "/mnt/shared"
 
 
 def _schemas() -> Path:
@@ -507,7 +506,8 @@ def test_every_ray_pod_has_the_image_tracking_server_shared_volume_and_shm(name)
             env = {e["name"]: e.get("value") for e in container["env"]}
             assert env["MLFLOW_TRACKING_URI"] == tracking
             mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-            assert mounts[SHARED]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+            shared = mounts[_shared_mount()]  # the same path on every pod
+            assert shared["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
             assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
 
 
@@ -532,6 +532,20 @@ def test_the_kuberay_gpu_pods_are_the_launchers_gpu_nodes(name):
     )
 
 
+def _shared_mount() -> str:
+    """Where the head of raycluster.yaml mounts shared.yaml's claim: the folder results must be
+    under to be seen by every node."""
+    claim = _doc("shared.yaml", "PersistentVolumeClaim")["metadata"]["name"]
+    pod = _doc("raycluster.yaml", "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+    names = {
+        v["name"]
+        for v in pod["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+    }
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] in names]
+    return mount["mountPath"]
+
+
 def _bytes(quantity: str) -> int:
     number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", quantity).groups()
     return int(number) * 1024 ** ("", "Ki", "Mi", "Gi", "Ti").index(unit or "")
@@ -551,7 +565,7 @@ def test_the_rayjobs_entrypoint_is_a_sweep_command_that_fits_the_cluster():
     assert in_repo == PurePosixPath("orchestration/sweep.py") and (ROOT / in_repo).is_file()
     a = parser().parse_args(args)
     assert a.method == "kinembed" and a.resume is None
-    assert PurePosixPath(a.storage_path).is_relative_to(SHARED)
+    assert PurePosixPath(a.storage_path).is_relative_to(_shared_mount())
     (group,) = job["rayClusterSpec"]["workerGroupSpecs"]
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert a.workers * a.gpus_per_worker <= limits["nvidia.com/gpu"]

@@ -2,7 +2,7 @@
 Ray nodes (``ray start``, each under its own temp dir), PostgreSQL (Debian's, in a temporary data
 directory), ``ray job submit``.
 
-Ray's own ``ray stop`` ends every Ray cluster on the machine, so it is never used: a node's
+Ray's own CLI stop command ends every Ray cluster on the machine, so it is never used: a node's
 processes are the ones whose command line names its temp dir, and their descendants (the
 dashboard and runtime-env agents and the workers rename themselves and name no folder).
 """

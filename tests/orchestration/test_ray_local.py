@@ -9,16 +9,14 @@ sees it or is touched) and stops only that cluster's processes, found by that di
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.orchestration.processes import alive, free_port, node_pids, stop_own_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -35,38 +33,6 @@ ray.shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_under(folder: str) -> list[int]:
-    """Processes whose command line names ``folder`` (the private cluster's temp dir)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if folder in cmd:
-            pids.append(int(proc.name))
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_sweep_starts_private_local_ray_beside_an_existing_cluster() -> None:
     tmp = tempfile.mkdtemp(prefix="rl", dir="/tmp")  # short: Ray's socket paths have a limit
@@ -78,7 +44,7 @@ def test_sweep_starts_private_local_ray_beside_an_existing_cluster() -> None:
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port = free_port()
     other: list[int] = []
     try:
         subprocess.run(
@@ -91,7 +57,7 @@ def test_sweep_starts_private_local_ray_beside_an_existing_cluster() -> None:
         address_file = Path(tmp) / "ray" / "ray_current_cluster"
         assert address_file.exists()  # what a bare ray.init() would have attached to
         existing = address_file.read_text().strip()
-        other = _pids_under(tmp)
+        other = node_pids(tmp)
         assert other
         run = subprocess.run(
             [sys.executable, "-c", START_RAY],
@@ -105,17 +71,35 @@ def test_sweep_starts_private_local_ray_beside_an_existing_cluster() -> None:
         assert "started a private local Ray cluster" in run.stdout
         gcs = next(ln.split()[1] for ln in run.stdout.splitlines() if ln.startswith("GCS "))
         assert gcs != existing  # its own cluster, not the `ray start` one
-        assert all(_alive(p) for p in other)  # the pre-existing cluster still runs
+        assert all(alive(p) for p in other)  # the pre-existing cluster still runs
         assert address_file.read_text().strip() == existing
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = [p for p in _pids_under(tmp) if _alive(p)]
-            for p in pids:
-                try:
-                    os.kill(p, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + 10
-            while pids and time.time() < deadline and any(_alive(p) for p in pids):
-                time.sleep(0.2)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_own_ray(Path(tmp))
+
+
+@pytest.mark.slow
+def test_a_gpu_flag_on_a_machine_without_one_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    """A private local Ray never gains a GPU: trials asking for one would wait forever (Train
+    retries its worker group every minute). One line, exit 2, no MLflow run."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(var, None)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "orchestration" / "sweep.py"), "kinembed", "--smoke",
+         "--gpus-per-worker", "0.5"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-3000:]
+    # (above it only MLflow's own lines creating the new store)
+    assert "Traceback" not in out.stderr and out.stderr.strip().splitlines()[-1:] == [
+        "error: field '--gpus-per-worker': this machine has no GPU, so no trial asking for one "
+        "could start: leave --gpus-per-worker out to train on CPU, or give the --address of a "
+        "cluster with GPUs"
+    ]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_experiment_by_name("kinembed") is None

@@ -77,13 +77,14 @@ def train_loop(config: dict[str, Any]) -> None:
     trial = method.trial(configure(method, spec), launch.load_recordings(spec), setup)
     run = TrialRun(spec, trial.config, parallel, rank)
     with run:
-        if run.tracker is not None:  # where this start runs (a restarted trial moves: the latest)
-            where = {"emg.device": setup.device, "emg.host": os.uname()[1]}
-            where["emg.node"] = ray.get_runtime_context().get_node_id()
-            run.tracker.set_tags(run.run_id, where)
-        if run.tracker is not None and spec.get("pretrained"):  # the versions it started from
-            pinned = {f"emg.{method.starts_from}.{k}": v for k, v in spec["pretrained"].items()}
-            run.tracker.set_tags(run.run_id, pinned)
+        if run.tracker is not None:
+            # where this start runs (a restarted trial moves: the latest), and the versions it
+            # started from
+            tags = {"emg.device": setup.device, "emg.host": os.uname()[1]}
+            tags["emg.node"] = ray.get_runtime_context().get_node_id()
+            for k, v in (spec.get("pretrained") or {}).items():
+                tags[f"emg.{method.starts_from}.{k}"] = v
+            run.tracker.set_tags(run.run_id, tags)
         values, states = run.resume()
         resumed = len(values)  # units a checkpoint already held: this start's cost is a part's
         for i, unit in enumerate(trial.units):

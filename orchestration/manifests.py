@@ -34,9 +34,20 @@ def problems(path: str | Path, schemas: str | Path | None = None) -> list[str]:
     import yaml
 
     path = Path(path)
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as e:  # one line: the problem and where (line, column)
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"not YAML: {getattr(e, 'problem', None) or e}{at}") from None
+    if not docs:
+        return [f"{path}: no Kubernetes object in the file"]
     out = []
     for i, doc in enumerate(docs):
+        if not isinstance(doc, Mapping):
+            out.append(f"{path}: document {i + 1}: not a Kubernetes object (a mapping with "
+                       f"apiVersion, kind and metadata), got {type(doc).__name__}")  # fmt: skip
+            continue
         where = f"{path}: document {i + 1} ({doc.get('kind', '?')} " + (
             f"{(doc.get('metadata') or {}).get('name', '?')})"
         )
@@ -45,10 +56,20 @@ def problems(path: str | Path, schemas: str | Path | None = None) -> list[str]:
 
 
 def _document(doc: Mapping[str, Any], schemas: str | Path | None) -> list[str]:
-    kind = doc.get("kind")
+    missing = [k for k in ("apiVersion", "kind", "metadata") if not doc.get(k)]
+    if missing:  # the API server refuses an object without them; the models do not require them
+        return [f"{', '.join(missing)}: missing"]
+    kind = doc["kind"]
     if kind in KUBERAY:
+        if doc["apiVersion"] != "ray.io/v1":
+            return [f"apiVersion: {doc['apiVersion']!r}, KubeRay serves {kind} as 'ray.io/v1'"]
         if schemas is None:
             return [f"{kind} needs the KubeRay CRD schemas (--schemas or ${SCHEMAS_ENV})"]
+        crd = Path(schemas).resolve() / f"ray.io_{KUBERAY[kind]}.yaml"
+        if not crd.is_file():
+            raise FileNotFoundError(
+                f"--schemas {schemas}: no {crd.name} there (KubeRay's CRD folder)"
+            )
         return _crd_problems(doc, _crd_schema(Path(schemas).resolve(), kind))
     return list(_model_problems(doc, _model_for(doc)))
 
@@ -172,21 +193,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--schemas", default=os.environ.get(SCHEMAS_ENV), help="KubeRay CRD folder")
     a = p.parse_args(argv)
-    found = []
-    for f in a.files:
+    if a.schemas is not None and not Path(a.schemas).is_dir():
+        print(f"error: --schemas {a.schemas}: not a folder (KubeRay's CRD folder)", file=sys.stderr)
+        return 2
+    found, unreadable = [], 0
+    for f in a.files:  # every file is checked, an unreadable one too
         try:
             found += problems(f, a.schemas)
-        except (OSError, ValueError) as e:  # unreadable, not YAML (yaml.YAMLError is neither)
+        except (OSError, ValueError) as e:  # unreadable, not YAML
             print(f"error: {f}: {e}", file=sys.stderr)
-            return 2
+            unreadable += 1
         except Exception as e:
             print(f"error: {f}: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
+            unreadable += 1
     for line in found:
         print(line)
-    if not found:
+    if not found and not unreadable:
         print(f"ok: {len(a.files)} file(s) valid")
-    return 1 if found else 0
+    return 2 if unreadable else 1 if found else 0
 
 
 if __name__ == "__main__":

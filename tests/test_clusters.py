@@ -637,3 +637,41 @@ def test_the_mlflow_server_listens_for_its_service_on_postgresql():
             ref = e["valueFrom"]["secretKeyRef"]
             assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
     assert flags["--artifacts-destination"].startswith(("s3://", "gs://"))
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("foo\n", "document 1: not a Kubernetes object (a mapping with apiVersion, kind and"),
+        ("- a\n- b\n", "got list"),
+        ("# only a comment\n", "no Kubernetes object in the file"),
+        ("kind: Deployment\nmetadata: {name: x}\n", "(Deployment x): apiVersion: missing"),
+        ("apiVersion: v1\nkind: Service\n", "(Service ?): metadata: missing"),
+    ],
+)
+def test_a_file_that_is_no_kubernetes_object_is_a_problem_not_a_pass(tmp_path, text, line):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    (problem,) = manifests.problems(bad)
+    assert problem.startswith(f"{bad}: ") and line in problem
+
+
+def test_a_kuberay_kind_under_another_api_version_is_a_problem(tmp_path):
+    bad = _misspelt(
+        tmp_path, KUBERAY / "rayjob.yaml", "apiVersion: ray.io/v1", "apiVersion: ray.io/v2"
+    )
+    (problem,) = manifests.problems(bad, "/nonexistent")  # refused before the schemas are read
+    assert problem.endswith("apiVersion: 'ray.io/v2', KubeRay serves RayJob as 'ray.io/v1'")
+
+
+def test_unreadable_input_is_one_line_each_and_every_file_is_still_checked(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1\n")
+    bad = _misspelt(tmp_path, NIGHTLY / "cronjob.yaml", "schedule:", "schedul:")
+    assert manifests.main([str(broken), str(bad)]) == 2
+    out = capsys.readouterr()
+    expected = "not YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"
+    assert out.err == f"error: {broken}: {expected}\n"
+    assert "spec.schedul: unknown field of V1CronJobSpec" in out.out  # the next file, checked
+    assert manifests.main([str(bad), "--schemas", str(bad)]) == 2
+    assert "not a folder (KubeRay's CRD folder)" in capsys.readouterr().err

@@ -54,9 +54,19 @@ import torch
 from torch import Tensor
 
 from emgcore.data.ninapro import GLOVE_18
+from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
 from emgcore.preprocessing import BandPass, InstanceNorm, Notch, Pipeline
 from emgcore.recording import Recording, require_samples
+from emgcore.streaming import (
+    STORAGE,
+    Reader,
+    WindowArray,
+    Windows,
+    choose_storage,
+    is_streamed,
+    take,
+)
 from emgcore.windows import RecordingCache
 
 IN_DIST: dict[str, tuple[str, ...]] = {  # EMBridge A.2.2, in-distribution classes 0-3
@@ -106,6 +116,15 @@ class GestureConfig:
     pose_norm: str = "none"
     probe_fraction: float = 0.5  # ninapro: share of each movement's sessions for probe-training
     split_seed: int = 0  # ninapro: the tune users and the probe/eval division
+    # how training and evaluation hold the windows (emgcore.streaming): "memory" as tensors
+    # (on the accelerator when there is one), "stream" read from the memory-mapped
+    # preprocessing cache batch by batch, "auto" streams when all subsets' windows together
+    # would take more than stream_above_gb as tensors
+    storage: str = "auto"
+    stream_above_gb: float = 2.0
+    # loader processes reading streamed windows ahead of the step; -1: none on a CPU, 4 with
+    # a GPU (where the step would otherwise wait for the reads)
+    loader_workers: int = -1
 
     @property
     def held_out(self) -> frozenset[str]:
@@ -118,6 +137,8 @@ class GestureConfig:
             raise ValueError(f"probe_fraction must be in (0, 1), got {self.probe_fraction}")
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
+        if self.storage not in STORAGE:
+            raise ValueError(f"storage must be one of {STORAGE}, got {self.storage!r}")
         if self.pose_norm not in ("none", "recording"):
             raise ValueError(f"pose_norm must be 'none' or 'recording', got {self.pose_norm!r}")
 
@@ -128,13 +149,15 @@ class GestureConfig:
 
 @dataclass
 class PairedWindows:
-    """Windows with metadata. ``emg (N, T, C)``, ``pose (N, T, J)`` float32, ``valid (N, T)``;
-    ``recording (N,)`` names the recording each window was cut from (:func:`recording_id`), so
-    zero-shot can leave a query's own recording out of the pose bank."""
+    """Windows with metadata. ``emg (N, T, C)``, ``pose (N, T, J)`` float32, ``valid (N, T)``:
+    tensors, or :class:`~emgcore.streaming.WindowArray` s read from the preprocessing cache
+    on demand (``storage`` says which, and why); ``recording (N,)`` names the recording each
+    window was cut from (:func:`recording_id`), so zero-shot can leave a query's own recording
+    out of the pose bank."""
 
-    emg: Tensor
-    pose: Tensor
-    valid: Tensor
+    emg: Windows
+    pose: Windows
+    valid: Windows
     stage: np.ndarray  # (N,) str
     user: np.ndarray  # (N,) str
     session: np.ndarray  # (N,) str
@@ -142,27 +165,58 @@ class PairedWindows:
     # EMG channels on the ring, in order around the arm: what channel rotation may roll (None:
     # every channel, as on emg2pose's band); see ring_channels
     ring: tuple[int, ...] | None = None
+    storage: str = "memory"  # how the windows are held, and why (choose_storage)
 
     def __len__(self) -> int:
         return len(self.emg)
 
+    @property
+    def streamed(self) -> bool:
+        return is_streamed(self.emg)
+
+    @property
+    def nbytes(self) -> int:
+        """What the windows take (or would take) as in-memory tensors."""
+        return sum(_nbytes(a) for a in (self.emg, self.pose, self.valid))
+
     def select(self, keep: np.ndarray) -> PairedWindows:
-        idx = torch.as_tensor(np.flatnonzero(keep))
+        """The windows where ``keep (N,)`` is true (or at the indices ``keep``)."""
         return dataclasses.replace(
             self,
-            emg=self.emg[idx],
-            pose=self.pose[idx],
-            valid=self.valid[idx],
+            emg=take(self.emg, keep),
+            pose=take(self.pose, keep),
+            valid=take(self.valid, keep),
             stage=self.stage[keep],
             user=self.user[keep],
             session=self.session[keep],
             recording=self.recording[keep],
         )
 
-    def to(self, device: torch.device | str) -> PairedWindows:
-        """The same windows with their tensors on ``device``."""
+    def to(self, device: torch.device | str, loader_workers: int = 0) -> PairedWindows:
+        """The same windows with their tensors on ``device``; streamed ones are read onto it,
+        ahead of the step by ``loader_workers`` processes (:meth:`WindowArray.plan`)."""
+
+        def move(a: Windows) -> Windows:
+            if is_streamed(a):
+                return dataclasses.replace(a.to(device), workers=loader_workers)
+            return a.to(device)
+
         return dataclasses.replace(
-            self, emg=self.emg.to(device), pose=self.pose.to(device), valid=self.valid.to(device)
+            self, emg=move(self.emg), pose=move(self.pose), valid=move(self.valid)
+        )
+
+    def held(self, storage: str = "memory", why: str = "") -> PairedWindows:
+        """The windows in ``storage``: ``memory`` reads streamed windows into tensors (the
+        same values: one gather), ``stream`` keeps them as they are."""
+        why = why or storage
+        if storage == "stream" or not self.streamed:
+            return dataclasses.replace(self, storage=why)
+        return dataclasses.replace(
+            self,
+            emg=self.emg.materialize(),
+            pose=self.pose.materialize(),
+            valid=self.valid.materialize(),
+            storage=why,
         )
 
     def labels(self, classes: Mapping[str, tuple[str, ...]]) -> np.ndarray:
@@ -171,22 +225,34 @@ class PairedWindows:
         return np.array([of.get(s, -1) for s in self.stage], dtype=np.int64)
 
 
+def _nbytes(a: Windows) -> int:
+    return a.nbytes if is_streamed(a) else a.element_size() * a.nelement()
+
+
 def windows(
-    recordings: Sequence[Recording], cfg: GestureConfig, cache: RecordingCache | None = None
+    recordings: Sequence[Recording],
+    cfg: GestureConfig,
+    cache: RecordingCache | None = None,
+    *,
+    storage: str = "memory",
 ) -> PairedWindows:
     """Non-overlapping windows of every recording, preprocessed (see the module docstring).
 
     With ``cache`` the filtered recordings come from (and go to) the on-disk preprocessing cache,
     so the trials of a sweep filter each recording once between them. Whole recordings are
     filtered before they are cut, so no window carries a filter's edge transient.
+    ``storage="stream"`` returns the windows as an index into the filtered recordings
+    (:class:`~emgcore.streaming.WindowArray`, memory-mapped with ``cache``), ``"memory"`` as
+    tensors; the values are the same.
 
     Raises :class:`~emgcore.errors.ShapeError` naming the recording when it (or every run of it
     that windows may not cross) is shorter than one window: no recording is dropped silently.
     """
     pipe = cfg.pipeline()
-    emg, pose, valid, stage, user, session, recording = [], [], [], [], [], [], []
-    width, ring = None, None
-    for rec in recordings:
+    emg, pose, valid, cols, maps = [], [], [], [], []
+    rec_id, first, stage, user, session, recording = [], [], [], [], [], []
+    width, ring, length = None, None, 0
+    for i, rec in enumerate(recordings):
         if rec.kinematics is None:
             raise InvalidValueError("paired windows need kinematics", source=rec.source)
         if ring is None:
@@ -199,6 +265,14 @@ def windows(
                 field="layout",
             )
         n = round(cfg.window_s * rec.fs)
+        if length and n != length:
+            raise InvalidValueError(
+                f"a {cfg.window_s:g} s window is {n} samples at {rec.fs:g} Hz where earlier "
+                f"recordings' is {length}: resample to one rate",
+                source=rec.source,
+                field="fs",
+            )
+        length = n
         what = f"one {cfg.window_s:g} s window"
         require_samples(rec, n, what)
         starts, st, se = _window_starts(rec, n)
@@ -209,21 +283,32 @@ def windows(
                 source=rec.source,
                 field="labels.gesture",
             )
-        r = cache.get(rec, pipe) if cache is not None else pipe.apply(rec)
-        idx = starts[:, None] + np.arange(n)  # (k, n) sample indices
-        emg.append(pipe.apply_windows(np.asarray(r.emg, np.float32)[idx]))  # instance norm
-        kin = _pose(r, cfg)
-        if width is not None and kin.shape[1] != width:
+        joints = _joint_columns(rec, cfg)
+        j = rec.kinematics.shape[1] if joints is None else len(joints)
+        if width is not None and j != width:
             raise InvalidValueError(
-                f"{kin.shape[1]} pose channels where earlier recordings have {width}; pick a "
+                f"{j} pose channels where earlier recordings have {width}; pick a "
                 "shared set with gestures.joints",
                 source=rec.source,
                 field="kinematics",
             )
-        width = kin.shape[1]
-        pose.append(kin[idx])
-        v = np.ones(r.n_samples, bool) if r.valid is None else np.asarray(r.valid, bool)
-        valid.append(v[idx])
+        width = j
+        if cache is not None:
+            r = cache.get(rec, pipe)  # its maps pickle as paths: a worker maps the same files
+            maps += r.maps
+            emg.append(r.mapped("emg"))
+            pose.append(r.mapped("kinematics"))
+            v = r.mapped("valid")
+            valid.append(v if v is not None else np.ones(r.n_samples, bool))
+        else:
+            r = pipe.apply(rec)
+            emg.append(np.asarray(r.emg, np.float32))
+            pose.append(np.asarray(r.kinematics, np.float32))
+            v = r.valid
+            valid.append(np.ones(r.n_samples, bool) if v is None else np.asarray(v, bool))
+        cols.append(joints)
+        rec_id.append(np.full(len(starts), i, np.int32))
+        first.append(starts.astype(np.int64))
         stage.append(st)
         user.append(np.full(len(starts), rec.subject))
         session.append(se)
@@ -231,16 +316,19 @@ def windows(
     if not emg:
         raise InvalidValueError(f"no recording is as long as one {cfg.window_s} s window")
     cat = np.concatenate
-    return PairedWindows(
-        torch.from_numpy(cat(emg).astype(np.float32, copy=False)),
-        torch.from_numpy(cat(pose)),
-        torch.from_numpy(cat(valid)),
+    index = {"rec": cat(rec_id), "start": cat(first), "length": length}
+    reader = Reader(tuple(maps))
+    out = PairedWindows(
+        WindowArray(tuple(emg), steps=pipe, reader=reader, **index),
+        WindowArray(tuple(pose), columns=tuple(cols), reader=reader, **index),
+        WindowArray(tuple(valid), dtype=torch.bool, reader=reader, **index),
         cat(stage).astype(str),
         cat(user).astype(str),
         cat(session).astype(str),
         cat(recording).astype(str),
         ring,
     )
+    return out.held(storage)
 
 
 def ring_channels(rec: Recording) -> tuple[int, ...]:
@@ -296,20 +384,26 @@ def _runs(rec: Recording) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return first, np.diff(bounds), np.asarray(names)[g[first]], session
 
 
+def _joint_columns(rec: Recording, cfg: GestureConfig) -> np.ndarray | None:
+    """The columns of ``rec.kinematics`` that are ``cfg.joints``, by name (None: all)."""
+    if not cfg.joints:
+        return None
+    missing = [j for j in cfg.joints if j not in rec.joint_names]
+    if missing:
+        raise MissingFieldError(
+            f"no joint(s) {missing}; the recording has {list(rec.joint_names)}",
+            source=rec.source,
+            field="gestures.joints",
+        )
+    return np.array([rec.joint_names.index(j) for j in cfg.joints])
+
+
 def _pose(rec: Recording, cfg: GestureConfig) -> np.ndarray:
     """The recording's joint angles ``(T, J)``, ``cfg.joints`` by name, as recorded (scaling,
     ``cfg.pose_norm``, needs the subsets: :func:`standardise_poses`)."""
     kin = np.asarray(rec.kinematics, np.float32)
-    if cfg.joints:
-        missing = [j for j in cfg.joints if j not in rec.joint_names]
-        if missing:
-            raise MissingFieldError(
-                f"no joint(s) {missing}; the recording has {list(rec.joint_names)}",
-                source=rec.source,
-                field="gestures.joints",
-            )
-        kin = kin[:, [rec.joint_names.index(j) for j in cfg.joints]]
-    return kin
+    cols = _joint_columns(rec, cfg)
+    return kin if cols is None else kin[:, cols]
 
 
 def standardise_poses(
@@ -327,11 +421,12 @@ def standardise_poses(
     :class:`InvalidValueError` for a recording left without any sample.
     """
     held = set(zip(w.recording[~fit], w.stage[~fit], w.session[~fit], strict=True))
-    pose = w.pose.clone()
-    for rec in recordings:
+    width = w.pose.shape[-1]
+    mean = torch.zeros(len(recordings), width)  # a recording without windows: unchanged
+    denom = torch.ones(len(recordings), width)
+    for i, rec in enumerate(recordings):
         rid = recording_id(rec)
-        mine = torch.as_tensor(np.flatnonzero(w.recording == rid))
-        if len(mine) == 0:
+        if not (w.recording == rid).any():
             continue
         first, length, stage, session = _runs(rec)
         use = np.zeros(rec.n_samples, bool)
@@ -347,9 +442,15 @@ def standardise_poses(
                 field="gestures.pose_norm",
             )
         kin = _pose(rec, cfg)[use].astype(np.float64)
-        mean = torch.as_tensor(kin.mean(axis=0), dtype=pose.dtype)
-        std = torch.as_tensor(kin.std(axis=0), dtype=pose.dtype)
-        pose[mine] = (w.pose[mine] - mean) / (std + 1e-6)
+        mean[i] = torch.as_tensor(kin.mean(axis=0), dtype=torch.float32)
+        denom[i] = torch.as_tensor(kin.std(axis=0), dtype=torch.float32) + 1e-6
+    if is_streamed(w.pose):  # scaled as each window is read
+        if len(w.pose.sources) != len(recordings):
+            raise ValueError("standardise_poses needs the recordings the windows were cut from")
+        return dataclasses.replace(w, pose=dataclasses.replace(w.pose, mean=mean, denom=denom))
+    of = {recording_id(r): i for i, r in enumerate(recordings)}
+    ri = torch.as_tensor([of[r] for r in w.recording], dtype=torch.int64)
+    pose = (w.pose - mean[ri][:, None]) / denom[ri][:, None]
     return dataclasses.replace(w, pose=pose)
 
 
@@ -390,7 +491,10 @@ def gesture_splits(
     for role in ROLES:
         if len(out[role]) == 0:
             raise InvalidValueError(f"the {role!r} subset is empty", field=f"gestures.{role}")
-    return out
+    storage, why = choose_storage(
+        sum(w.nbytes for w in out.values()), cfg.storage, cfg.stream_above_gb
+    )
+    return {role: w.held(storage, why) for role, w in out.items()}
 
 
 def _emg2pose_splits(
@@ -449,7 +553,7 @@ def _emg2pose_splits(
         recs = [r for r in recordings if role in role_of(r)]
         if not recs:
             raise InvalidValueError(f"the {role!r} subset is empty", field=f"gestures.{role}")
-        out[role] = windows(recs, cfg, cache)
+        out[role] = windows(recs, cfg, cache, storage="stream")
     return out
 
 
@@ -471,12 +575,12 @@ def _ninapro_splits(
             f"{sorted(by_db)}",
             field="gestures.benchmark",
         )
-    pre = windows(by_db["db2"], cfg, cache)
+    pre = windows(by_db["db2"], cfg, cache, storage="stream")
     keep = ~np.isin(pre.stage, sorted(cfg.held_out))
     pre = _scaled(pre, by_db["db2"], cfg, keep).select(keep)  # the unseen movements' runs out
     in_stages = sorted({s for g in cfg.in_dist.values() for s in g})
     unseen_stages = sorted({s for g in cfg.unseen.values() for s in g})
-    db7 = windows(by_db["db7"], cfg, cache)
+    db7 = windows(by_db["db7"], cfg, cache, storage="stream")
     target = np.isin(db7.stage, in_stages + unseen_stages)
     ev = db7.select(target)
     rng = np.random.default_rng(cfg.split_seed)
@@ -530,15 +634,27 @@ def subsample_sessions(w: PairedWindows, fraction: float, seed: int = 0) -> Pair
 
 
 def rotate_channels(
-    x: Tensor, gen: torch.Generator, max_shift: int = 1, ring: Sequence[int] | None = None
+    x: Tensor,
+    gen: torch.Generator,
+    max_shift: int = 1,
+    ring: Sequence[int] | None = None,
+    parallel: DataParallel | None = None,
 ) -> Tensor:
     """Channel-rotation augmentation of ring EMG ``(B, T, C)``: each window's ring channels
     rolled by a random shift in ``[-max_shift, max_shift]`` (emg2pose's band-rotation
     augmentation, CPEP App. B). ``ring``: the channels on the ring in order around the arm
     (:attr:`PairedWindows.ring`; None: all ``C``); the others, electrodes on muscle spots that
-    do not move with the band (NinaPro's 9-12), stay where they are."""
-    b, _, c = x.shape
+    do not move with the band (NinaPro's 9-12), stay where they are.
+
+    With ``parallel``, ``x`` is this worker's shard of a global batch of ``B x world_size``
+    windows: the shifts are drawn for the whole global batch, so the generator stays in step
+    on every worker and each window gets the shift it gets in one process."""
+    parallel = parallel or DataParallel()
+    _, _, c = x.shape
+    b = len(x) * parallel.world_size
     shift = torch.randint(-max_shift, max_shift + 1, (b,), generator=gen, device=gen.device)
+    shift = parallel.shard(shift)
+    b = len(shift)
     dev = x.device
     members = torch.arange(c, device=dev) if ring is None else torch.as_tensor(ring, device=dev)
     if len(members) == 0:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from emgcore.distributed import DataParallel
+from emgcore.streaming import Windows
 
 Step = Callable[[Tensor, torch.Generator], tuple[Tensor, dict[str, float]]]
 # called after every epoch of every method's training as hook(epoch, metrics, model); the
@@ -70,6 +71,7 @@ def fit(
     parallel: DataParallel | None = None,
     after_step: Callable[[int], None] | None = None,
     param_groups: Sequence[dict] | None = None,
+    streams: Sequence[object] = (),
 ) -> Fit:
     """Train ``model`` for ``cfg.epochs`` over ``n`` samples; ``name`` labels errors.
 
@@ -77,7 +79,10 @@ def fit(
     worker) and the generator; it shards with ``parallel.shard`` and returns the local loss.
     ``after_step(n)`` runs after the n-th optimiser step (1-based). ``param_groups`` (AdamW's
     ``{"params": ..., "lr": ...}``) trains those parameters at their own rates instead of every
-    trainable parameter at ``cfg.lr``.
+    trainable parameter at ``cfg.lr``. ``streams``: the windows the step reads as
+    ``x[parallel.shard(idx)]``; those streamed from disk
+    (:class:`~emgcore.streaming.WindowArray`) are told each epoch's shards up front, so their
+    loaders read ahead.
     """
     parallel = parallel or DataParallel()
     betas = tuple(getattr(cfg, "betas", (0.9, 0.999)))
@@ -98,6 +103,11 @@ def fit(
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=gen, device=gen.device)
+        for x in streams:
+            if hasattr(x, "plan"):
+                x.plan(
+                    [parallel.shard(order[b * batch : (b + 1) * batch]) for b in range(per_epoch)]
+                )
         sums: dict[str, float] = {}
         for b in range(per_epoch):
             loss, metrics = step(order[b * batch : (b + 1) * batch], gen)
@@ -149,14 +159,37 @@ def batches(n: int, batch_size: int, parallel: DataParallel, name: str) -> tuple
 
 
 @torch.no_grad()
-def batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch: int = 512) -> Tensor:
-    """``fn`` over ``x`` in eval-sized chunks, concatenated (on the CPU)."""
+def batched(fn: Callable[[Tensor], Tensor], x: Tensor | Windows, batch: int = 512) -> Tensor:
+    """``fn`` over ``x`` in eval-sized chunks, concatenated (on the CPU); windows streamed
+    from disk are read one chunk at a time."""
     return torch.cat([fn(x[a : a + batch]).cpu() for a in range(0, len(x), batch)])
 
 
-def channel_stats(x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of ``x (N, T, C)`` over valid samples ``(N, T)``."""
-    flat = x.reshape(-1, x.shape[-1]).double()
-    if valid is not None:
-        flat = flat[valid.reshape(-1)]
-    return flat.mean(0).float(), flat.std(0).float()
+def channel_stats(
+    x: Tensor | Windows, valid: Tensor | Windows | None = None, chunk: int = 4096
+) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (unbiased) std of ``x (N, T, C)`` over valid samples ``(N, T)``.
+
+    One pass in chunks of ``chunk`` windows, merged in float64 (Chan et al.'s parallel
+    variance), so windows streamed from disk are read once and never held together."""
+    n, mean, m2 = 0, None, None
+    for a in range(0, len(x), chunk):
+        flat = x[a : a + chunk].reshape(-1, x.shape[-1]).double()
+        if valid is not None:
+            flat = flat[valid[a : a + chunk].reshape(-1).to(flat.device)]
+        k = len(flat)
+        if k == 0:
+            continue
+        mu = flat.mean(0)
+        sq = (flat - mu).square().sum(0)
+        if mean is None:
+            n, mean, m2 = k, mu, sq
+            continue
+        delta = mu - mean
+        total = n + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + sq + delta.square() * (n * k / total)
+        n = total
+    if mean is None:
+        raise ValueError("channel statistics of no samples")
+    return mean.float(), (m2 / max(n - 1, 1)).sqrt().float()

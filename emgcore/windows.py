@@ -42,9 +42,13 @@ class MappedArray:
     """A read-only ``.npy`` file mapped into memory, whose resident pages can be dropped.
 
     Raises :class:`~emgcore.errors.FormatError` naming the file when it is not a whole ``.npy``
-    (a damaged header, or fewer bytes than its header's shape and dtype need: a truncated copy)."""
+    (a damaged header, or fewer bytes than its header's shape and dtype need: a truncated copy).
+
+    Slicing reads the array (``m[a:b]``); it pickles as its path, so a process it is sent to maps
+    the same file (and shares its pages in the OS page cache) instead of receiving a copy."""
 
     def __init__(self, path: Path):
+        self.path = Path(path)
         with open(path, "rb") as f:
             try:
                 major, _ = np.lib.format.read_magic(f)
@@ -74,6 +78,23 @@ class MappedArray:
     def drop_resident(self) -> None:
         self._mmap.madvise(mmap.MADV_DONTNEED)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.array[key]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MappedArray, (self.path,))
+
 
 @dataclass
 class CachedRecording:
@@ -90,6 +111,11 @@ class CachedRecording:
     @property
     def n_samples(self) -> int:
         return len(self.emg)
+
+    def mapped(self, name: str) -> MappedArray | None:
+        """The memory map of the array ``name`` (``emg``, ``kinematics``, ``valid``,
+        ``label.<name>``), None when the recording has none."""
+        return next((m for m in self.maps if m.path.name == f"{name}.npy"), None)
 
     @property
     def subject(self) -> str:

@@ -80,7 +80,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if run.tracker is not None:
             # where this start runs (a restarted trial moves: the latest), and the versions it
             # started from
-            tags = {"emg.device": setup.device, "emg.host": os.uname()[1]}
+            tags = {"emg.device": setup.device, "emg.host": os.uname()[1], **trial.tags}
             tags["emg.node"] = ray.get_runtime_context().get_node_id()
             for k, v in (spec.get("pretrained") or {}).items():
                 tags[f"emg.{method.starts_from}.{k}"] = v

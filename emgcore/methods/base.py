@@ -175,6 +175,8 @@ class Trial:
 
     config: Any
     units: Sequence[str]
+    # tags its run records at each start, e.g. how it holds its data (``emg.windows``)
+    tags: Mapping[str, str] = {}
 
     def run(self, unit: str, hooks: Hooks) -> UnitResult:
         """Train and score ``unit``; each model's hooks are called after every epoch."""

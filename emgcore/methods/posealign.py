@@ -83,6 +83,7 @@ from emgcore.models.cpep import CPEPConfig, train_cpep
 from emgcore.models.embridge import EMBridgeConfig, train_embridge
 from emgcore.models.mae import MAEConfig, TokenEncoder, train_mae, train_poset
 from emgcore.recording import ChannelLayout, Recording, digest, require_samples
+from emgcore.streaming import loader_workers, take
 from emgcore.training import EpochHook, batched
 from emgcore.windows import RecordingCache
 
@@ -335,16 +336,16 @@ def score(enc: Encoders, splits: Mapping[str, PairedWindows], cfg: PoseAlignConf
             sel = y_ev >= 0
             if emb is None:  # the upper bound: LP on the pose-MAE's [CLS] of the same windows
                 z_tr = batched(enc.pose_encoder.summary, probe.pose)
-                z_ev = batched(enc.pose_encoder.summary, ev.pose[torch.as_tensor(sel)])
+                z_ev = batched(enc.pose_encoder.summary, take(ev.pose, sel))
             else:
                 z_tr = batched(emb, probe.emg)
-                z_ev = batched(emb, ev.emg[torch.as_tensor(sel)])
+                z_ev = batched(emb, take(ev.emg, sel))
             n_cls = len(classes)
             lp = class_scores(y_ev[sel], linear_probe(z_tr.numpy(), y_tr, z_ev.numpy()), n_cls)
             row = {"method": name, "task": task, "lp_bacc": lp.balanced_accuracy}
             if name in enc.retrieve:
-                bank = batched(enc.pose[name], ev.pose[torch.as_tensor(sel)])
-                q = batched(enc.retrieve[name], ev.emg[torch.as_tensor(sel)])
+                bank = batched(enc.pose[name], take(ev.pose, sel))
+                q = batched(enc.retrieve[name], take(ev.emg, sel))
                 pred = zero_shot(q, bank, y_ev[sel], k=cfg.zero_shot_k, n_classes=n_cls)
                 zs = class_scores(y_ev[sel], pred, n_cls)
                 own = ev.recording[sel]
@@ -381,9 +382,9 @@ def zero_shot_score(
         y = windows.labels(classes)
         if not (y >= 0).any():
             continue
-        sel = torch.as_tensor(y >= 0)
-        bank = batched(embed_pose, windows.pose[sel])
-        q = batched(retrieve, windows.emg[sel])
+        sel = y >= 0
+        bank = batched(embed_pose, take(windows.pose, sel))
+        q = batched(retrieve, take(windows.emg, sel))
         pred = zero_shot(q, bank, y[y >= 0], k=cfg.zero_shot_k, n_classes=len(classes))
         accs.append(class_scores(y[y >= 0], pred, len(classes)).balanced_accuracy)
     return float(np.mean(accs)) if accs else float("nan")
@@ -753,8 +754,13 @@ class PoseAlignTrial(Trial):
         self.setup, self.target, self.export_maes = setup, target, export_maes
         cache = RecordingCache(setup.cache)  # trials share the filtered recordings
         self.splits = gesture_splits(recordings, self.config.gestures, cache)
-        if setup.device != "cpu":  # training reads the pre-training windows on the accelerator
-            self.splits = {**self.splits, "pretrain": self.splits["pretrain"].to(setup.device)}
+        pre = self.splits["pretrain"]
+        # training reads the pre-training windows on the accelerator (streamed ones are read
+        # onto it batch by batch, by loader processes)
+        workers = loader_workers(self.config.gestures.loader_workers, setup.device)
+        if setup.device != "cpu" or (pre.streamed and workers):
+            self.splits = {**self.splits, "pretrain": pre.to(setup.device, workers)}
+        self.tags = {"emg.windows": pre.storage, "emg.loader_workers": str(workers)}
         self.units = [setup.mode]
         self.first: Encoders | None = None  # final: the first seed's models, what registers
         # what a registered version's inference needs of the recordings (one rate and layout:
@@ -920,7 +926,7 @@ class PoseAlignTrial(Trial):
         for w, classes, first in parts:
             y = w.labels(classes)
             keep = y >= 0
-            bank.append(batched(model.embed_pose, w.pose[torch.as_tensor(keep)]))
+            bank.append(batched(model.embed_pose, take(w.pose, keep)))
             labels.append(torch.as_tensor(y[keep] + first))
             users |= set(w.user[keep].tolist())
         source = (

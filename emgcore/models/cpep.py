@@ -186,9 +186,14 @@ def train_cpep(
         net = parallel.wrap(model)
 
         def step(idx: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-            xb = rotate_channels(x[idx], g, ring=ring) if rotate else x[idx]
-            local = parallel.shard(torch.arange(len(idx), device=x.device))
-            return net(xb[local], pose[idx][local], gather=parallel.gather, rank=parallel.rank)
+            local = parallel.shard(idx)  # this worker reads its shard only
+            xb = x[local]
+            if rotate:
+                xb = rotate_channels(xb, g, ring=ring, parallel=parallel)
+            return net(xb, pose[local], gather=parallel.gather, rank=parallel.rank)
 
-        result = fit(model, step, len(x), cfg, name="cpep", gen=gen, hooks=hooks, parallel=parallel)
+        result = fit(
+            model, step, len(x), cfg, name="cpep", gen=gen, hooks=hooks, parallel=parallel,
+            streams=(x, pose),
+        )  # fmt: skip
     return model, result

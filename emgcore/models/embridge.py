@@ -320,18 +320,22 @@ def train_embridge(
         n_pose_tokens = pose_encoder.n_tokens
 
         def step(idx: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-            xb = rotate_channels(x[idx], g, ring=ring) if rotate else x[idx]
+            local = parallel.shard(idx)  # this worker reads its shard only
+            xb = x[local]
+            if rotate:  # shifts drawn for the global batch, before the mask, as in one process
+                xb = rotate_channels(xb, g, ring=ring, parallel=parallel)
             hidden = pose_token_mask(len(idx), n_pose_tokens, cfg.mask_ratio, g).to(x.device)
-            local = parallel.shard(torch.arange(len(idx), device=x.device))
+            shard = parallel.shard(torch.arange(len(idx), device=x.device))
             return net(
-                xb[local],
-                pose[idx][local],
-                hidden[local] if cfg.lam > 0 else None,
+                xb,
+                pose[local],
+                hidden[shard] if cfg.lam > 0 else None,
                 gather=parallel.gather,
                 rank=parallel.rank,
             )
 
         result = fit(
-            model, step, len(x), cfg, name="embridge", gen=gen, hooks=hooks, parallel=parallel
-        )
+            model, step, len(x), cfg, name="embridge", gen=gen, hooks=hooks, parallel=parallel,
+            streams=(x, pose),
+        )  # fmt: skip
     return model, result

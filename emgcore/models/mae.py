@@ -211,6 +211,9 @@ class PoseT(nn.Module):
         self.cfg, self.joints = cfg, joints
         self.encoder = TokenEncoder(cfg, channels, length)
         self.decoder = Decoder(cfg, self.encoder.n_tokens, cfg.patch * joints)
+        # PoseT decodes every token: the mask token never enters its graph, and DDP would wait
+        # forever for its gradient ("parameters that were not used in producing loss")
+        self.decoder.mask_token.requires_grad_(False)
         self.register_buffer("pose_mean", torch.zeros(joints))
         self.register_buffer("pose_std", torch.ones(joints))
 
@@ -221,9 +224,17 @@ class PoseT(nn.Module):
         return out.reshape(b, k * self.cfg.patch, self.joints) * self.pose_std + self.pose_mean
 
     def forward(
-        self, x: Tensor, pose: Tensor, valid: Tensor | None = None
+        self,
+        x: Tensor,
+        pose: Tensor,
+        valid: Tensor | None = None,
+        parallel: DataParallel | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """MSE of standardised joint angles over valid samples; ``pose (B, T, J)``."""
+        """MSE of standardised joint angles over valid samples; ``pose (B, T, J)``.
+
+        With ``parallel``, ``x`` is this worker's shard and the loss is scaled so that DDP's
+        gradient average is the global batch's: the valid samples of every shard together
+        divide the sum (shards with more IK failures weigh less, as in one process)."""
         out = self.decoder(self.encoder(x))
         b, k, _ = out.shape
         n = k * self.cfg.patch
@@ -232,7 +243,10 @@ class PoseT(nn.Module):
         err = (pred - target).square().mean(dim=-1)  # (B, n)
         if valid is not None:
             w = valid[:, :n].to(err.dtype)
-            loss = (err * w).sum() / w.sum().clamp_min(1.0)
+            count = w.sum()
+            if parallel is not None and parallel.active:
+                count = parallel.all_reduce(count.detach()) / parallel.world_size
+            loss = (err * w).sum() / count.clamp_min(1.0)
         else:
             loss = err.mean()
         return loss, {"loss": loss.item()}
@@ -265,13 +279,16 @@ def train_mae(
         def step(idx: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
             keep, restore = random_masking(len(idx), model.encoder.n_tokens, cfg.mask_ratio, g)
             keep, restore = keep.to(x.device), restore.to(x.device)
-            xb = x[idx]
+            xb = x[parallel.shard(idx)]  # this worker reads its shard only
             if rotate:
-                xb = rotate_channels(xb, g, ring=ring)
+                xb = rotate_channels(xb, g, ring=ring, parallel=parallel)
             shard = parallel.shard(torch.arange(len(idx), device=x.device))
-            return net(xb[shard], keep[shard], restore[shard])
+            return net(xb, keep[shard], restore[shard])
 
-        result = fit(model, step, len(x), cfg, name=name, gen=gen, hooks=hooks, parallel=parallel)
+        result = fit(
+            model, step, len(x), cfg, name=name, gen=gen, hooks=hooks, parallel=parallel,
+            streams=(x,),
+        )  # fmt: skip
     return model, result
 
 
@@ -299,12 +316,14 @@ def train_poset(
         net = parallel.wrap(model)
 
         def step(idx: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-            xb = rotate_channels(x[idx], g, ring=ring) if rotate else x[idx]
-            local = parallel.shard(idx)
-            shard = parallel.shard(torch.arange(len(idx), device=x.device))
-            return net(xb[shard], pose[local], valid[local])
+            local = parallel.shard(idx)  # this worker reads its shard only
+            xb = x[local]
+            if rotate:
+                xb = rotate_channels(xb, g, ring=ring, parallel=parallel)
+            return net(xb, pose[local], valid[local], parallel)
 
         result = fit(
-            model, step, len(x), cfg, name="poset", gen=gen, hooks=hooks, parallel=parallel
-        )
+            model, step, len(x), cfg, name="poset", gen=gen, hooks=hooks, parallel=parallel,
+            streams=(x, pose, valid),
+        )  # fmt: skip
     return model, result

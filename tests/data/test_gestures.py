@@ -161,8 +161,8 @@ def test_training_rotates_only_the_ring(monkeypatch) -> None:
 
     calls = []
 
-    def spy(x, g, max_shift=1, ring=None):
-        out = rotate_channels(x, g, max_shift, ring)
+    def spy(x, g, max_shift=1, ring=None, parallel=None):
+        out = rotate_channels(x, g, max_shift, ring, parallel)
         calls.append(torch.equal(out[..., 8:], x[..., 8:]))
         return out
 

@@ -166,12 +166,15 @@ def batched(fn: Callable[[Tensor], Tensor], x: Tensor | Windows, batch: int = 51
 
 
 def channel_stats(
-    x: Tensor | Windows, valid: Tensor | Windows | None = None, chunk: int = 4096
+    x: Tensor | Windows, valid: Tensor | Windows | None = None, chunk: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Per-channel mean and (unbiased) std of ``x (N, T, C)`` over valid samples ``(N, T)``.
 
-    One pass in chunks of ``chunk`` windows, merged in float64 (Chan et al.'s parallel
-    variance), so windows streamed from disk are read once and never held together."""
+    One pass in chunks of ``chunk`` windows (default: ~4M values, 32 MB in float64), merged in
+    float64 (Chan et al.'s parallel variance), so windows streamed from disk are read once and
+    never held together."""
+    if chunk is None:
+        chunk = max(1, 2**22 // max(1, math.prod(x.shape[1:])))
     n, mean, m2 = 0, None, None
     for a in range(0, len(x), chunk):
         flat = x[a : a + chunk].reshape(-1, x.shape[-1]).double()

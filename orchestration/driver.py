@@ -208,6 +208,7 @@ class Sweep:
             self.start_ray()
             self._own_signals()  # Ray's start installed its own SIGTERM handler (exit 15)
             self._check_stop()
+            self._warm_cache()  # a large data set: filtered once, across the cluster
             t0 = time.time()
             sid = state["sweep_id"]
             exp = self.tracker.experiment(self.opts.experiment or self.opts.method)
@@ -981,6 +982,7 @@ class Sweep:
         from emgcore.recording import digest
 
         recs = self._load_data()
+        self.recordings = recs  # lazily loaded files are paths and offsets; the cache warms them
         have = sorted({r.subject for r in recs if r.kinematics is not None})
         if not have:
             raise EmgDataError(
@@ -1072,6 +1074,26 @@ class Sweep:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.materialised = str(folder)
         return load_byod(folder)
+
+    def _warm_cache(self) -> None:
+        """Build the preprocessing cache with Ray Data before the trials start, when the
+        method reads one and the data is large (:mod:`orchestration.cache`)."""
+        from orchestration import cache
+
+        plan = self.method.cache_plan
+        if plan is None:
+            return
+        pairs = plan(self.base, self.recordings)
+        size = cache.emg_bytes(pairs) / 2**30
+        if size <= cache.warm_threshold():
+            return
+        _print(f"preprocessing cache: {len(pairs)} recordings, {size:.2g} GB of EMG, built with "
+               f"Ray Data before the trials start ({self.cache})")  # fmt: skip
+        got = cache.warm(pairs, self.cache)
+        _print(
+            f"preprocessing cache: {got['built']:.0f} built ({got['hours']:.2g} recording-h) in "
+            f"{got['seconds']:.0f} s, {got['cached']:.0f} already there"
+        )
 
     def _tags(self, sid: str, state: dict) -> dict[str, str]:
         return {

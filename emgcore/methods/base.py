@@ -289,6 +289,9 @@ class Method:
       the data split; a starting model registered on another split or data is refused.
     * ``session_split(sessions, config)``: ``(train, held-out)`` sessions, for methods that
       hold a session out (printed and recorded by the sweep).
+    * ``cache_plan(config, recordings)``: the ``(recording, pipeline)`` pairs its trials read
+      from the preprocessing cache, which a sweep on a large data set builds once, across the
+      cluster, before its trials start (:mod:`orchestration.cache`); None: none to build.
     * ``inference(payload)``: the :class:`Inference` a registered version's ``inference.pt``
       holds (written by an :class:`Export`'s ``write_files`` with :func:`save_inference`).
     * ``seed_metrics``: what its final run scores per seed (:meth:`Trial.seeds`), each
@@ -311,6 +314,7 @@ class Method:
     load_pretrained: Callable[[Path], Any] | None = None
     split_id: Callable[[Any], str] | None = None
     session_split: Callable[[Any, Any], tuple[tuple[str, ...], str]] | None = None
+    cache_plan: Callable[[Any, Sequence[Any]], Sequence[tuple[Any, Any]]] | None = None
     inference: Callable[[Mapping[str, Any]], Inference] | None = None
     seed_metrics: Mapping[str, str] | None = None
 

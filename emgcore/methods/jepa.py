@@ -71,7 +71,17 @@ from emgcore.models.jepa import (
 from emgcore.preprocessing import BandPass, KinematicsLowPass, MedianL2, Pipeline
 from emgcore.recording import ChannelLayout, Recording, require_samples
 from emgcore.splits import catalog, cross_user
+from emgcore.streaming import (
+    STORAGE,
+    Reader,
+    WindowArray,
+    Windows,
+    choose_storage,
+    is_streamed,
+    loader_workers,
+)
 from emgcore.training import EpochHook, batched
+from emgcore.windows import CachedRecording, RecordingCache
 
 
 @dataclass(frozen=True)
@@ -86,10 +96,19 @@ class PoseDataConfig:
     test_fraction: float = 0.2  # of the users
     val_fraction: float = 0.2  # of the users: early stopping and model selection
     split_seed: int = 0
+    # how the EMG windows are held (emgcore.streaming; the poses, one sample a window, always
+    # in memory): "memory", "stream" from the memory-mapped preprocessing cache, or "auto" by
+    # size; overlapping windows (stride_s < window_s) take window_s / stride_s times the
+    # recording in memory, none when streamed
+    storage: str = "auto"
+    stream_above_gb: float = 2.0
+    loader_workers: int = -1  # read-ahead processes; -1: none on a CPU, 4 with a GPU
 
     def __post_init__(self) -> None:
         if self.norm not in ("median_l2", "none"):
             raise ValueError(f"norm must be 'median_l2' or 'none', got {self.norm!r}")
+        if self.storage not in STORAGE:
+            raise ValueError(f"storage must be one of {STORAGE}, got {self.storage!r}")
 
     def pipeline(self, fs: float) -> Pipeline:
         low, high = self.band_hz
@@ -117,20 +136,38 @@ class PoseEstConfig:
 
 @dataclass
 class PoseWindows:
-    """``emg (N, T, C)`` float32 windows, ``pose (N, J)`` at their last sample, ``user (N,)``."""
+    """``emg (N, T, C)`` float32 windows (a tensor, or a :class:`~emgcore.streaming.WindowArray`
+    read from the preprocessing cache on demand), ``pose (N, J)`` at their last sample,
+    ``user (N,)``; ``storage`` says how the EMG is held, and why."""
 
-    emg: Tensor
+    emg: Windows
     pose: Tensor
     user: np.ndarray
+    storage: str = "memory"
 
     def __len__(self) -> int:
         return len(self.emg)
 
-    def to(self, device: torch.device | str) -> PoseWindows:
-        return PoseWindows(self.emg.to(device), self.pose.to(device), self.user)
+    def to(self, device: torch.device | str, loader_workers: int = 0) -> PoseWindows:
+        """On ``device``; streamed windows are read onto it, ahead of the step by
+        ``loader_workers`` processes."""
+        emg = self.emg.to(device)
+        if is_streamed(emg):
+            emg = replace(emg, workers=loader_workers)
+        return replace(self, emg=emg, pose=self.pose.to(device))
+
+    def held(self, storage: str, why: str) -> PoseWindows:
+        """The EMG in ``storage`` (``memory``: read into one tensor, the same values)."""
+        emg = self.emg.materialize() if storage == "memory" and is_streamed(self.emg) else self.emg
+        return replace(self, emg=emg, storage=why)
 
     @staticmethod
     def concat(parts: Sequence[PoseWindows]) -> PoseWindows:
+        if any(is_streamed(p.emg) for p in parts):
+            raise InvalidValueError(
+                "extra windows join in-memory windows only; these are streamed from disk",
+                field="data.storage",
+            )
         return PoseWindows(
             torch.cat([p.emg for p in parts]),
             torch.cat([p.pose for p in parts]),
@@ -155,12 +192,38 @@ class PoseData:
         return replace(self, train=self.train.to(device), val=self.val.to(device))
 
 
-def prepare(recordings: Sequence[Recording], cfg: PoseDataConfig) -> PoseData:
-    """Preprocess, split by user, and cut windows (see the module docstring).
+def prepare(
+    recordings: Sequence[Recording], cfg: PoseDataConfig, cache: RecordingCache | None = None
+) -> PoseData:
+    """Preprocess, split by user, and cut windows (see the module docstring). With ``cache``
+    the preprocessed recordings come from (and go to) the on-disk cache, which streamed windows
+    read (``cfg.storage``).
 
     Raises :class:`~emgcore.errors.ShapeError` naming the recording when one is shorter than a
     window, before any filtering or training.
     """
+    roles, pipe = _split_and_fit(recordings, cfg)
+    out = {role: _windows(recs, pipe, cfg, cache) for role, recs in roles.items()}
+    nbytes = sum(w.emg.nbytes for w in out.values())
+    storage, why = choose_storage(nbytes, cfg.storage, cfg.stream_above_gb)
+    out = {role: w.held(storage, why) for role, w in out.items()}
+    first = recordings[0]
+    unit, n_joints = first.kinematics_unit or "rad", out["train"].pose.shape[1]
+    joints = tuple(first.joint_names) or tuple(f"joint{j}" for j in range(n_joints))
+    return PoseData(out["train"], out["val"], out["test"], unit, first.layout, joints, first.fs)
+
+
+def cache_plan(cfg: PoseEstConfig, recordings: Sequence[Recording]) -> list[tuple[Any, Pipeline]]:
+    """What :func:`prepare` reads from the preprocessing cache: every recording of the three
+    subsets with the pipeline fitted on the training users (``Method.cache_plan``)."""
+    roles, pipe = _split_and_fit(recordings, cfg.data)
+    return [(r, pipe) for recs in roles.values() for r in recs]
+
+
+def _split_and_fit(
+    recordings: Sequence[Recording], cfg: PoseDataConfig
+) -> tuple[dict[str, list[Recording]], Pipeline]:
+    """The recordings by subset (train / val / test users) and the pipeline fitted to them."""
     if not recordings:
         raise InvalidValueError("no recordings", field="data")
     first = recordings[0]
@@ -186,34 +249,42 @@ def prepare(recordings: Sequence[Recording], cfg: PoseDataConfig) -> PoseData:
                 f"with test_fraction {cfg.test_fraction} and val_fraction {cfg.val_fraction}",
                 field=f"data.{role}",
             )
-    pipe = cfg.pipeline(first.fs).fit(roles["train"], calibration=recordings)
-    out = {role: _windows(recs, pipe, cfg) for role, recs in roles.items()}
-    unit, n_joints = first.kinematics_unit or "rad", out["train"].pose.shape[1]
-    joints = tuple(first.joint_names) or tuple(f"joint{j}" for j in range(n_joints))
-    return PoseData(out["train"], out["val"], out["test"], unit, first.layout, joints, first.fs)
+    return roles, cfg.pipeline(first.fs).fit(roles["train"], calibration=recordings)
 
 
-def _windows(recordings: Sequence[Recording], pipe: Pipeline, cfg: PoseDataConfig) -> PoseWindows:
-    emg, pose, user = [], [], []
+def _windows(
+    recordings: Sequence[Recording],
+    pipe: Pipeline,
+    cfg: PoseDataConfig,
+    cache: RecordingCache | None,
+) -> PoseWindows:
+    """The windows of ``recordings`` as an index into the preprocessed recordings (streamed)."""
+    emg, rec_id, first, pose, user, maps = [], [], [], [], [], []
+    n = 0
     for rec in recordings:
-        r = pipe.apply(rec)
+        r = cache.get(rec, pipe) if cache is not None else pipe.apply(rec)
         n, step = round(cfg.window_s * r.fs), max(1, round(cfg.stride_s * r.fs))
         starts = window_starts(r.n_samples, n, step)
         if r.valid is not None:  # the target must not be an IK failure
             starts = starts[np.asarray(r.valid)[starts + n - 1]]
         if len(starts) == 0:
             continue
-        x = np.asarray(r.emg, np.float32)
-        emg.append(x[starts[:, None] + np.arange(n)])
-        pose.append(np.asarray(r.kinematics, np.float32)[starts + n - 1])
+        if isinstance(r, CachedRecording):  # memory-mapped: only the rows asked for are read
+            maps += r.maps
+            emg.append(r.mapped("emg"))
+            kin = r.kinematics
+        else:
+            emg.append(np.asarray(r.emg, np.float32))
+            kin = np.asarray(r.kinematics, np.float32)
+        rec_id.append(np.full(len(starts), len(emg) - 1, np.int32))
+        first.append(starts.astype(np.int64))
+        pose.append(np.asarray(kin[starts + n - 1], np.float32))
         user.append(np.full(len(starts), r.subject))
     if not emg:
         raise InvalidValueError(f"no recording holds a {cfg.window_s} s window")
-    return PoseWindows(
-        torch.from_numpy(np.concatenate(emg)),
-        torch.from_numpy(np.concatenate(pose)),
-        np.concatenate(user),
-    )
+    cat = np.concatenate
+    x = WindowArray(tuple(emg), cat(rec_id), cat(first), n, reader=Reader(tuple(maps)))
+    return PoseWindows(x, torch.from_numpy(cat(pose)), cat(user), "stream")
 
 
 def run(
@@ -239,7 +310,11 @@ def run(
     channels, window = tr.emg.shape[2], tr.emg.shape[1]
     out: dict[str, float] = {}
     if cfg.pretrain:
-        unlabelled = tr.emg if extra_pretrain is None else torch.cat([tr.emg, extra_pretrain])
+        unlabelled = tr.emg
+        if extra_pretrain is not None:
+            unlabelled = PoseWindows.concat(
+                [tr, PoseWindows(extra_pretrain, tr.pose[:0], tr.user[:0])]
+            ).emg
         model, fit = pretrain(
             cfg.jepa,
             unlabelled,
@@ -462,7 +537,12 @@ class PoseEstimator:
 class JepaTrial(Trial):
     def __init__(self, cfg: PoseEstConfig, recordings: Sequence[Any], setup: TrialSetup):
         self.config, self.setup = cfg, setup
-        self.data = prepare(recordings, cfg.data).to(setup.device)
+        data = prepare(recordings, cfg.data, RecordingCache(setup.cache))
+        workers = loader_workers(cfg.data.loader_workers, setup.device)
+        self.data = replace(
+            data, train=data.train.to(setup.device, workers), val=data.val.to(setup.device)
+        )
+        self.tags = {"emg.windows": data.train.storage, "emg.loader_workers": str(workers)}
         self.units = [setup.mode]
         self.first: torch.nn.Module | None = None  # final: the first seed's model, registered
 
@@ -551,6 +631,7 @@ METHOD = Method(  # smoke: 6 users (4 train, 1 validation, 1 test), one session 
     final_metric="test_ja_mae",
     final_label="test JA-MAE",  # degrees
     trial=JepaTrial,
+    cache_plan=cache_plan,
     inference=PoseEstimator.load,
     seed_metrics={"test_ja_mae": "min", "val_ja_mae": "min"},  # degrees: lower is better
 )

@@ -730,6 +730,16 @@ class EmgEncoder(_RawEmg):
 
 # -- as a sweep method ----------------------------------------------------------------------------
 
+
+def cache_plan(cfg: PoseAlignConfig, recordings: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """What the gesture splits read from the preprocessing cache (``Method.cache_plan``): every
+    recording with joint angles, filtered by the gestures' pipeline (the few in no subset, such
+    as training users' held-out stages, are filtered too: seconds, against a second copy of
+    the split rules)."""
+    pipe = cfg.gestures.pipeline()
+    return [(r, pipe) for r in recordings if r.kinematics is not None]
+
+
 # the GestureConfig fields that decide which users and sessions land in which subset
 SPLIT_FIELDS = (
     "benchmark", "in_dist", "unseen", "extra_held_out", "tune_users", "val_users", "test_users",
@@ -984,6 +994,7 @@ def _method(name: str, target: str, **kw: Any) -> Method:
         # per seed, both splits: eval (the test split) and tune (the selection split)
         seed_metrics={"eval_zs_bacc": "max", "tune_zs_bacc": "max"},
         trial=lambda cfg, recs, setup: PoseAlignTrial(cfg, recs, setup, target, name == "mae"),
+        cache_plan=cache_plan,
         split_id=split_id,
         **kw,
     )

@@ -462,6 +462,7 @@ def pretrain(
             hooks=hooks,
             parallel=parallel,
             after_step=follow,
+            streams=(x,),
         )
     return model, result
 
@@ -563,9 +564,11 @@ def finetune(
             loss = F.mse_loss(net(x[local], standardised=True), want)
             return loss, {"loss": float(loss.detach())}
 
+        hooks = (stopper, *hooks)
         result = fit(
-            model, step, len(x), cfg, name=name, gen=gen, hooks=(stopper, *hooks), parallel=parallel
-        )
+            model, step, len(x), cfg, name=name, gen=gen, hooks=hooks, parallel=parallel,
+            streams=(x,),
+        )  # fmt: skip
         stopper.restore(model)
     model.eval()
     return model, result, stopper.best

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from emgcore.config import load_yaml, resolve_config
+from emgcore.config import flatten, load_yaml, override, resolve_config
 from emgcore.data import open_dataset
 from emgcore.methods import METHODS
 from emgcore.methods.base import INFERENCE_FILE, NO_INFERENCE_FILE, TrialSetup
@@ -24,11 +24,21 @@ from emgcore.methods.base import INFERENCE_FILE, NO_INFERENCE_FILE, TrialSetup
 def test_final_trial_registers_what_it_scored(name: str, tmp_path) -> None:
     m = METHODS[name]
     cfg = replace(load_yaml(m.config, resolve_config(m.smoke_preset)), seeds=(0,))
+    # windowed methods stream their windows from the cache here (the sweeps' small sets are
+    # held in memory, so this is the test that runs a whole trial streamed)
+    storage = _storage_key(cfg)
+    if storage:
+        cfg = override(cfg, {storage: "stream"})
     recs = open_dataset(m.data, **m.smoke_sim)
     setup = TrialSetup(
         mode="final", cache=str(tmp_path), data=m.data, fingerprint="f", selection={"value": 0.5}
     )
     trial = m.trial(cfg, recs, setup)
+    if storage:
+        assert (
+            trial.tags["emg.windows"].startswith("stream (")
+            and "forced" in trial.tags["emg.windows"]
+        )
     values = {u: trial.run(u, lambda model: ()).value for u in trial.units}
 
     summary = trial.summary(values)
@@ -50,3 +60,26 @@ def test_final_trial_registers_what_it_scored(name: str, tmp_path) -> None:
             with torch.no_grad():
                 again = ex.rescore(champion)
             assert again == pytest.approx(reg.selection.value, abs=1e-5), name
+
+
+def _storage_key(cfg) -> str | None:
+    """The dotted key of a method's window storage (gestures.storage, data.storage), if any."""
+    return next((k for k in flatten(cfg) if k.endswith(".storage")), None)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_trial_records_how_it_holds_its_windows(name: str, tmp_path) -> None:
+    """Every windowed method chooses memory or streaming by size, and its trial run records the
+    choice and why (``emg.windows``), forced or not."""
+    m = METHODS[name]
+    cfg = load_yaml(m.config, resolve_config(m.smoke_preset))
+    storage = _storage_key(cfg)
+    if storage is None:
+        pytest.skip(f"{name} trains on features, not windows")
+    recs = open_dataset(m.data, **m.smoke_sim)
+    setup = TrialSetup(mode="cv", cache=str(tmp_path), data=m.data)
+    tags = m.trial(cfg, recs, setup).tags
+    assert tags["emg.windows"].startswith("memory (") and "stream_above_gb 2" in tags["emg.windows"]
+    assert tags["emg.loader_workers"] == "0"  # a CPU
+    tags = m.trial(override(cfg, {storage: "stream"}), recs, setup).tags
+    assert tags["emg.windows"].startswith("stream (") and tags["emg.windows"].endswith("forced)")

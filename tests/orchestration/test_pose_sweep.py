@@ -4,6 +4,7 @@ study (``--study data_efficiency``) that scores without registering."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +18,25 @@ from tests.orchestration.test_sweep import SWEEP, _client, _env
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.mlflow]
 
 
-def _run(tmp: Path, method: str, *args: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, method: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SWEEP), method, "--smoke", *args, "--cache", str(tmp / "cache")],
-        capture_output=True, text=True, timeout=1500, cwd=tmp, env=_env(),
+        capture_output=True, text=True, timeout=1500, cwd=tmp, env=_env() | env,
     )  # fmt: skip
 
 
 def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
-    mae = _run(tmp_path, "mae", "--stages", "patch_mask")
+    # as on a large data set: the cache is built with Ray Data before the trials start
+    warm = {"EMG_WARM_CACHE_ABOVE_GB": "0"}
+    mae = _run(tmp_path, "mae", "--stages", "patch_mask", **warm)
     assert mae.returncode == 0, mae.stdout[-3000:] + mae.stderr[-3000:]
     assert "eval zero-shot" in mae.stdout and "mae-emg" in mae.stdout
-    cpep = _run(tmp_path, "cpep", "--stages", "optimiser")
+    built = re.search(r"preprocessing cache: (\d+) built .* (\d+) already there", mae.stdout)
+    assert built and int(built[1]) > 0 and built[2] == "0", mae.stdout[-3000:]
+    cpep = _run(tmp_path, "cpep", "--stages", "optimiser", **warm)
     assert cpep.returncode == 0, cpep.stdout[-3000:] + cpep.stderr[-3000:]
+    assert "preprocessing cache: 0 built (0 recording-h) in" in cpep.stdout
+    assert f"{built[1]} already there" in cpep.stdout  # the same recordings, the same pipeline
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = _client(uri)
@@ -54,6 +61,8 @@ def test_mae_then_cpep_sweeps_register_their_models(tmp_path):
     runs = c.search_runs([exp.experiment_id], max_results=100)
     trials = [r for r in runs if "emg.trial" in r.data.tags]  # named by their values
     assert len(trials) == 2 and all("tune_zs_bacc" in r.data.metrics for r in trials)
+    # how each trial held its windows, and why: the smoke set is small, so in memory
+    assert all(r.data.tags["emg.windows"].startswith("memory (") for r in trials)
     assert all(r.info.status == "FINISHED" for r in runs)
     final = next(r for r in runs if r.info.run_name == "final")
     names = {a.path for a in c.list_artifacts(final.info.run_id, "report")}

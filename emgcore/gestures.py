@@ -60,7 +60,6 @@ from emgcore.preprocessing import BandPass, InstanceNorm, Notch, Pipeline
 from emgcore.recording import Recording, require_samples
 from emgcore.streaming import (
     STORAGE,
-    Reader,
     WindowArray,
     Windows,
     choose_storage,
@@ -249,7 +248,7 @@ def windows(
     that windows may not cross) is shorter than one window: no recording is dropped silently.
     """
     pipe = cfg.pipeline()
-    emg, pose, valid, cols, maps = [], [], [], [], []
+    emg, pose, valid, cols = [], [], [], []
     rec_id, first, stage, user, session, recording = [], [], [], [], [], []
     width, ring, length = None, None, 0
     for i, rec in enumerate(recordings):
@@ -295,7 +294,6 @@ def windows(
         width = j
         if cache is not None:
             r = cache.get(rec, pipe)  # its maps pickle as paths: a worker maps the same files
-            maps += r.maps
             emg.append(r.mapped("emg"))
             pose.append(r.mapped("kinematics"))
             v = r.mapped("valid")
@@ -317,11 +315,10 @@ def windows(
         raise InvalidValueError(f"no recording is as long as one {cfg.window_s} s window")
     cat = np.concatenate
     index = {"rec": cat(rec_id), "start": cat(first), "length": length}
-    reader = Reader(tuple(maps))
     out = PairedWindows(
-        WindowArray(tuple(emg), steps=pipe, reader=reader, **index),
-        WindowArray(tuple(pose), columns=tuple(cols), reader=reader, **index),
-        WindowArray(tuple(valid), dtype=torch.bool, reader=reader, **index),
+        WindowArray(tuple(emg), steps=pipe, **index),
+        WindowArray(tuple(pose), columns=tuple(cols), **index),
+        WindowArray(tuple(valid), dtype=torch.bool, **index),
         cat(stage).astype(str),
         cat(user).astype(str),
         cat(session).astype(str),

@@ -15,7 +15,7 @@ memory-mapped cache files (:class:`~emgcore.windows.RecordingCache`) or in-memor
 
 Memory: the samples live in the OS page cache, which every process on a node that maps the same
 cache files shares; a process's own resident share of them is dropped (``MADV_DONTNEED``) after
-every ``resident_mb`` it has read, so a pass over a data set larger than RAM stays flat.
+every 32 MB it has read (:class:`Reader`), so a pass over a data set larger than RAM stays flat.
 
 Read-ahead: :func:`emgcore.training.fit` tells each streamed array which windows the epoch's
 steps will ask for (:meth:`WindowArray.plan`: this worker's shard of every global batch, in
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,28 +44,34 @@ STORAGE = ("auto", "memory", "stream")
 
 @dataclass
 class Reader:
-    """What every lazy subset of one array shares: resident-memory accounting and the plan."""
+    """One array's reads: its plan (read-ahead) and the accounting of what they left resident.
 
-    maps: Sequence[Any] = ()  # MappedArray-likes with drop_resident()
-    budget: int = 128 * 2**20
+    ``budget``: bytes a process may read before the memory maps it touched since are told to
+    drop their resident pages (:meth:`~emgcore.windows.MappedArray.drop_resident`; the pages
+    stay in the page cache). Only the touched maps are told, so a drop costs a few system calls
+    however many recordings the set holds."""
+
+    budget: int = 32 * 2**20
     served: int = 0
+    touched: dict[int, Any] = field(default_factory=dict)
     plan: deque = field(default_factory=deque)
     ahead: Iterator[Tensor] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:  # the plan and its loader stay behind
-        return {"maps": self.maps, "budget": self.budget}
+    def __getstate__(self) -> dict[str, Any]:  # the plan, its loader and the counts stay
+        return {"budget": self.budget}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
 
-    def count(self, nbytes: int) -> None:
-        # the page cache hands out large folios (~800 KB resident per 128 KB window measured):
-        # count up to 2 MiB per window read besides its own bytes
+    def count(self, nbytes: int, maps: Iterable[Any]) -> None:
+        """``nbytes`` read from ``maps`` (those with ``drop_resident``)."""
         self.served += nbytes
+        for m in maps:
+            self.touched[id(m)] = m
         if self.served > self.budget:
-            self.served = 0
-            for m in self.maps:
+            for m in self.touched.values():
                 m.drop_resident()
+            self.served, self.touched = 0, {}
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,8 +152,7 @@ class WindowArray:
 
     def _derive(self, **changes: Any) -> WindowArray:
         """A copy with ``changes`` and a plan of its own (the resident accounting is shared)."""
-        r = self.reader
-        return dataclasses.replace(self, **changes, reader=Reader(r.maps, r.budget))
+        return dataclasses.replace(self, **changes, reader=Reader(self.reader.budget))
 
     def materialize(self) -> Tensor:
         """Every window as one tensor on ``self.device`` (what the in-memory path holds)."""
@@ -194,7 +199,10 @@ class WindowArray:
             piece = self.sources[r][s : s + span]
             c = cols[r] if cols else None
             out[j] = piece if c is None else piece[:, c]
-        self.reader.count(out.nbytes + len(idx) * 2**21)
+        # the page cache maps large folios (up to 2 MiB; ~800 KB resident per 128 KB window
+        # measured): count that much per window besides its own bytes
+        touched = (self.sources[r] for r in np.unique(recs).tolist())
+        self.reader.count(out.nbytes + len(idx) * 2**21, (s for s in touched if _drops(s)))
         if self.steps.steps:
             out = self.steps.apply_windows(out).astype(np_dtype, copy=False)
         t = torch.from_numpy(out)
@@ -215,6 +223,10 @@ class _Planned(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> Tensor:
         return self.array.gather(self.batches[k])
+
+
+def _drops(source: Any) -> bool:
+    return hasattr(source, "drop_resident")
 
 
 def _cpu(t: Tensor | np.ndarray) -> np.ndarray:

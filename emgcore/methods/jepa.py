@@ -73,7 +73,6 @@ from emgcore.recording import ChannelLayout, Recording, require_samples
 from emgcore.splits import catalog, cross_user
 from emgcore.streaming import (
     STORAGE,
-    Reader,
     WindowArray,
     Windows,
     choose_storage,
@@ -259,7 +258,7 @@ def _windows(
     cache: RecordingCache | None,
 ) -> PoseWindows:
     """The windows of ``recordings`` as an index into the preprocessed recordings (streamed)."""
-    emg, rec_id, first, pose, user, maps = [], [], [], [], [], []
+    emg, rec_id, first, pose, user = [], [], [], [], []
     n = 0
     for rec in recordings:
         r = cache.get(rec, pipe) if cache is not None else pipe.apply(rec)
@@ -270,7 +269,6 @@ def _windows(
         if len(starts) == 0:
             continue
         if isinstance(r, CachedRecording):  # memory-mapped: only the rows asked for are read
-            maps += r.maps
             emg.append(r.mapped("emg"))
             kin = r.kinematics
         else:
@@ -283,7 +281,7 @@ def _windows(
     if not emg:
         raise InvalidValueError(f"no recording holds a {cfg.window_s} s window")
     cat = np.concatenate
-    x = WindowArray(tuple(emg), cat(rec_id), cat(first), n, reader=Reader(tuple(maps)))
+    x = WindowArray(tuple(emg), cat(rec_id), cat(first), n)
     return PoseWindows(x, torch.from_numpy(cat(pose)), cat(user), "stream")
 
 

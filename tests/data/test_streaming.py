@@ -250,3 +250,175 @@ def test_jepa_trains_the_same_on_streamed_windows(tmp_path) -> None:
         assert torch.equal(b.emg[:], a.emg) and torch.equal(b.pose, a.pose), role
     a, b = run(mem, cfg), run(st, cfg)
     assert a == b
+
+
+# -- memory: the page cache is shared, and a process's share of it stays bounded -----------------
+
+_READER = """
+import sys, time, pathlib
+import numpy as np
+from emgcore.streaming import Reader, WindowArray
+from emgcore.windows import RecordingCache
+
+root, budget_mb, go, done = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def npy_pages():
+    # resident, shared and private bytes of this process's .npy mappings (clean or dirty: pages
+    # of a file just written are dirty until written back)
+    out, mine = {"Rss": 0, "Shared": 0, "Private": 0}, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if not line[0].isupper():  # a mapping's first line: address range, ..., path
+            mine = line.rstrip().endswith(".npy")
+        elif mine and head[0] in ("Rss:", "Shared_Clean:", "Shared_Dirty:", "Private_Clean:",
+                                  "Private_Dirty:"):
+            out[head[0].split("_")[0].rstrip(":")] += int(head[1]) * 1024
+    return out
+
+recs = [RecordingCache.open(p) for p in sorted(pathlib.Path(root).iterdir()) if p.is_dir()]
+sources = tuple(r.mapped("emg") for r in recs)
+starts = [np.arange(0, len(r.emg) - 4000 + 1, 4000) for r in recs]
+rec = np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(starts)])
+x = WindowArray(sources, rec, np.concatenate(starts), 4000,
+                reader=Reader(int(budget_mb * 2**20)))
+while not pathlib.Path(go).exists():
+    time.sleep(0.05)
+peak_file = 0
+for a in range(0, len(x), 16):
+    x[a : a + 16]
+    peak_file = max(peak_file, npy_pages()["Rss"]) if a % 1024 == 0 else peak_file
+pages = npy_pages()
+peak_file = max(peak_file, pages["Rss"])
+print(pages["Shared"], pages["Private"], peak_file)
+sys.stdout.flush()
+pathlib.Path(done).touch()
+while not pathlib.Path(done + ".exit").exists():  # stay mapped until the other has read
+    time.sleep(0.05)
+"""
+
+
+def _write_cache(root: Path, mb: int) -> int:
+    """``mb`` MB of 16-channel EMG as cached recordings (no preprocessing); returns the bytes."""
+    from emgcore.preprocessing import Pipeline
+    from emgcore.recording import ChannelLayout, Recording
+
+    rng = np.random.default_rng(0)
+    cache, total = RecordingCache(root), 0
+    for i in range(max(1, mb // 50)):
+        emg = rng.standard_normal((50 * 2**20 // 64, 16)).astype(np.float32)
+        rec = Recording(emg=emg, fs=2000.0, layout=ChannelLayout.ring(16), subject=f"u{i}",
+                        session="s", fingerprint=f"r{i}")  # fmt: skip
+        cache.get(rec, Pipeline())
+        total += emg.nbytes
+    return total
+
+
+def test_two_workers_share_the_page_cache_and_each_keeps_its_share_bounded(tmp_path) -> None:
+    """Two processes reading every window of the same cache, one after the other, both still
+    mapping it: the second's pages are the first's (shared, no private copy); and a process that
+    drops what it read (a small budget) keeps its resident file pages near the budget, not the
+    data's size."""
+    import subprocess
+    import sys
+
+    size = _write_cache(tmp_path / "cache", 300)
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[2])}
+
+    def start(budget_mb: float, go: Path, done: Path) -> subprocess.Popen:
+        args = [sys.executable, "-c", _READER, str(tmp_path / "cache"), str(budget_mb), str(go)]
+        return subprocess.Popen([*args, str(done)], stdout=subprocess.PIPE, text=True, env=env)
+
+    go, a_done, b_done = tmp_path / "go", tmp_path / "a", tmp_path / "b"
+    a = start(1e6, go, a_done)  # neither drops anything
+    b = start(1e6, a_done, b_done)  # reads once the first has read everything
+    try:
+        go.touch()
+        _, private_a, _ = (int(v) for v in a.stdout.readline().split())
+        shared_b, private_b, _ = (int(v) for v in b.stdout.readline().split())
+    finally:
+        for done in (a_done, b_done):
+            (tmp_path / f"{done.name}.exit").touch()
+        a.wait(60), b.wait(60)
+    # the first held the pages alone (private to it, clean: the file's, not a copy) ...
+    assert private_a > 0.9 * size, (private_a, size)
+    # ... the second mapped the very same pages: shared with the first, nothing of its own
+    assert shared_b > 0.9 * size and private_b < 0.05 * size, (shared_b, private_b, size)
+    c = start(32, go, tmp_path / "c")  # drops its resident pages after every 32 MB read
+    try:
+        peak_file = int(c.stdout.readline().split()[2])
+    finally:
+        (tmp_path / "c.exit").touch()
+        c.wait(60)
+    assert peak_file < 48 * 2**20, (peak_file, size)  # the 32 MB budget, not the 300 MB read
+
+
+_TRAINER = """
+import pathlib, resource, sys
+import numpy as np
+from emgcore.models.mae import MAEConfig, train_mae
+from emgcore.streaming import WindowArray, take
+from emgcore.training import channel_stats
+from emgcore.windows import RecordingCache
+
+root, storage = sys.argv[1], sys.argv[2]
+recs = [RecordingCache.open(p) for p in sorted(pathlib.Path(root).iterdir()) if p.is_dir()]
+starts = [np.arange(0, len(r.emg) - 4000 + 1, 4000) for r in recs]
+rec = np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(starts)])
+x = WindowArray(tuple(r.mapped("emg") for r in recs), rec, np.concatenate(starts), 4000)
+if storage == "memory":
+    x = x.materialize()
+mean, std = channel_stats(x)  # one pass over every window
+pick = np.random.default_rng(0).choice(len(x), 128, replace=False)  # spread over the whole set
+cfg = MAEConfig(patch=200, dim=32, depth=1, decoder_depth=1, heads=2, epochs=1, batch_size=16)
+_, fit = train_mae(cfg, take(x, pick), rotate=True)
+print("trained", len(x), fit.steps, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def _memory_cgroup(limit: int) -> Path:
+    """A child of this process's cgroup-v1 memory group limited to ``limit`` bytes, or skip."""
+    line = next((ln for ln in open("/proc/self/cgroup") if ":memory:" in ln), None)
+    base = Path("/sys/fs/cgroup/memory")
+    if line is None or not base.is_dir():
+        pytest.skip("no cgroup-v1 memory controller here to limit a worker's memory with")
+    cg = base / line.strip().split(":", 2)[2].lstrip("/") / f"emg-test-{os.getpid()}"
+    try:
+        cg.mkdir()
+        (cg / "memory.limit_in_bytes").write_text(str(limit))
+    except OSError as e:
+        pytest.skip(f"cannot create a memory cgroup ({e}): needs root")
+    return cg
+
+
+@pytest.mark.slow
+def test_a_data_set_larger_than_the_memory_limit_trains_streamed(tmp_path) -> None:
+    """A worker limited to 1 GB (a memory cgroup, as a container's limit is) trains on 1.5 GB of
+    cached windows streamed, a full pass included; the same worker holding them in memory is
+    killed by the limit."""
+    import subprocess
+    import sys
+
+    limit = 2**30
+    size = _write_cache(tmp_path / "cache", 1536)
+    assert size > 1.4 * limit
+    cg = _memory_cgroup(limit)
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+
+    def join() -> None:  # the child enters the cgroup before it execs
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    try:
+        runs = {}
+        for storage in ("stream", "memory"):
+            runs[storage] = subprocess.run(
+                [sys.executable, "-c", _TRAINER, str(tmp_path / "cache"), storage],
+                capture_output=True, text=True, env=env, preexec_fn=join, timeout=900,
+            )  # fmt: skip
+    finally:
+        cg.rmdir()
+    st = runs["stream"]
+    assert st.returncode == 0, st.stderr[-3000:]
+    _, n, steps, peak = st.stdout.split()
+    assert int(n) * 4000 * 16 * 4 > 1.4 * limit and int(steps) == 8
+    assert int(peak) < limit  # the whole process, torch included
+    assert runs["memory"].returncode == -9, runs["memory"].stderr[-2000:]  # the limit bites

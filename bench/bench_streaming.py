@@ -21,7 +21,7 @@ each, random EMG and smooth joint angles), written once; the 4 GB and 8 GB sets 
 them under other names. A cache entry is keyed by its file's path, so each set's cache is its own
 (0.62 GB of cache per GB of HDF5), built from scratch and read from disk.
 
-Usage: ``python bench/bench_streaming.py [--sizes 1,4,8] [--steps 40] [--dir DIR]``; about 15
+Usage: ``python bench/bench_streaming.py [--sizes 1,4,8] [--steps 20] [--dir DIR]``; about 15
 minutes and 30 GB of disk on the default sizes (the files are deleted at the end unless
 ``--dir`` names a folder to keep them in).
 """
@@ -252,7 +252,7 @@ def a100_mae_step() -> tuple[float, int, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1,4,8", help="GB of HDF5 per set (comma-separated)")
-    ap.add_argument("--steps", type=int, default=40, help="training steps per worker")
+    ap.add_argument("--steps", type=int, default=20, help="training steps per worker")
     ap.add_argument("--dir", help="keep the data and caches in this folder")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()

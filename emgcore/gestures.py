@@ -121,7 +121,7 @@ class GestureConfig:
     # would take more than stream_above_gb as tensors
     storage: str = "auto"
     stream_above_gb: float = 2.0
-    # loader processes reading streamed windows ahead of the step; -1: none on a CPU, 4 with
+    # loader processes reading streamed windows ahead of the step; -1: none on a CPU, 6 with
     # a GPU (where the step would otherwise wait for the reads)
     loader_workers: int = -1
 

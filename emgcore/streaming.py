@@ -267,11 +267,12 @@ def is_streamed(x: Any) -> bool:
 
 def loader_workers(requested: int, device: str | torch.device) -> int:
     """Loader processes for streamed training windows: ``requested`` when it is ``>= 0``, else
-    none on a CPU (the step and the reads share its cores) and 4 with a GPU, enough for the
-    measured read rate to outpace a paper-size step (README, "Streaming windows")."""
+    none on a CPU (the step and the reads share its cores) and 6 with a GPU: the paper-size
+    EMG-MAE's A100 step needs ~4.4 cores of measured reading (clusters/README.md, "Data at
+    cluster scale")."""
     if requested >= 0:
         return requested
-    return 4 if torch.device(device).type == "cuda" else 0
+    return 6 if torch.device(device).type == "cuda" else 0
 
 
 def choose_storage(nbytes: int, storage: str, stream_above_gb: float) -> tuple[str, str]:

@@ -6,9 +6,11 @@ the same recordings at once, one core each, while their GPUs wait. So the sweep 
 (recording, pipeline) pairs its trials will read (``Method.cache_plan``) to :func:`warm` when the
 recordings' EMG exceeds :data:`WARM_ABOVE_GB` (``EMG_WARM_CACHE_ABOVE_GB`` overrides): Ray Data
 reads and filters every missing one as its own task on any node with a free CPU and writes it
-into the cache folder, which on a cluster is on the shared storage every node mounts
-(``clusters/README.md``, "Data at cluster scale"). An entry appears atomically (a rename), so a
-trial or a second sweep racing it sees all of an entry or none.
+into the cache folder. That only helps when every node sees the folder (shared storage,
+``clusters/README.md``, "Data at cluster scale"), which :func:`shared_everywhere` checks first
+by asking every node for a marker file; with node-local caches each node builds what its trials
+read, on demand. An entry appears atomically (a rename), so a trial or a second sweep racing it
+sees all of an entry or none.
 """
 
 from __future__ import annotations
@@ -45,6 +47,36 @@ def missing(pairs: Sequence[tuple[Any, Any]], root: str | Path) -> list[int]:
         for i, (rec, pipe) in enumerate(pairs)
         if not (cache.root / cache.key(rec, pipe) / "header.json").exists()
     ]
+
+
+def shared_everywhere(root: str | Path) -> bool:
+    """Whether every alive node of the connected Ray cluster sees the folder ``root`` (a marker
+    file written here, looked for by one zero-CPU task pinned to each node)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder = Path(root).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".shared-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+
+        @ray.remote(num_cpus=0)
+        def sees(path: str) -> bool:
+            return Path(path).exists()
+
+        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        calls = [
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(
+                str(marker)
+            )
+            for n in nodes
+        ]
+        return all(ray.get(calls, timeout=120))
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def warm(pairs: Sequence[tuple[Any, Any]], root: str | Path) -> dict[str, float]:

@@ -1087,6 +1087,10 @@ class Sweep:
         size = cache.emg_bytes(pairs) / 2**30
         if size <= cache.warm_threshold():
             return
+        if not cache.shared_everywhere(self.cache):
+            _print(f"preprocessing cache: {size:.2g} GB of EMG; {self.cache} is not on storage "
+                   "every node sees, so each node builds what its trials read")  # fmt: skip
+            return
         _print(f"preprocessing cache: {len(pairs)} recordings, {size:.2g} GB of EMG, built with "
                f"Ray Data before the trials start ({self.cache})")  # fmt: skip
         got = cache.warm(pairs, self.cache)

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from emgcore.eval.probe import ClassScores, class_scores, few_shot, per_group_f1, zero_shot
 from emgcore.gestures import PairedWindows
 from emgcore.methods.posealign import Encoders, PoseAlignConfig, as_table, score
+from emgcore.streaming import take
 from emgcore.training import batched
 
 
@@ -51,10 +51,9 @@ def evaluate(
     ev = splits["eval"]
     y_un = ev.labels(g.unseen)
     sel = y_un >= 0
-    sel_t = torch.as_tensor(sel)
     for name in enc.retrieve:
-        bank = batched(enc.pose[name], ev.pose[sel_t])
-        q = batched(enc.retrieve[name], ev.emg[sel_t])
+        bank = batched(enc.pose[name], take(ev.pose, sel))
+        q = batched(enc.retrieve[name], take(ev.emg, sel))
         pred = zero_shot(q, bank, y_un[sel], k=cfg.zero_shot_k, n_classes=len(g.unseen))
         rep.zs_unseen[name] = class_scores(y_un[sel], pred, len(g.unseen))
         rep.per_user_f1[name] = per_group_f1(y_un[sel], pred, ev.user[sel], len(g.unseen))
@@ -65,8 +64,8 @@ def evaluate(
             ("unseen", splits["probe_train_unseen"], g.unseen),
         ):
             y_tr, y_ev = probe.labels(classes), ev.labels(classes)
-            keep = torch.as_tensor(y_ev >= 0)
-            z_tr, z_ev = batched(emb, probe.emg).numpy(), batched(emb, ev.emg[keep]).numpy()
+            keep = y_ev >= 0
+            z_tr, z_ev = batched(emb, probe.emg).numpy(), batched(emb, take(ev.emg, keep)).numpy()
             rep.few_shot[name][task] = few_shot(
                 z_tr,
                 y_tr,
@@ -81,8 +80,8 @@ def evaluate(
     idx = np.flatnonzero(sel)
     idx = np.sort(rng.choice(idx, min(tsne_points, len(idx)), replace=False))
     for name in enc.retrieve:
-        z_emg = batched(enc.emg[name], ev.emg[torch.as_tensor(idx)]).numpy()
-        z_pose = batched(enc.pose[name], ev.pose[torch.as_tensor(idx)]).numpy()
+        z_emg = batched(enc.emg[name], take(ev.emg, idx)).numpy()
+        z_pose = batched(enc.pose[name], take(ev.pose, idx)).numpy()
         rep.tsne[name] = (z_emg, z_pose, y_un[idx])
     return rep
 

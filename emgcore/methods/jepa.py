@@ -101,7 +101,7 @@ class PoseDataConfig:
     # recording in memory, none when streamed
     storage: str = "auto"
     stream_above_gb: float = 2.0
-    loader_workers: int = -1  # read-ahead processes; -1: none on a CPU, 4 with a GPU
+    loader_workers: int = -1  # read-ahead processes; -1: none on a CPU, 6 with a GPU
 
     def __post_init__(self) -> None:
         if self.norm not in ("median_l2", "none"):

@@ -211,3 +211,17 @@ def test_band_outside_nyquist_is_an_error() -> None:
     pipe = Pipeline.from_config([{"name": "bandpass", "low": 1500, "high": None}])
     with pytest.raises(InvalidValueError, match="Nyquist"):
         pipe.apply(_rec(_tone(10)))
+
+
+@pytest.mark.parametrize("shape", [(7, 2000, 8), (3, 4000, 110), (256, 400, 16), (500, 12)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_instance_norm_is_numpys_standardisation_bit_for_bit(shape, dtype) -> None:
+    """The in-place version computes exactly ``(x - mean) / max(std, eps)`` (README and every
+    registered model's numbers depend on it)."""
+    from emgcore.preprocessing import InstanceNorm
+
+    x = (np.random.default_rng(0).standard_normal(shape) * 3 + 5).astype(dtype)
+    x[..., 0] = 1.5  # a flat channel: eps guards the division
+    want = (x - x.mean(axis=-2, keepdims=True)) / np.maximum(x.std(axis=-2, keepdims=True), 1e-12)
+    got = InstanceNorm().apply_window(x)
+    assert got.dtype == x.dtype and np.array_equal(got, want)

@@ -54,3 +54,8 @@ def test_only_a_large_data_set_is_warmed(emg2pose_sim, monkeypatch) -> None:
     assert cache.warm_threshold() == cache.WARM_ABOVE_GB
     monkeypatch.setenv(cache.WARM_ENV, "0")
     assert cache.warm_threshold() == 0.0
+
+
+def test_a_folder_every_node_sees_is_shared(tmp_path, local_ray) -> None:
+    assert cache.shared_everywhere(tmp_path / "c")
+    assert not list((tmp_path / "c").iterdir())  # the marker is gone

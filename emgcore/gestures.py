@@ -116,7 +116,7 @@ class GestureConfig:
     probe_fraction: float = 0.5  # ninapro: share of each movement's sessions for probe-training
     split_seed: int = 0  # ninapro: the tune users and the probe/eval division
     # how training and evaluation hold the windows (emgcore.streaming): "memory" as tensors
-    # (on the accelerator when there is one), "stream" read from the memory-mapped
+    # (on the accelerator when there is one), "stream" read from the
     # preprocessing cache batch by batch, "auto" streams when all subsets' windows together
     # would take more than stream_above_gb as tensors
     storage: str = "auto"
@@ -138,6 +138,12 @@ class GestureConfig:
             raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
         if self.storage not in STORAGE:
             raise ValueError(f"storage must be one of {STORAGE}, got {self.storage!r}")
+        if not self.stream_above_gb > 0:
+            raise ValueError(f"stream_above_gb must be > 0, got {self.stream_above_gb}")
+        if self.loader_workers < -1:
+            raise ValueError(
+                f"loader_workers must be >= 0 (or -1: auto), got {self.loader_workers}"
+            )
         if self.pose_norm not in ("none", "recording"):
             raise ValueError(f"pose_norm must be 'none' or 'recording', got {self.pose_norm!r}")
 
@@ -241,7 +247,7 @@ def windows(
     so the trials of a sweep filter each recording once between them. Whole recordings are
     filtered before they are cut, so no window carries a filter's edge transient.
     ``storage="stream"`` returns the windows as an index into the filtered recordings
-    (:class:`~emgcore.streaming.WindowArray`, memory-mapped with ``cache``), ``"memory"`` as
+    (:class:`~emgcore.streaming.WindowArray`, read from ``cache``'s files), ``"memory"`` as
     tensors; the values are the same.
 
     Raises :class:`~emgcore.errors.ShapeError` naming the recording when it (or every run of it
@@ -294,9 +300,9 @@ def windows(
         width = j
         if cache is not None:
             r = cache.get(rec, pipe)  # its maps pickle as paths: a worker maps the same files
-            emg.append(r.mapped("emg"))
-            pose.append(r.mapped("kinematics"))
-            v = r.mapped("valid")
+            emg.append(r.file("emg"))
+            pose.append(r.file("kinematics"))
+            v = r.file("valid")
             valid.append(v if v is not None else np.ones(r.n_samples, bool))
         else:
             r = pipe.apply(rec)

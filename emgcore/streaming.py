@@ -1,9 +1,10 @@
-"""Windows too many to hold: cut out of the (memory-mapped) preprocessing cache on demand.
+"""Windows too many to hold: read out of the preprocessing cache on demand.
 
 A :class:`WindowArray` stands where a ``(N, L, K)`` tensor of windows stood (or ``(N, K)``: one
 sample per window, e.g. the pose at a window's last sample). It holds only an index, the
 recording and first sample of every window (12 bytes a window), and the recordings' arrays:
-memory-mapped cache files (:class:`~emgcore.windows.RecordingCache`) or in-memory arrays.
+cache files (:class:`~emgcore.windows.NpyFile`, from :class:`~emgcore.windows.RecordingCache`)
+or in-memory arrays.
 
 * ``x[idx]`` (an index tensor or array, a boolean mask, a slice, an int) gathers those windows
   into a tensor on ``x.device``: each window copied out of its recording, then the window-level
@@ -13,9 +14,10 @@ memory-mapped cache files (:class:`~emgcore.windows.RecordingCache`) or in-memor
   and evaluation code that indexes batches (``x[shard]``,
   :func:`emgcore.training.batched`) runs unchanged on either.
 
-Memory: the samples live in the OS page cache, which every process on a node that maps the same
-cache files shares; a process's own resident share of them is dropped (``MADV_DONTNEED``) after
-every 32 MB it has read (:class:`Reader`), so a pass over a data set larger than RAM stays flat.
+Memory: a batch is read with ``pread`` from the OS page cache straight into the batch's buffer.
+The page cache holds one copy of what was read, shared by every process of a node; no process
+holds a mapping or a file descriptor of its own, so a worker's memory is its batches whatever the
+set's size, and a set of any number of recordings opens no files between reads.
 
 Read-ahead: :func:`emgcore.training.fit` tells each streamed array which windows the epoch's
 steps will ask for (:meth:`WindowArray.plan`: this worker's shard of every global batch, in
@@ -28,8 +30,9 @@ reads earlier, never different.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,40 +41,23 @@ import torch
 from torch import Tensor
 
 from emgcore.preprocessing import Pipeline
+from emgcore.windows import NpyFile
 
 STORAGE = ("auto", "memory", "stream")
 
 
 @dataclass
 class Reader:
-    """One array's reads: its plan (read-ahead) and the accounting of what they left resident.
+    """One array's read-ahead: the planned index sets and the loader gathering them."""
 
-    ``budget``: bytes a process may read before the memory maps it touched since are told to
-    drop their resident pages (:meth:`~emgcore.windows.MappedArray.drop_resident`; the pages
-    stay in the page cache). Only the touched maps are told, so a drop costs a few system calls
-    however many recordings the set holds."""
-
-    budget: int = 32 * 2**20
-    served: int = 0
-    touched: dict[int, Any] = field(default_factory=dict)
     plan: deque = field(default_factory=deque)
     ahead: Iterator[Tensor] | None = None
 
-    def __getstate__(self) -> dict[str, Any]:  # the plan, its loader and the counts stay
-        return {"budget": self.budget}
+    def __getstate__(self) -> dict[str, Any]:  # the plan and its loader stay behind
+        return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
-
-    def count(self, nbytes: int, maps: Iterable[Any]) -> None:
-        """``nbytes`` read from ``maps`` (those with ``drop_resident``)."""
-        self.served += nbytes
-        for m in maps:
-            self.touched[id(m)] = m
-        if self.served > self.budget:
-            for m in self.touched.values():
-                m.drop_resident()
-            self.served, self.touched = 0, {}
+        self.__init__()
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +69,7 @@ class WindowArray:
     sample. ``columns``: per recording, the columns to keep (None: all). ``steps``: window-level
     preprocessing applied to each gathered ``(n, L, K)`` batch. ``mean``/``denom`` ``(R, K)``:
     a per-recording affine ``(x - mean) / denom`` applied after the steps (None: none).
-    ``workers``: loader processes for read-ahead (0: read in the step).
+    ``workers``: loader processes for read-ahead (0: read in the step), per array.
     """
 
     sources: tuple[Any, ...]
@@ -151,12 +137,16 @@ class WindowArray:
         return self._derive(rec=self.rec[i], start=self.start[i])
 
     def _derive(self, **changes: Any) -> WindowArray:
-        """A copy with ``changes`` and a plan of its own (the resident accounting is shared)."""
-        return dataclasses.replace(self, **changes, reader=Reader(self.reader.budget))
+        """A copy with ``changes`` and a plan of its own."""
+        return dataclasses.replace(self, **changes, reader=Reader())
 
-    def materialize(self) -> Tensor:
-        """Every window as one tensor on ``self.device`` (what the in-memory path holds)."""
-        return self[:]
+    def materialize(self, chunk: int = 256) -> Tensor:
+        """Every window as one tensor on ``self.device`` (what the in-memory path holds),
+        read ``chunk`` windows at a time into it: the peak is the result and one chunk."""
+        out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        for a in range(0, len(self), chunk):
+            out[a : a + chunk] = self[a : a + chunk]
+        return out
 
     def plan(self, batches: Sequence[Tensor | np.ndarray]) -> None:
         """The index sets the next reads will ask for, in order; with ``workers`` loader
@@ -180,6 +170,8 @@ class WindowArray:
             r.plan.popleft()
             if r.ahead is not None:
                 t = next(r.ahead)
+                if not r.plan:  # the epoch's last batch: its loader processes exit now
+                    r.ahead = None
                 return t.to(self.device, non_blocking=True)
         elif r.plan:  # asked for something else: the plan no longer describes the reads
             r.plan.clear()
@@ -187,22 +179,20 @@ class WindowArray:
         return self.gather(idx).to(self.device)
 
     def gather(self, idx: np.ndarray) -> Tensor:
-        """The windows ``idx`` (int64 indices) as a CPU tensor: copied out of their recordings,
-        window steps and affine applied."""
+        """The windows ``idx`` (int64 indices) as a CPU tensor: read from their recordings
+        (a cache file is opened once per batch and read with ``pread`` into the batch's
+        buffer), window steps and affine applied."""
         recs, starts = self.rec[idx], self.start[idx]
         span = 1 if self.length is None else self.length
         np_dtype = torch.empty(0, dtype=self.dtype).numpy().dtype
         k = self.width
         out = np.empty((len(idx), span, *((k,) if k else ())), np_dtype)
-        cols = self.columns
-        for j, (r, s) in enumerate(zip(recs.tolist(), starts.tolist(), strict=True)):
-            piece = self.sources[r][s : s + span]
-            c = cols[r] if cols else None
-            out[j] = piece if c is None else piece[:, c]
-        # the page cache maps large folios (up to 2 MiB; ~800 KB resident per 128 KB window
-        # measured): count that much per window besides its own bytes
-        touched = (self.sources[r] for r in np.unique(recs).tolist())
-        self.reader.count(out.nbytes + len(idx) * 2**21, (s for s in touched if _drops(s)))
+        order = np.argsort(recs, kind="stable")  # each recording's windows together
+        bounds = np.flatnonzero(np.diff(recs[order])) + 1
+        for run in np.split(order, bounds) if len(order) else ():
+            r = int(recs[run[0]])
+            cols = self.columns[r] if self.columns else None
+            self._read_recording(self.sources[r], cols, run, starts, out)
         if self.steps.steps:
             out = self.steps.apply_windows(out).astype(np_dtype, copy=False)
         t = torch.from_numpy(out)
@@ -210,6 +200,30 @@ class WindowArray:
             ri = torch.from_numpy(recs.astype(np.int64))
             t = (t - self.mean[ri][:, None]) / self.denom[ri][:, None]
         return t[:, 0] if self.length is None else t
+
+    def _read_recording(
+        self, source: Any, cols: np.ndarray | None, run: np.ndarray, starts: np.ndarray, out: Any
+    ) -> None:
+        """Windows ``run`` (positions in the batch) of one recording into ``out``."""
+        span = out.shape[1]
+        if not isinstance(source, NpyFile):  # an in-memory array
+            for j in run.tolist():
+                s = int(starts[j])
+                piece = source[s : s + span]
+                out[j] = piece if cols is None else piece[:, cols]
+            return
+        direct = cols is None and source.dtype == out.dtype
+        buf = None if direct else np.empty((span, *source.shape[1:]), source.dtype)
+        fd = os.open(source.path, os.O_RDONLY)
+        try:
+            for j in run.tolist():
+                if direct:
+                    source.read_into(fd, out[j], int(starts[j]))
+                else:
+                    source.read_into(fd, buf, int(starts[j]))
+                    out[j] = buf if cols is None else buf[:, cols]
+        finally:
+            os.close(fd)
 
 
 class _Planned(torch.utils.data.Dataset):
@@ -225,23 +239,25 @@ class _Planned(torch.utils.data.Dataset):
         return self.array.gather(self.batches[k])
 
 
-def _drops(source: Any) -> bool:
-    return hasattr(source, "drop_resident")
-
-
 def _cpu(t: Tensor | np.ndarray) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
 
 
 def _as_index(key: Any, n: int) -> np.ndarray:
-    """``key`` (int, slice, index or boolean tensor/array) as int64 indices into ``n``."""
+    """``key`` (an int, a slice, or a 1-D integer or boolean tensor/array) as int64 indices
+    into ``n`` windows. Keys that index more than the windows' axis (``x[i, j]``, ``x[:, 0]``,
+    ``x[None]``) and non-integer keys raise IndexError: read the windows, then index them."""
     if isinstance(key, slice):
-        return np.arange(n, dtype=np.int64)[key]
+        return np.arange(*key.indices(n), dtype=np.int64)
+    if isinstance(key, tuple) or key is None or key is Ellipsis:
+        raise IndexError("windows index along their first axis only: x[idx], then the tensor")
     a = _cpu(key) if isinstance(key, Tensor) else np.asarray(key)
     if a.dtype == bool:
         if a.shape != (n,):
             raise IndexError(f"a mask of shape {a.shape} for {n} windows")
         return np.flatnonzero(a)
+    if a.ndim > 1 or (a.size and a.dtype.kind not in "iu"):
+        raise IndexError(f"window indices must be 1-D integers, got {a.dtype} of shape {a.shape}")
     a = np.atleast_1d(a).astype(np.int64, copy=False)
     if len(a) and (a.max() >= n or a.min() < -n):
         raise IndexError(f"index {a.max() if a.max() >= n else a.min()} out of {n} windows")
@@ -256,9 +272,9 @@ def take(x: Windows, idx: Any) -> Windows:
     indexed tensor otherwise."""
     if isinstance(x, WindowArray):
         return x.take(idx)
-    if isinstance(idx, np.ndarray) and idx.dtype == bool:
-        idx = np.flatnonzero(idx)
-    return x[torch.as_tensor(idx, device=x.device) if not isinstance(idx, slice) else idx]
+    if isinstance(idx, slice):
+        return x[idx]
+    return x[torch.as_tensor(_as_index(idx, len(x)), device=x.device)]
 
 
 def is_streamed(x: Any) -> bool:

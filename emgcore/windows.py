@@ -38,62 +38,104 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, ".emgcore_cache"))
 
 
-class MappedArray:
-    """A read-only ``.npy`` file mapped into memory, whose resident pages can be dropped.
+def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, offset of the data)`` of a whole C-ordered ``.npy`` file.
 
     Raises :class:`~emgcore.errors.FormatError` naming the file when it is not a whole ``.npy``
-    (a damaged header, or fewer bytes than its header's shape and dtype need: a truncated copy).
+    (a damaged header, or fewer bytes than its header's shape and dtype need: a truncated copy)."""
+    with open(path, "rb") as f:
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, EOFError, OSError) as e:
+            raise _damaged(path, f"not a readable .npy file ({e})") from None
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if fortran:
+        raise _damaged(path, "a Fortran-ordered array, which the cache never writes")
+    if size < need:
+        raise _damaged(path, f"truncated: {size} bytes, its header {shape} {dtype} needs {need}")
+    return tuple(shape), dtype, offset
 
-    Slicing reads the array (``m[a:b]``); it pickles as its path, so a process it is sent to maps
-    the same file (and shares its pages in the OS page cache) instead of receiving a copy."""
+
+@dataclass(frozen=True)
+class NpyFile:
+    """A cached ``.npy`` array read row ranges at a time with ``pread``: it holds no file
+    descriptor and no mapping between reads, so a data set of any number of recordings costs
+    no open files, and what it reads is copied from the OS page cache (one copy per node,
+    shared by every process reading the file) straight into the caller's buffer.
+
+    Pickles as its path and layout (a few hundred bytes). Raises
+    :class:`~emgcore.errors.FormatError` naming the file when it is damaged (on construction:
+    :func:`npy_layout`; on a read: cut short since)."""
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int
+
+    @classmethod
+    def open(cls, path: Path) -> NpyFile:
+        return cls(Path(path), *npy_layout(path))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def read_into(self, fd: int, out: np.ndarray, first: int) -> None:
+        """Rows ``first : first + len(out)`` into the C-contiguous ``out`` (this file's dtype
+        and row shape), from the open descriptor ``fd`` of :attr:`path`."""
+        want = len(out) * self.row_bytes
+        got = os.preadv(fd, [memoryview(out).cast("B")], self.offset + first * self.row_bytes)
+        if got != want:
+            raise _damaged(self.path, f"read {got} bytes of rows {first}+{len(out)}, not {want}")
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """Rows ``a:b`` (a slice with step 1) as a new array."""
+        a, b, step = key.indices(len(self))
+        if step != 1:
+            raise IndexError("NpyFile reads contiguous rows only")
+        out = np.empty((max(0, b - a), *self.shape[1:]), self.dtype)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self.read_into(fd, out, a)
+        finally:
+            os.close(fd)
+        return out
+
+
+class MappedArray:
+    """A read-only ``.npy`` file mapped into memory, whose resident pages can be dropped
+    (:class:`CachedRecording`'s arrays; :class:`WindowDataset` reads through them). Raises
+    :class:`~emgcore.errors.FormatError` naming the file when it is damaged (:func:`npy_layout`).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        shape, dtype, offset = npy_layout(self.path)
         with open(path, "rb") as f:
-            try:
-                major, _ = np.lib.format.read_magic(f)
-                read_header = (
-                    np.lib.format.read_array_header_1_0
-                    if major == 1
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = read_header(f)
-            except (ValueError, EOFError, OSError) as e:
-                raise _damaged(path, f"not a readable .npy file ({e})") from None
-            offset = f.tell()
-            size = os.fstat(f.fileno()).st_size
-            need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if fortran:
-                raise _damaged(path, "a Fortran-ordered array, which the cache never writes")
-            if size < need:
-                raise _damaged(
-                    path, f"truncated: {size} bytes, its header {shape} {dtype} needs {need}"
-                )
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         # Windows are read in shuffled order: without this the kernel maps ~1 MB of read-around
         # per fault, and a pass over a large dataset balloons the resident set (measured: 6x).
         self._mmap.madvise(mmap.MADV_RANDOM)
         self.array = np.ndarray(shape, dtype, buffer=self._mmap, offset=offset)
+        self.offset = offset
 
     def drop_resident(self) -> None:
         self._mmap.madvise(mmap.MADV_DONTNEED)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.array.shape
-
-    @property
-    def ndim(self) -> int:
-        return self.array.ndim
-
-    def __len__(self) -> int:
-        return len(self.array)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return self.array[key]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (MappedArray, (self.path,))
 
 
 @dataclass
@@ -112,10 +154,11 @@ class CachedRecording:
     def n_samples(self) -> int:
         return len(self.emg)
 
-    def mapped(self, name: str) -> MappedArray | None:
-        """The memory map of the array ``name`` (``emg``, ``kinematics``, ``valid``,
-        ``label.<name>``), None when the recording has none."""
-        return next((m for m in self.maps if m.path.name == f"{name}.npy"), None)
+    def file(self, name: str) -> NpyFile | None:
+        """The array ``name`` (``emg``, ``kinematics``, ``valid``, ``label.<name>``) as an
+        :class:`NpyFile` for streamed reads, None when the recording has none."""
+        m = next((m for m in self.maps if m.path.name == f"{name}.npy"), None)
+        return None if m is None else NpyFile(m.path, m.array.shape, m.array.dtype, m.offset)
 
     @property
     def subject(self) -> str:

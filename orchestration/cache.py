@@ -75,6 +75,8 @@ def shared_everywhere(root: str | Path) -> bool:
             for n in nodes
         ]
         return all(ray.get(calls, timeout=120))
+    except (ray.exceptions.RayError, TimeoutError):  # a node that cannot answer: not shared
+        return False
     finally:
         marker.unlink(missing_ok=True)
 

@@ -96,7 +96,7 @@ class PoseDataConfig:
     val_fraction: float = 0.2  # of the users: early stopping and model selection
     split_seed: int = 0
     # how the EMG windows are held (emgcore.streaming; the poses, one sample a window, always
-    # in memory): "memory", "stream" from the memory-mapped preprocessing cache, or "auto" by
+    # in memory): "memory", "stream" from the preprocessing cache files, or "auto" by
     # size; overlapping windows (stride_s < window_s) take window_s / stride_s times the
     # recording in memory, none when streamed
     storage: str = "auto"
@@ -108,6 +108,12 @@ class PoseDataConfig:
             raise ValueError(f"norm must be 'median_l2' or 'none', got {self.norm!r}")
         if self.storage not in STORAGE:
             raise ValueError(f"storage must be one of {STORAGE}, got {self.storage!r}")
+        if not self.stream_above_gb > 0:
+            raise ValueError(f"stream_above_gb must be > 0, got {self.stream_above_gb}")
+        if self.loader_workers < -1:
+            raise ValueError(
+                f"loader_workers must be >= 0 (or -1: auto), got {self.loader_workers}"
+            )
 
     def pipeline(self, fs: float) -> Pipeline:
         low, high = self.band_hz
@@ -268,8 +274,8 @@ def _windows(
             starts = starts[np.asarray(r.valid)[starts + n - 1]]
         if len(starts) == 0:
             continue
-        if isinstance(r, CachedRecording):  # memory-mapped: only the rows asked for are read
-            emg.append(r.mapped("emg"))
+        if isinstance(r, CachedRecording):  # read from its files: only the rows asked for
+            emg.append(r.file("emg"))
             kin = r.kinematics
         else:
             emg.append(np.asarray(r.emg, np.float32))
@@ -537,6 +543,7 @@ class JepaTrial(Trial):
         self.config, self.setup = cfg, setup
         data = prepare(recordings, cfg.data, RecordingCache(setup.cache))
         workers = loader_workers(cfg.data.loader_workers, setup.device)
+        workers = workers if is_streamed(data.train.emg) else 0  # tensors in memory need none
         self.data = replace(
             data, train=data.train.to(setup.device, workers), val=data.val.to(setup.device)
         )

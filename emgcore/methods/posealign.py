@@ -768,7 +768,8 @@ class PoseAlignTrial(Trial):
         # training reads the pre-training windows on the accelerator (streamed ones are read
         # onto it batch by batch, by loader processes)
         workers = loader_workers(self.config.gestures.loader_workers, setup.device)
-        if setup.device != "cpu" or (pre.streamed and workers):
+        workers = workers if pre.streamed else 0  # tensors in memory need no loader
+        if setup.device != "cpu" or workers:
             self.splits = {**self.splits, "pretrain": pre.to(setup.device, workers)}
         self.tags = {"emg.windows": pre.storage, "emg.loader_workers": str(workers)}
         self.units = [setup.mode]

@@ -162,6 +162,9 @@ def low_channel_study(
     """Table 6 on ``low`` (e.g. 8-channel band) recordings, helped by ``dense`` (grid) ones:
     the supervised and EMG-JEPA baselines, emulated windows in pre-training / decoder training /
     both, and the adapter into a model trained on the dense data. Scores on ``low``'s users."""
+    # the study joins windows of two data sets (PoseWindows.concat), which streamed windows do
+    # not: its windows are held in memory whatever their size (Table 6's sets are small)
+    cfg = replace(cfg, data=replace(cfg.data, storage="memory"))
     d_low = prepare(low, cfg.data)
     channels = d_low.train.emg.shape[2]
     emu = prepare([emulate(r, channels) for r in dense], cfg.data)

@@ -284,7 +284,7 @@ def is_streamed(x: Any) -> bool:
 def loader_workers(requested: int, device: str | torch.device) -> int:
     """Loader processes for streamed training windows: ``requested`` when it is ``>= 0``, else
     none on a CPU (the step and the reads share its cores) and 6 with a GPU: the paper-size
-    EMG-MAE's A100 step needs ~4.4 cores of measured reading (clusters/README.md, "Data at
+    EMG-MAE's A100 step needs ~5 cores of measured reading (clusters/README.md, "Data at
     cluster scale")."""
     if requested >= 0:
         return requested

@@ -59,9 +59,9 @@ from emgcore.errors import InvalidValueError, MissingFieldError, ShapeError
 from emgcore.preprocessing import BandPass, InstanceNorm, Notch, Pipeline
 from emgcore.recording import Recording, require_samples
 from emgcore.streaming import (
-    STORAGE,
     WindowArray,
     Windows,
+    check_storage,
     choose_storage,
     is_streamed,
     take,
@@ -136,14 +136,7 @@ class GestureConfig:
             raise ValueError(f"probe_fraction must be in (0, 1), got {self.probe_fraction}")
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {self.benchmark!r}")
-        if self.storage not in STORAGE:
-            raise ValueError(f"storage must be one of {STORAGE}, got {self.storage!r}")
-        if not self.stream_above_gb > 0:
-            raise ValueError(f"stream_above_gb must be > 0, got {self.stream_above_gb}")
-        if self.loader_workers < -1:
-            raise ValueError(
-                f"loader_workers must be >= 0 (or -1: auto), got {self.loader_workers}"
-            )
+        check_storage(self.storage, self.stream_above_gb, self.loader_workers)
         if self.pose_norm not in ("none", "recording"):
             raise ValueError(f"pose_norm must be 'none' or 'recording', got {self.pose_norm!r}")
 

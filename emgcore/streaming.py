@@ -281,6 +281,17 @@ def is_streamed(x: Any) -> bool:
     return isinstance(x, WindowArray)
 
 
+def check_storage(storage: str, stream_above_gb: float, loader_workers: int) -> None:
+    """The storage settings of a data config (``GestureConfig``, ``PoseDataConfig``); a bad
+    one raises ValueError naming it."""
+    if storage not in STORAGE:
+        raise ValueError(f"storage must be one of {STORAGE}, got {storage!r}")
+    if not stream_above_gb > 0:
+        raise ValueError(f"stream_above_gb must be > 0, got {stream_above_gb}")
+    if loader_workers < -1:
+        raise ValueError(f"loader_workers must be >= 0 (or -1: auto), got {loader_workers}")
+
+
 def loader_workers(requested: int, device: str | torch.device) -> int:
     """Loader processes for streamed training windows: ``requested`` when it is ``>= 0``, else
     none on a CPU (the step and the reads share its cores) and 6 with a GPU: the paper-size

@@ -72,9 +72,9 @@ from emgcore.preprocessing import BandPass, KinematicsLowPass, MedianL2, Pipelin
 from emgcore.recording import ChannelLayout, Recording, require_samples
 from emgcore.splits import catalog, cross_user
 from emgcore.streaming import (
-    STORAGE,
     WindowArray,
     Windows,
+    check_storage,
     choose_storage,
     is_streamed,
     loader_workers,
@@ -106,14 +106,7 @@ class PoseDataConfig:
     def __post_init__(self) -> None:
         if self.norm not in ("median_l2", "none"):
             raise ValueError(f"norm must be 'median_l2' or 'none', got {self.norm!r}")
-        if self.storage not in STORAGE:
-            raise ValueError(f"storage must be one of {STORAGE}, got {self.storage!r}")
-        if not self.stream_above_gb > 0:
-            raise ValueError(f"stream_above_gb must be > 0, got {self.stream_above_gb}")
-        if self.loader_workers < -1:
-            raise ValueError(
-                f"loader_workers must be >= 0 (or -1: auto), got {self.loader_workers}"
-            )
+        check_storage(self.storage, self.stream_above_gb, self.loader_workers)
 
     def pipeline(self, fs: float) -> Pipeline:
         low, high = self.band_hz

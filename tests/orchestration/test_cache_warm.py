@@ -22,7 +22,7 @@ def local_ray():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    tmp = tempfile.mkdtemp(prefix="/tmp/rw")  # short: Ray's socket paths have a length limit
+    tmp = tempfile.mkdtemp(prefix="rw")  # short (the temp root): Ray's socket paths have a limit
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     try:
         yield

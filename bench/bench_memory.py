@@ -8,7 +8,6 @@ the baseline of reading the same files eagerly (the size of the data a naive loa
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ def iterate(root: str, cache: str) -> None:
 
     from emgcore.data import load_emg2pose
     from emgcore.preprocessing import Pipeline
+    from emgcore.streaming import peak_rss
     from emgcore.windows import RecordingCache, WindowDataset
 
     t0 = time.perf_counter()
@@ -62,7 +62,7 @@ def iterate(root: str, cache: str) -> None:
     n = 0
     for batch in DataLoader(ds, batch_size=64, shuffle=True):
         n += len(batch["emg"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(f"{n} {peak} {time.perf_counter() - t0:.1f}")
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -156,7 +155,7 @@ def worker(folder: str, cache: str, storage: str, steps: int, evaluate: bool) ->
 
     from emgcore.gestures import GestureConfig, gesture_splits
     from emgcore.models.mae import MAEConfig, train_mae
-    from emgcore.streaming import take
+    from emgcore.streaming import peak_rss, take
     from emgcore.training import batched
     from emgcore.windows import RecordingCache
 
@@ -177,7 +176,7 @@ def worker(folder: str, cache: str, storage: str, steps: int, evaluate: bool) ->
     print(
         json.dumps(
             {
-                "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "peak": peak_rss(),
                 "split_s": t_split,
                 "train_s": t_train,
                 "samples": steps * BATCH,

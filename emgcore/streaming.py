@@ -314,3 +314,25 @@ def choose_storage(nbytes: int, storage: str, stream_above_gb: float) -> tuple[s
     chosen = "stream" if nbytes > stream_above_gb * 2**30 else "memory"
     rel = ">" if chosen == "stream" else "<="
     return chosen, f"{chosen} ({size} {rel} stream_above_gb {stream_above_gb:g})"
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (``VmHWM``: its own address space's).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries that over ``fork`` and ``exec`` from the
+    parent, so a worker started by a process that once held 2 GB reports 2 GB however little it
+    used itself (what failed the memory-limit test in CI). Falls back to ``ru_maxrss`` where
+    there is no ``/proc`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

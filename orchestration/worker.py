@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import signal
 import statistics
 import tempfile
@@ -40,6 +39,7 @@ import torch
 from emgcore.config import flatten, load_yaml, override, resolve_config
 from emgcore.distributed import DataParallel
 from emgcore.methods.base import Method, Registration, TrialSetup, seed_tags
+from emgcore.streaming import peak_rss
 from emgcore.training import EpochHook
 from orchestration import launch, tracking
 
@@ -262,8 +262,8 @@ class TrialRun:
         """What this worker's trial cost: the median epoch's wall time (s, hooks included) and
         the median epoch's training samples per second (all workers' samples over the epoch's
         wall time) and the process's peak resident memory (MiB, imports and data included;
-        Linux reports ``ru_maxrss`` in KiB), which the nightly compares night to night."""
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        :func:`emgcore.streaming.peak_rss`), which the nightly compares night to night."""
+        peak = peak_rss() / 2**20
         median = statistics.median(self.epoch_s) if self.epoch_s else math.nan
         rate = statistics.median(self.samples_s) if self.samples_s else math.nan
         return {"epoch_s_median": median, "samples_s_median": rate, "peak_rss_mb": float(peak)}

@@ -328,10 +328,10 @@ def test_two_workers_reading_the_same_cache_hold_no_copy_of_it(tmp_path) -> None
 
 
 _TRAINER = """
-import pathlib, resource, sys
+import pathlib, sys
 import numpy as np
 from emgcore.models.mae import MAEConfig, train_mae
-from emgcore.streaming import WindowArray, take
+from emgcore.streaming import WindowArray, peak_rss, take
 from emgcore.training import channel_stats
 from emgcore.windows import RecordingCache
 
@@ -346,7 +346,7 @@ mean, std = channel_stats(x)  # one pass over every window
 pick = np.random.default_rng(0).choice(len(x), 128, replace=False)  # spread over the whole set
 cfg = MAEConfig(patch=200, dim=32, depth=1, decoder_depth=1, heads=2, epochs=1, batch_size=16)
 _, fit = train_mae(cfg, take(x, pick), rotate=True)
-print("trained", len(x), fit.steps, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print("trained", len(x), fit.steps, peak_rss())
 """
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,35 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on every interface, outside the kernel's ephemeral range and Ray's worker
+    ports (10002-19999), not given out before by this process.
+
+    Not the kernel's pick (bind to port 0): that is an ephemeral port, which any process that
+    connects somewhere may be handed next. Ray's own processes open dozens of connections while a
+    node starts, and one took the dashboard agent's port in CI, so every job submission answered
+    "No available agent".
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        port = rng.randrange(20000, max(low, 20001))
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port between 20000 and {low}")
 
 
 def _children() -> dict[int, list[int]]:

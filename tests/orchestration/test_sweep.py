@@ -1037,7 +1037,6 @@ def test_mlflow_ui_shows_the_sweep_in_headless_chromium(job, tmp_path):
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.orchestration.test_tracking import _free_port as free_port
     from tests.orchestration.test_tracking import start_server, stop_server
 
     _, _exp, runs = _runs(job["uri"])

@@ -6,7 +6,6 @@ import contextlib
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from emgcore.config import PARAM_MAX, flatten
 from emgcore.methods.kinembed import DecodingPipeline, ExperimentConfig
 from emgcore.models.kinembed import KinEmbedConfig
 from orchestration import tracking
+from tests.orchestration.processes import free_port
 
 pytestmark = pytest.mark.mlflow
 
@@ -39,7 +39,7 @@ def test_flatten_gives_dotted_keys_and_caps_length():
 
 
 def test_unreachable_server_is_one_clear_line():
-    port = _free_port()
+    port = free_port()
     t0 = time.perf_counter()
     with pytest.raises(tracking.TrackingUnavailable) as err:
         tracking.check_reachable(f"http://127.0.0.1:{port}")
@@ -222,12 +222,6 @@ def test_champion_moves_only_on_improvement_and_loads(tmp_path):
     assert version(9, 0.6123456789, recorded) == ("9", False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(db: str, artifacts: str, port: int) -> subprocess.Popen:
     """``mlflow server`` on 127.0.0.1:port over ``db`` (a SQLite file, or a database URI), with
     proxied artifacts in ``artifacts``; returned once /health answers."""
@@ -279,7 +273,7 @@ def test_short_outage_is_retried_and_loses_no_metrics(tmp_path, monkeypatch):
     # MLflow's own HTTP retries off: the backoff under test is ours
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    port = _free_port()
+    port = free_port()
     db, art = str(tmp_path / "m.db"), str(tmp_path / "art")
     server = start_server(db, art, port)
     uri = f"http://127.0.0.1:{port}"

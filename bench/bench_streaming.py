@@ -163,6 +163,7 @@ def worker(folder: str, cache: str, storage: str, steps: int, evaluate: bool) ->
     cfg = GestureConfig(tune_users=1, storage=storage)
     splits = gesture_splits(_recordings(folder), cfg, RecordingCache(cache))
     t_split = time.perf_counter() - t0
+    peak_split = peak_rss()
     pre = splits["pretrain"]
     # the same windows on every set and path: steps x batch drawn from the whole pre-training set
     pick = np.sort(np.random.default_rng(0).choice(len(pre), steps * BATCH, replace=False))
@@ -170,6 +171,7 @@ def worker(folder: str, cache: str, storage: str, steps: int, evaluate: bool) ->
     t1 = time.perf_counter()
     model, _ = train_mae(MAEConfig(batch_size=BATCH, **MAE), x, rotate=True, ring=pre.ring)
     t_train = time.perf_counter() - t1
+    peak_train = peak_rss()
     n_eval = 0
     if evaluate:  # embeddings of every evaluation window, streamed in batches
         n_eval = len(batched(model.encoder.summary, splits["eval"].emg, 64))
@@ -177,6 +179,8 @@ def worker(folder: str, cache: str, storage: str, steps: int, evaluate: bool) ->
         json.dumps(
             {
                 "peak": peak_rss(),
+                "peak_split": peak_split,
+                "peak_train": peak_train,
                 "split_s": t_split,
                 "train_s": t_train,
                 "samples": steps * BATCH,
@@ -192,8 +196,12 @@ def worker(folder: str, cache: str, storage: str, steps: int, evaluate: bool) ->
 
 def run_worker(folder: Path, cache: Path, storage: str, steps: int, evaluate: bool) -> dict:
     args = [sys.executable, __file__, "--worker", str(folder), str(cache), storage, str(steps)]
+    # glibc's dynamic mmap threshold makes a worker's peak bimodal (630 or 696 MB on the same
+    # inputs, by what it freed first); a fixed threshold returns every large buffer on free, so
+    # the peak is the live data's, the same run to run
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run(
-        [*args, "1" if evaluate else "0"], capture_output=True, text=True, check=False
+        [*args, "1" if evaluate else "0"], capture_output=True, text=True, check=False, env=env
     )
     if out.returncode:
         raise SystemExit(f"worker failed:\n{out.stderr[-3000:]}")

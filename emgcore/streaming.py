@@ -215,6 +215,11 @@ class WindowArray:
         direct = cols is None and source.dtype == out.dtype
         buf = None if direct else np.empty((span, *source.shape[1:]), source.dtype)
         fd = os.open(source.path, os.O_RDONLY)
+        # no read-ahead: a window is read whole, and the next one wanted is anywhere in the set,
+        # so the pages the kernel would read after it are IO spent for nothing (many times a
+        # window on network storage with a large read-ahead)
+        if hasattr(os, "posix_fadvise"):  # Linux; macOS has none
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         try:
             for j in run.tolist():
                 if direct:

@@ -644,6 +644,30 @@ def simulate_recording(
     )
 
 
+def muscle_activation(
+    cfg: SimConfig | str, subject: int, session: int, stage: str | None = None
+) -> np.ndarray:
+    """The true activation ``(T, M)`` of the :data:`MUSCLES` behind one recording, in [0, 1],
+    on the recording's own clock (``T`` = its samples at ``cfg.fs``).
+
+    The excitation :func:`simulate_recording` drives its motor units with (stage 2: tonic,
+    phasic, co-contraction, 40 ms activation dynamics), recomputed from the same random streams
+    without the motor units, so it is exact and cheap: ground truth for onset detectors and
+    contraction tokenizers. At rest it sits at about 0.02 (the resting drive).
+    """
+    cfg = preset(cfg) if isinstance(cfg, str) else cfg
+    stage_idx = -1 if stage is None else list(STAGES).index(stage)
+    user_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, 7]))
+    rec_rng = np.random.default_rng(
+        np.random.SeedSequence([cfg.seed, subject, session, stage_idx + 1, 13])
+    )
+    anat = _anatomy(cfg, user_rng)  # the same draws, in the same order, as simulate_recording
+    s, _, _ = _trajectory(cfg, rec_rng, stage)
+    exc = _excitation(s, anat.drive, rec_rng)
+    out_t = np.arange(round(cfg.duration_s * cfg.fs)) / cfg.fs
+    return _interp_rows(out_t, np.arange(len(s)) / CONTROL_FS, exc).astype(np.float32)
+
+
 def simulate(cfg: SimConfig | str, subjects: Sequence[int] | None = None) -> list[Recording]:
     """Every recording of a simulated dataset (or of the given subject indices)."""
     cfg = preset(cfg) if isinstance(cfg, str) else cfg

@@ -1,0 +1,360 @@
+"""AEMG's networks: the Neuro-Syntax Transformer (NST), the vector-quantised neural codebook and
+masked token modelling (MTM).
+
+Source: AEMG (papers/aemg.txt; notes/aemg.md, stages 3-5). Input is a batch of *sentences*:
+``values (B, S, C, L)`` (``S`` contraction tokens of ``C`` channels of the common topology and at
+most ``L`` samples, :mod:`emgcore.contractions`), ``length (B, S)`` each token's valid samples
+(0 for a padding token), ``phase (B, S)`` (:data:`~emgcore.contractions.PHASES`) and
+``position (B, C, P)`` the source electrodes' position features of each channel
+(:mod:`emgcore.topology`; the spatial condition).
+
+* **NST** (stage 3): per token a 1-D convolution over time (channels in, ``dim`` out) and GELU,
+  averaged over the token's valid time steps; plus a spatial condition (a linear map of the
+  sentence's electrode-position features), a phase embedding and a sinusoidal order embedding;
+  then pre-LN Transformer blocks (:mod:`emgcore.models.transformer`).
+* **VQ** (stage 4): the NST's outputs, projected to ``code_dim`` and L2-normalised, are matched to
+  the nearest L2-normalised code (cosine); a decoder reconstructs the token sentence from the
+  codes. Loss = reconstruction MSE + ``beta * ||l2(z) - sg(code)||^2`` (commitment); the codebook
+  term ``||sg(l2(z)) - code||^2`` is minimised by its exponential-moving-average solution (the
+  paper's "codebook updated by EMA"), not by gradient.
+* **MTM** (stage 5): a fresh NST whose input embeddings of masked tokens are replaced by a learned
+  mask embedding (the conditions stay: the model knows where and which phase the hidden token
+  is) predicts each masked token's code index from the frozen VQ tokenizer; cross-entropy.
+
+Choices the paper leaves open, and the released code's defects we do not repeat:
+
+* *Padding is masked everywhere* (the released code attends to it, reconstructs it, masks it and
+  pools it): padded samples are zeroed before the convolution and excluded from its average;
+  padding tokens are never attended to (each token may always attend to itself, so a
+  sentence of padding stays finite), never enter a loss, are never mask targets, are not
+  counted in the codebook's EMA statistics, and are not pooled.
+* *Straight-through gradient* ``z_q = z + sg(code - z)`` (the released code has none, so the
+  reconstruction never reached the encoder).
+* *EMA* with decay ``ema_decay`` (0.99, LaBraM's) on the sums of assigned unit latents; a code
+  is its sum's direction. *Initialisation*: the first training batch's latents, sampled (the
+  paper is silent; random unit vectors collapsed onto one code in our tests, and k-means, as
+  SoundStream does, costs a pass for little more). *Dead codes*: a code whose EMA assignment
+  count falls below ``dead_code_threshold`` (5%) of the mean is re-seeded with a random real
+  latent of the batch. Under data parallelism the batch statistics are summed over workers
+  first, so every worker's codebook stays identical.
+* *Commitment weight* ``beta = 0.25`` (VQ-VAE's), not the 1 the paper's unweighted sum implies:
+  at 1 the commitment pulled every latent onto the first code they shared before the
+  reconstruction could separate them (our pre-training test collapsed to one code).
+* *Convolution*: kernel 7, stride 1, ``same`` padding (the paper: "1-D convolution + GELU"; the
+  token's time axis then pools by the masked average).
+* *Mask ratio* 0.5 of each sentence's real tokens (the released code's 50%), at least one.
+* Own VQ, not ``vector-quantize-pytorch``: the EMA statistics must skip padding and be summed over
+  Train workers, and per-epoch usage (perplexity, dead codes) is read from the same counts; the
+  quantiser is 60 lines tested here, the library would add ``einops``/``einx`` and its own
+  distributed and masking conventions for the same few operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from emgcore.contractions import PHASES
+from emgcore.models.transformer import Block, init_weights, sincos_1d
+
+
+@dataclass(frozen=True)
+class AEMGConfig:
+    """Sizes of the NST, codebook and MTM. Defaults: the paper's Base (width 256, depth 6, 8
+    heads; 8192 codes of width 256); :meth:`small` is this machine's."""
+
+    channels: int = 16  # C: the common topology's channels (the released code's 16)
+    token_len: int = 200  # L: samples of the longest token (1 s at 200 Hz)
+    sentence: int = 16  # S: tokens per sentence
+    position_features: int = 4  # P: per-channel electrode-position features (emgcore.topology)
+    dim: int = 256
+    depth: int = 6
+    heads: int = 8
+    decoder_depth: int = 2  # the VQ's sentence decoder (paper silent)
+    kernel: int = 7  # token embedding convolution (paper silent)
+    codebook_size: int = 8192
+    code_dim: int = 256
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 0.05  # re-seed a code below this share of the mean EMA count
+    beta: float = 0.25  # commitment weight
+    mask_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads or self.dim % 2:
+            raise ValueError(f"dim {self.dim} must be even and divisible by heads {self.heads}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    @classmethod
+    def small(cls, **overrides) -> AEMGConfig:
+        """Width 64, depth 2, 4 heads, 512 codes of width 32: a CPU-sized AEMG."""
+        base = dict(dim=64, depth=2, heads=4, decoder_depth=1, codebook_size=512, code_dim=32)
+        return cls(**(base | overrides))
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def valid_tokens(length: Tensor) -> Tensor:
+    """``(B, S)`` bool: the real (non-padding) tokens of a batch of sentences."""
+    return length > 0
+
+
+def _attention_mask(valid: Tensor) -> Tensor:
+    """``(B, 1, S, S)`` bool, True = may attend: every real key, and each token itself."""
+    s = valid.shape[1]
+    eye = torch.eye(s, dtype=torch.bool, device=valid.device)
+    return valid[:, None, None, :] | eye
+
+
+def masked_mean(x: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``x (B, S, d)`` over the ``valid (B, S)`` positions: ``(B, d)`` (zeros where a
+    row has none)."""
+    w = valid.to(x.dtype)[..., None]
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class TokenEmbedding(nn.Module):
+    """``values (B, S, C, L)``, ``length (B, S)`` -> ``(B, S, dim)``: Conv1d over time, GELU,
+    average over the token's valid time steps (padded samples zeroed first, so they reach
+    nothing)."""
+
+    def __init__(self, cfg: AEMGConfig):
+        super().__init__()
+        self.conv = nn.Conv1d(cfg.channels, cfg.dim, cfg.kernel, padding="same")
+
+    def forward(self, values: Tensor, length: Tensor) -> Tensor:
+        b, s, c, n = values.shape
+        t = torch.arange(n, device=values.device)
+        in_token = (t < length[..., None]).to(values.dtype)  # (B, S, L)
+        x = (values * in_token[:, :, None, :]).reshape(b * s, c, n)
+        h = F.gelu(self.conv(x)).reshape(b, s, -1, n)  # (B, S, dim, L)
+        w = in_token[:, :, None, :]
+        return (h * w).sum(-1) / w.sum(-1).clamp_min(1.0)
+
+
+class NST(nn.Module):
+    """Neuro-Syntax Transformer: token embedding + spatial, phase and order conditions, then
+    Transformer blocks. ``forward(values, length, phase, position, mask=None) -> (B, S, dim)``;
+    ``mask (B, S)`` bool replaces those tokens' embeddings by the learned mask embedding (MTM).
+    Outputs at padding positions are defined (finite) but meaningless."""
+
+    def __init__(self, cfg: AEMGConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = TokenEmbedding(cfg)
+        self.spatial = nn.Linear(cfg.channels * cfg.position_features, cfg.dim)
+        self.phase = nn.Embedding(len(PHASES), cfg.dim)
+        self.register_buffer("order", sincos_1d(cfg.sentence, cfg.dim), persistent=False)
+        self.mask_token = nn.Parameter(torch.zeros(cfg.dim))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        init_weights(self)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(
+        self,
+        values: Tensor,
+        length: Tensor,
+        phase: Tensor,
+        position: Tensor,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        valid = valid_tokens(length)
+        x = self.embed(values, length)
+        if mask is not None:
+            x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        s = values.shape[1]
+        cond = self.spatial(position.flatten(1))[:, None, :] + self.phase(phase.long())
+        x = x + cond + self.order[:s]
+        attn = _attention_mask(valid)
+        for blk in self.blocks:
+            x = blk(x, attn)
+        return self.norm(x)
+
+
+class NormEMACodebook(nn.Module):
+    """L2-normalised codebook ``(K, D)`` updated by EMA, with dead-code re-seeding.
+
+    ``forward(z (N, D)) -> (z_q, index, commit)``: ``z`` is L2-normalised, matched to the code of
+    largest cosine, ``z_q`` is the straight-through ``l2(z) + sg(code - l2(z))``, ``commit`` the
+    mean ``||l2(z) - sg(code)||^2``. :meth:`update` (training only) folds a batch's assignments
+    into the EMA statistics; usage counts since :meth:`reset_usage` give :meth:`usage`.
+    """
+
+    def __init__(self, size: int, dim: int, decay: float, dead_threshold: float):
+        super().__init__()
+        self.decay, self.dead_threshold = decay, dead_threshold
+        codes = F.normalize(torch.randn(size, dim), dim=-1)
+        self.register_buffer("codes", codes)
+        self.register_buffer("ema_count", torch.ones(size))
+        self.register_buffer("ema_sum", codes.clone())
+        self.register_buffer("used", torch.zeros(size))  # assignments since reset_usage()
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        z = F.normalize(z.float(), dim=-1)
+        index = (z @ self.codes.T).argmax(-1)
+        code = self.codes[index]
+        commit = (z - code).pow(2).sum(-1)
+        return z + (code - z).detach(), index, commit
+
+    @torch.no_grad()
+    def update(self, z: Tensor, index: Tensor) -> None:
+        """EMA step on the batch's latents ``z (N, D)`` (real tokens only) and their
+        ``index (N,)``; statistics summed over data-parallel workers when there are several.
+
+        The first call instead initialises every code to a random latent of the batch (random
+        unit vectors collapse: the first batch's latents all fall nearest one of them), each
+        with an equal share of the batch's count."""
+        z = F.normalize(z.detach().float(), dim=-1)
+        count = torch.bincount(index, minlength=len(self.codes)).float()
+        total = torch.zeros_like(self.ema_sum).index_add_(0, index, z)
+        if _distributed():
+            torch.distributed.all_reduce(count)
+            torch.distributed.all_reduce(total)
+        if not self.initialised:
+            share = max(float(count.sum()), 1.0) / len(self.codes)
+            self._reseed(z, torch.ones_like(self.ema_count, dtype=torch.bool), share)
+            self.initialised.fill_(True)
+            return
+        self.used += count
+        self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(total, alpha=1 - self.decay)
+        self.codes.copy_(F.normalize(self.ema_sum, dim=-1))
+        # dead: fewer assignments (EMA) than dead_threshold x the uniform share
+        dead = self.ema_count < self.dead_threshold * self.ema_count.mean()
+        if dead.any():  # the same on every worker: the statistics are shared
+            self._reseed(z, dead, float(self.ema_count.mean()))
+
+    def _reseed(self, z: Tensor, which: Tensor, count: float) -> None:
+        """Codes ``which`` become random batch latents (random unit vectors if this worker has
+        none) with EMA count ``count``; rank 0's draw is broadcast, so every worker's codebook
+        stays identical under data parallelism."""
+        n = int(which.sum())
+        g = torch.Generator(device="cpu").manual_seed(int(self.used.sum().item()) % 2**31)
+        if len(z):
+            seed = z[torch.randint(len(z), (n,), generator=g).to(z.device)]
+        else:
+            seed = F.normalize(torch.randn(n, self.codes.shape[1], generator=g), dim=-1)
+            seed = seed.to(self.codes.device)
+        if _distributed():
+            torch.distributed.broadcast(seed, 0)
+        self.codes[which] = seed
+        self.ema_count[which] = count
+        self.ema_sum[which] = seed * count
+
+    def reset_usage(self) -> None:
+        self.used.zero_()
+
+    def usage(self) -> dict[str, float]:
+        """Codebook usage since :meth:`reset_usage`: ``perplexity`` (exp of the entropy of the
+        assignment distribution; ``K`` when uniform, 1 when one code takes all) and
+        ``dead_codes`` (codes never assigned)."""
+        total = self.used.sum()
+        if total == 0:
+            return {"perplexity": 0.0, "dead_codes": float(len(self.used))}
+        p = self.used / total
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        return {"perplexity": float(entropy.exp()), "dead_codes": float((self.used == 0).sum())}
+
+
+class VQTokenizer(nn.Module):
+    """Stage 4: NST encoder, normalised EMA codebook and a sentence decoder that reconstructs
+    every real token's ``(C, L)`` values from the codes. :meth:`loss` returns the training loss
+    and its parts; :meth:`codes` the code index of every token (``-1`` at padding)."""
+
+    def __init__(self, cfg: AEMGConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = NST(cfg)
+        self.to_code = nn.Linear(cfg.dim, cfg.code_dim)
+        self.codebook = NormEMACodebook(
+            cfg.codebook_size, cfg.code_dim, cfg.ema_decay, cfg.dead_code_threshold
+        )
+        self.from_code = nn.Linear(cfg.code_dim, cfg.dim)
+        self.decoder = nn.ModuleList(Block(cfg.dim, cfg.heads) for _ in range(cfg.decoder_depth))
+        self.out = nn.Linear(cfg.dim, cfg.channels * cfg.token_len)
+        init_weights(self.to_code)
+        init_weights(self.decoder)
+
+    def _quantise(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        z = self.to_code(
+            self.encoder(batch["values"], batch["length"], batch["phase"], batch["position"])
+        )
+        zq, index, commit = self.codebook(z)
+        return z, zq, index, commit
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Reconstruction MSE (real samples of real tokens) + ``beta`` x commitment (real
+        tokens); in training mode also the codebook's EMA step."""
+        values, length = batch["values"], batch["length"]
+        valid = valid_tokens(length)
+        z, zq, index, commit = self._quantise(batch)
+        if self.training:
+            self.codebook.update(z[valid], index[valid])
+        h = self.from_code(zq)
+        attn = _attention_mask(valid)
+        for blk in self.decoder:
+            h = blk(h, attn)
+        b, s, c, n = values.shape
+        rec = self.out(h).view(b, s, c, n)
+        t = torch.arange(n, device=values.device)
+        w = (t < length[..., None]).to(rec.dtype)[:, :, None, :].expand_as(rec)
+        mse = ((rec - values).pow(2) * w).sum() / w.sum().clamp_min(1.0)
+        commit = (commit * valid).sum() / valid.sum().clamp_min(1)
+        loss = mse + self.cfg.beta * commit
+        return loss, {"reconstruction": mse.item(), "commitment": commit.item()}
+
+    @torch.no_grad()
+    def codes(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(B, S)`` int64 code index of every token, ``-1`` at padding."""
+        _, _, index, _ = self._quantise(batch)
+        return torch.where(valid_tokens(batch["length"]), index, -1)
+
+
+def mask_tokens(length: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+    """``(B, S)`` bool: ``ceil(ratio * n)`` of each sentence's ``n`` real tokens (at least one
+    where ``n > 0``), uniformly at random; never a padding token."""
+    valid = valid_tokens(length)
+    score = torch.rand(length.shape, generator=generator).to(length.device)
+    score = torch.where(valid, score, torch.inf)
+    rank = score.argsort(1).argsort(1)  # each token's rank among its sentence's
+    n_mask = (valid.sum(1, keepdim=True) * ratio).ceil().clamp_min(1)
+    return (rank < n_mask) & valid
+
+
+class MaskedTokenModel(nn.Module):
+    """Stage 5: an NST and a head over the codebook; :meth:`loss` hides tokens and predicts their
+    codes from the frozen tokenizer's ``targets (B, S)``; :meth:`embed` is the downstream
+    encoder's pooled embedding ``(B, dim)`` (mean over real tokens)."""
+
+    def __init__(self, cfg: AEMGConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = NST(cfg)
+        self.head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.codebook_size))
+
+    def loss(
+        self, batch: dict[str, Tensor], targets: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy on the masked real tokens; ``masked_accuracy`` their top-1 accuracy."""
+        mask = mask_tokens(batch["length"], self.cfg.mask_ratio, generator)
+        h = self.encoder(
+            batch["values"], batch["length"], batch["phase"], batch["position"], mask=mask
+        )
+        logits = self.head(h[mask])
+        target = targets[mask]
+        loss = F.cross_entropy(logits.float(), target)
+        acc = (logits.argmax(-1) == target).float().mean()
+        return loss, {"masked_accuracy": acc.item()}
+
+    def embed(self, batch: dict[str, Tensor]) -> Tensor:
+        h = self.encoder(batch["values"], batch["length"], batch["phase"], batch["position"])
+        return masked_mean(h, valid_tokens(batch["length"]))

@@ -306,3 +306,99 @@ def reference_events(emg: np.ndarray, fs: float) -> np.ndarray:
     off = np.asarray(info["EMG_Offsets"], np.int64)
     n = min(len(on), len(off))  # a contraction still running at the end has no offset
     return np.stack([on[:n], off[:n]], axis=1)
+
+
+@dataclass(frozen=True)
+class SentenceSet:
+    """Every sentence of a set of recordings in AEMG's common input space.
+
+    ``values (N, S, C, L)`` float32 (zero padding), ``length (N, S)`` real samples per token (0
+    for padding tokens), ``phase (N, S)`` int8, ``position (N, C, P)`` float32 (the spatial
+    condition, :func:`emgcore.topology.topology_map`), ``label (N,)`` int64 the most common
+    label at the sentence's token centres (``-1`` without labels), ``subject (N,)`` and
+    ``session (N,)`` str, ``recording (N,)`` the index of the recording it came from.
+    """
+
+    values: np.ndarray
+    length: np.ndarray
+    phase: np.ndarray
+    position: np.ndarray
+    label: np.ndarray
+    subject: np.ndarray
+    session: np.ndarray
+    recording: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def take(self, idx: np.ndarray) -> SentenceSet:
+        """The sentences ``idx`` (a boolean mask or indices)."""
+        return SentenceSet(*(np.asarray(getattr(self, f))[idx] for f in self.__dataclass_fields__))
+
+
+def sentence_set(
+    recordings: Sequence, cfg: TokenizerConfig, label: str | None = "gesture"
+) -> SentenceSet:
+    """Calibrate, tokenize and group ``recordings`` (:class:`~emgcore.recording.Recording`,
+    band-passed by the caller) into sentences (AEMG stages 1-2).
+
+    Each recording is mapped onto the common topology at the common rate
+    (:func:`emgcore.topology.calibrate`); the contraction threshold is set per *session* (one
+    subject's recordings with one electrode placement: the released code's unit is a recording,
+    but a data set like myoarmband stores each 5-s gesture hold as its own file, whose quietest
+    span is no rest; the session's neutral files are); each recording's tokens are cut into
+    sentences of ``cfg.sentence_tokens``, never across recordings.
+    """
+    from emgcore.topology import COMMON_FS, calibrate
+
+    fs = COMMON_FS
+    w, st = cfg.samples(cfg.window_s, fs), cfg.samples(cfg.stride_s, fs)
+    s_tok = cfg.sentence_tokens
+    mapped = [calibrate(rec) for rec in recordings]
+    sessions: dict[tuple[str, str], list[int]] = {}
+    for i, rec in enumerate(recordings):
+        sessions.setdefault((rec.subject, rec.session), []).append(i)
+    theta = np.zeros(len(recordings))
+    if cfg.kind == "nct":
+        for idx in sessions.values():
+            t = rest_threshold([window_energy(mapped[i][0], w, st) for i in idx], cfg)
+            theta[idx] = t
+    parts = []
+    for i, (rec, (emg, position)) in enumerate(zip(recordings, mapped, strict=True)):
+        tok = tokenize(emg, fs, theta[i], cfg)
+        if len(tok) == 0:
+            continue
+        sent = tok.sentences(s_tok)  # (n, S) token indices, -1 padding
+        real = sent >= 0
+        at = np.where(real, sent, 0)
+        values = np.where(real[:, :, None, None], tok.values[at], 0.0).astype(np.float32)
+        lab = np.full(len(sent), -1, np.int64)
+        if label is not None and label in rec.labels:
+            centre = (tok.start + tok.length // 2) * rec.fs / fs  # on the recording's clock
+            src = np.minimum(np.round(centre).astype(np.int64), rec.n_samples - 1)
+            tok_lab = np.asarray(rec.labels[label])[src][at]
+            lab = np.array([_mode(t[r]) for t, r in zip(tok_lab, real, strict=True)], np.int64)
+        parts.append(
+            (
+                values,
+                np.where(real, tok.length[at], 0),
+                np.where(real, tok.phase[at], 0).astype(np.int8),
+                np.repeat(position[None], len(sent), axis=0),
+                lab,
+                np.full(len(sent), rec.subject),
+                np.full(len(sent), rec.session),
+                np.full(len(sent), i),
+            )
+        )
+    if not parts:
+        raise InvalidValueError(
+            "no contraction found in any recording: lower tokenizer.threshold_k",
+            field="tokenizer.threshold_k",
+        )
+    return SentenceSet(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
+
+
+def _mode(x: np.ndarray) -> int:
+    """The most common value of ``x`` (the smallest of those tied)."""
+    vals, counts = np.unique(x, return_counts=True)
+    return int(vals[counts.argmax()])

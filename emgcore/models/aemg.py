@@ -51,13 +51,15 @@ Choices the paper leaves open, and the released code's defects we do not repeat:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emgcore.contractions import PHASES
+from emgcore.contractions import PHASES, SentenceSet
 from emgcore.models.transformer import Block, init_weights, sincos_1d
 
 
@@ -358,3 +360,86 @@ class MaskedTokenModel(nn.Module):
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
         h = self.encoder(batch["values"], batch["length"], batch["phase"], batch["position"])
         return masked_mean(h, valid_tokens(batch["length"]))
+
+
+def as_batch(
+    sentences: SentenceSet, idx: np.ndarray | None = None, device: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
+    """Tensors of a :class:`~emgcore.contractions.SentenceSet` (or its sentences ``idx``)."""
+    s = sentences if idx is None else sentences.take(idx)
+    return {
+        "values": torch.from_numpy(s.values).to(device),
+        "length": torch.from_numpy(s.length).to(device),
+        "phase": torch.from_numpy(s.phase.astype("int64")).to(device),
+        "position": torch.from_numpy(s.position).to(device),
+    }
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Optimisation of AEMG's two pre-training stages (the paper gives none of these; the
+    values are LaBraM's order of magnitude, searched by the sweep)."""
+
+    vq_epochs: int = 50
+    mtm_epochs: int = 50
+    batch_size: int = 64  # sentences
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    grad_clip: float = 3.0
+    seed: int = 0
+
+
+def pretrain(
+    sentences: SentenceSet,
+    cfg: AEMGConfig,
+    opt: PretrainConfig,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[VQTokenizer, MaskedTokenModel, list[dict[str, float]]]:
+    """AEMG stages 4 and 5 on a :class:`~emgcore.contractions.SentenceSet`: the VQ tokenizer
+    for ``opt.vq_epochs``, then (tokenizer frozen) the masked token model for
+    ``opt.mtm_epochs``. Returns both models and one record per epoch: ``stage``, ``epoch``,
+    the mean losses (``reconstruction``, ``commitment`` | ``mtm_loss``), ``masked_accuracy``,
+    and the codebook's ``perplexity`` and ``dead_codes`` over the epoch's assignments
+    (stage ``vq``) or targets (stage ``mtm``). ``log(record)`` is called after every epoch.
+    """
+    from emgcore.models.nn import seeded
+
+    history: list[dict[str, float]] = []
+    n = len(sentences)
+    with seeded(opt.seed) as g:
+        vq = VQTokenizer(cfg)
+        mtm = MaskedTokenModel(cfg)
+        for stage, model, epochs in (("vq", vq, opt.vq_epochs), ("mtm", mtm, opt.mtm_epochs)):
+            optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+            for epoch in range(epochs):
+                model.train()
+                vq.codebook.reset_usage()
+                sums: dict[str, float] = {}
+                order = torch.randperm(n, generator=g).numpy()
+                steps = 0
+                for i in range(0, n, opt.batch_size):
+                    b = as_batch(sentences, order[i : i + opt.batch_size])
+                    if stage == "vq":
+                        loss, parts = vq.loss(b)
+                    else:
+                        vq.eval()
+                        targets = vq.codes(b)
+                        real = targets[targets >= 0]
+                        vq.codebook.used += torch.bincount(real, minlength=cfg.codebook_size)
+                        loss, parts = mtm.loss(b, targets, g)
+                        parts = {"mtm_loss": loss.item(), **parts}
+                    optim.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+                    optim.step()
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    steps += 1
+                record = {"stage": stage, "epoch": epoch} | {k: v / steps for k, v in sums.items()}
+                record |= vq.codebook.usage()
+                history.append(record)
+                if log is not None:
+                    log(record)
+    vq.eval()
+    mtm.eval()
+    return vq, mtm, history

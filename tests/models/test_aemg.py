@@ -188,3 +188,28 @@ def test_pretraining_lowers_reconstruction_and_learns_to_predict_codes():
     majority = torch.bincount(targets.flatten()).max() / targets.numel()  # always the top code
     assert len(targets.unique()) >= 3  # the codebook is used, not collapsed
     assert mtm.loss(b, targets, g)[1]["masked_accuracy"] > majority + 0.2
+
+
+def test_pretraining_on_simulated_recordings_logs_every_epoch():
+    """Stages 1-5 end to end on two simulated myo-like recordings: sentences, both stages, one
+    record per epoch with the codebook's usage."""
+    from emgcore.contractions import TokenizerConfig, sentence_set
+    from emgcore.data.simulator import preset, simulate_recording
+    from emgcore.models.aemg import PretrainConfig, pretrain
+    from emgcore.preprocessing import BandPass
+
+    sim = preset("myo-like", duration_s=30.0)
+    recs = [BandPass().apply(simulate_recording(sim, s, 0)) for s in range(2)]
+    sentences = sentence_set(recs, TokenizerConfig(sentence_tokens=6))
+    assert sentences.values.shape[1:] == (6, 16, 200) and len(sentences) >= 4
+    assert (sentences.label >= 0).all() and set(sentences.subject) == {"s00", "s01"}
+    cfg = AEMGConfig.small(sentence=6, codebook_size=32, code_dim=8, dim=32, depth=1, heads=2)
+    seen = []
+    _, _, history = pretrain(
+        sentences, cfg, PretrainConfig(vq_epochs=2, mtm_epochs=2, batch_size=4), log=seen.append
+    )
+    assert seen == history and [h["stage"] for h in history] == ["vq", "vq", "mtm", "mtm"]
+    for h in history:
+        assert 1.0 <= h["perplexity"] <= 32 and 0 <= h["dead_codes"] < 32
+    assert {"reconstruction", "commitment"} <= history[0].keys()
+    assert {"mtm_loss", "masked_accuracy"} <= history[-1].keys()

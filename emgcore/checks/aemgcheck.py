@@ -1,0 +1,173 @@
+"""AEMG on real people: pre-training on several sources at once, then gesture recognition
+leave-one-subject-out on myoarmband's evaluation cohort, zero-shot and few-shot, against the
+same encoder untrained and the slicing ablation.
+
+Protocol (issue 21; notes/aemg.md for the paper's):
+
+* **Pre-training, no labels**: myoarmband's pre-training cohort (22 people, never the evaluation
+  cohort), flexemg (64-channel grid, 2 people) and simulator presets of other layouts (a 16-ring
+  at 2 kHz, a 110-electrode grid), each band-passed, calibrated into the common space (16-ring,
+  200 Hz) and tokenized (:func:`emgcore.contractions.sentence_set`).
+* **Evaluation**: myoarmband's evaluation cohort (18 people, 3 sessions of 28 five-second
+  gesture files each). The unit is a sentence (one gesture file's tokens), its label the
+  gesture. **Zero-shot LOSO**: a linear probe (:func:`emgcore.eval.probe.linear_probe`) on the
+  frozen pooled embeddings of 17 people, scored on the 18th (balanced accuracy; mean +- std
+  over people). **Few-shot**: a probe on ``X``% of the target person's own sentences only
+  (stratified by gesture), scored on the rest.
+* **Baselines on the same folds**: the same encoder untrained (random weights), and the slicing
+  ablation (``TokenizerConfig(kind="slice")``, everything else equal; its masked-token
+  accuracy beside NCT's). TD4 + LDA and the MAE are ``realcheck``'s, on 1-s windows.
+
+Choices: the probe is the project's linear probe (as ``realcheck`` scores the MAE), so
+"few-shot fine-tuning" here fits the classifier on the target's labelled share, with the
+pre-trained encoder frozen: fine-tuning the encoder per target person and fraction is 18 x 4
+training runs, out of a CPU check's reach. Target-only rather than target added to the 17
+others: pooled, the others' 17-fold majority outvotes a person whose gestures look unlike
+theirs, which is the case few-shot adaptation exists for.
+
+    python -m emgcore.checks.aemgcheck   # needs EMG_REAL_DATA (../shared/data)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from emgcore.contractions import SentenceSet, TokenizerConfig, sentence_set
+from emgcore.eval.probe import class_scores, linear_probe
+from emgcore.models.aemg import AEMGConfig, MaskedTokenModel, PretrainConfig, as_batch, pretrain
+from emgcore.preprocessing import BandPass
+from emgcore.recording import Recording
+
+FEW_SHOT = (0.05, 0.2, 0.4, 0.8)
+
+
+@dataclass(frozen=True)
+class AEMGCheckConfig:
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: AEMGConfig = field(default_factory=AEMGConfig.small)
+    pretrain: PretrainConfig = field(
+        default_factory=lambda: PretrainConfig(vq_epochs=15, mtm_epochs=15, batch_size=32, lr=1e-3)
+    )
+    simulated: tuple[str, ...] = ("db8-like", "grid110")  # presets of other layouts
+    seed: int = 0
+
+
+def embed(model: MaskedTokenModel, sentences: SentenceSet, batch: int = 256) -> np.ndarray:
+    """``(N, dim)`` pooled embeddings of every sentence, in batches."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sentences), batch):
+            idx = np.arange(i, min(i + batch, len(sentences)))
+            out.append(model.embed(as_batch(sentences, idx)).numpy())
+    return np.concatenate(out)
+
+
+def loso(
+    z: np.ndarray,
+    y: np.ndarray,
+    subject: np.ndarray,
+    n_classes: int,
+    fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Balanced accuracy per held-out person of a linear probe trained on the other people
+    (zero-shot), or, when ``fraction > 0``, on that share of the held-out person's own
+    sentences (stratified by class, at least one per class; few-shot), scored on the rest."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for person in np.unique(subject):
+        target = np.flatnonzero(subject == person)
+        seen = np.zeros(len(target), bool)
+        if fraction > 0:
+            for c in np.unique(y[target]):
+                ix = np.flatnonzero(y[target] == c)
+                k = max(1, round(fraction * len(ix)))
+                seen[rng.choice(ix, min(k, len(ix) - 1), replace=False)] = True
+        train = target[seen] if fraction > 0 else np.flatnonzero(subject != person)
+        test = target[~seen]
+        pred = linear_probe(z[train], y[train], z[test])
+        out[str(person)] = class_scores(y[test], pred, n_classes).balanced_accuracy
+    return out
+
+
+def _summary(scores: dict[str, float]) -> tuple[float, float]:
+    v = np.array(list(scores.values()))
+    return float(v.mean()), float(v.std())
+
+
+def run(
+    myo: Sequence[Recording],
+    flex: Sequence[Recording] = (),
+    cfg: AEMGCheckConfig = AEMGCheckConfig(),
+    log: Callable[..., None] = print,
+) -> dict:
+    """The whole protocol (module doc). Returns per-person scores, summaries and the
+    pre-training histories of NCT and the slicing ablation."""
+    from emgcore.data.simulator import preset, simulate
+
+    bp = BandPass()
+    pre = [bp.apply(r) for r in myo if r.subject.startswith("pre/")]
+    ev = [bp.apply(r) for r in myo if r.subject.startswith("eval/")]
+    if not pre or not ev:
+        raise ValueError("needs both myoarmband cohorts (PreTrainingDataset, EvaluationDataset)")
+    others = [bp.apply(r) for r in flex]
+    for name in cfg.simulated:
+        others += [bp.apply(r) for r in simulate(preset(name, duration_s=60.0), [0, 1])]
+    out: dict = {"scores": {}, "history": {}}
+    for kind in ("nct", "slice"):
+        tok = replace(cfg.tokenizer, kind=kind)
+        t0 = time.perf_counter()
+        train = [sentence_set(pre, tok), sentence_set(others, tok)]
+        train_set = SentenceSet(
+            *(
+                np.concatenate([getattr(s, f) for s in train])
+                for f in SentenceSet.__dataclass_fields__
+            )
+        )
+        eval_set = sentence_set(ev, tok)
+        model_cfg = replace(cfg.model, sentence=tok.sentence_tokens)
+        log(f"{kind}: {len(train_set)} pre-training sentences, {len(eval_set)} evaluation "
+            f"({time.perf_counter() - t0:.0f} s to tokenize)")  # fmt: skip
+        _, mtm, history = pretrain(
+            train_set, model_cfg, replace(cfg.pretrain, seed=cfg.seed), log=log
+        )
+        out["history"][kind] = history
+        n_cls = int(eval_set.label.max()) + 1
+        z = embed(mtm, eval_set)
+        out["scores"][f"{kind}_zero_shot"] = loso(z, eval_set.label, eval_set.subject, n_cls)
+        if kind == "nct":
+            for f in FEW_SHOT:
+                out["scores"][f"nct_few_shot_{round(f * 100)}"] = loso(
+                    z, eval_set.label, eval_set.subject, n_cls, f, cfg.seed
+                )
+            torch.manual_seed(cfg.seed)
+            z0 = embed(MaskedTokenModel(model_cfg), eval_set)
+            out["scores"]["untrained_zero_shot"] = loso(z0, eval_set.label, eval_set.subject, n_cls)
+    out["summary"] = {k: _summary(v) for k, v in out["scores"].items()}
+    out["masked_accuracy"] = {
+        k: h[-1].get("masked_accuracy", float("nan")) for k, h in out["history"].items()
+    }
+    return out
+
+
+def main() -> None:
+    import os
+    from pathlib import Path
+
+    from emgcore.data.real import REAL_DATA_ENV, load_flexemg, load_myoarmband
+
+    root = Path(os.environ.get(REAL_DATA_ENV, "../shared/data"))
+    res = run(load_myoarmband(root / "myoarmband"), load_flexemg(root / "flexemg"))
+    for k, (m, s) in res["summary"].items():
+        print(f"{k:>24}: balanced accuracy {m:.3f} +- {s:.3f}")
+    print("final masked-token accuracy:", res["masked_accuracy"])
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@
   (``AEMGConfig.small``) as the named baseline.
 * With a CUDA device, the same steps under bf16 autocast.
 
-    python bench/bench_aemg.py [--batch 32] [--threads 2]
+    python bench/bench_aemg.py [--batch 32] [--threads 2] [--gpu-only]
 """
 
 from __future__ import annotations
@@ -83,9 +83,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gpu-only", action="store_true", help="skip the CPU runs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     runs = [("Base", AEMGConfig(), "cpu", False), ("small", AEMGConfig.small(), "cpu", False)]
+    if args.gpu_only:
+        runs = []
     if torch.cuda.is_available():
         runs += [
             ("Base bf16", AEMGConfig(), "cuda", True),
@@ -102,8 +105,11 @@ def main() -> None:
             f"({tokens / t_vq:7.0f} tokens/s); MTM step {t_mtm * 1e3:7.0f} ms = "
             f"{args.batch / t_mtm:7.1f} sentences/s ({tokens / t_mtm:7.0f} tokens/s)"
         )
-    base, small = rate["Base"], rate["small"]
-    print(f"small / Base samples/s: VQ {small[0] / base[0]:.1f}x, MTM {small[1] / base[1]:.1f}x")
+    if "small" in rate:
+        base, small = rate["Base"], rate["small"]
+        print(
+            f"small / Base samples/s: VQ {small[0] / base[0]:.1f}x, MTM {small[1] / base[1]:.1f}x"
+        )
     if "Base bf16" in rate:
         bf, fp = rate["Base bf16"], rate["Base fp32"]
         print(f"GPU bf16 / fp32 samples/s: VQ {bf[0] / fp[0]:.2f}x, MTM {bf[1] / fp[1]:.2f}x")

@@ -27,9 +27,11 @@ Choices the paper leaves open (notes/aemg.md lists what it does say):
   released code's form, ``k`` searched. A *span*, not the quietest windows wherever they lie:
   those are the low tail of the rest distribution, whose mean and spread both understate rest
   (theta would fall inside the noise and every recording would be one long event).
-  *Per recording*, as the released code does, not pooled over a subject's sessions: electrodes
-  are re-placed and their noise changes between sessions, and on the simulator pooling a
-  subject's sessions lowered onset F1 from 0.87 to 0.53 (myo-like, 100 ms tolerance).
+  *Per session* (one electrode placement: the released code's recording, or all of a
+  session's files where a data set stores each gesture as one, :func:`sentence_set`), not
+  pooled over a subject's sessions: electrodes are re-placed and their noise changes between
+  sessions, and on the simulator pooling a subject's sessions lowered onset F1 from 0.87 to
+  0.53 (myo-like, 100 ms tolerance).
 * *Short detections and gaps.* Events shorter than ``min_event_s`` are dropped and gaps
   shorter than ``merge_gap_s`` are closed (noise crossings, and a contraction's own
   amplitude dips, would otherwise make many tokens of one contraction).

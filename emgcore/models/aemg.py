@@ -443,3 +443,58 @@ def pretrain(
     vq.eval()
     mtm.eval()
     return vq, mtm, history
+
+
+class GestureClassifier(nn.Module):
+    """Downstream: an NST (pre-trained or fresh), its pooled embedding and a linear head:
+    ``batch -> (B, n_classes)`` logits."""
+
+    def __init__(self, encoder: NST, n_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.cfg.dim, n_classes)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        h = self.encoder(batch["values"], batch["length"], batch["phase"], batch["position"])
+        return self.head(masked_mean(h, valid_tokens(batch["length"])))
+
+
+def fit_classifier(
+    encoder: NST,
+    sentences: SentenceSet,
+    n_classes: int,
+    epochs: int = 5,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    seed: int = 0,
+) -> GestureClassifier:
+    """Fine-tune ``encoder`` (a copy; pass a fresh :class:`NST` for a supervised network from
+    scratch) with a linear head on labelled ``sentences``: cross-entropy, AdamW, end to end."""
+    import copy
+
+    from emgcore.models.nn import seeded
+
+    with seeded(seed) as g:
+        model = GestureClassifier(copy.deepcopy(encoder), n_classes)
+        optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        y = torch.from_numpy(sentences.label)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(sentences), generator=g).numpy()
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                loss = F.cross_entropy(model(as_batch(sentences, idx)), y[idx])
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: GestureClassifier, sentences: SentenceSet, batch: int = 256) -> np.ndarray:
+    """``(N,)`` predicted class of every sentence."""
+    out = [
+        model(as_batch(sentences, np.arange(i, min(i + batch, len(sentences))))).argmax(-1)
+        for i in range(0, len(sentences), batch)
+    ]
+    return torch.cat(out).numpy()

@@ -35,7 +35,9 @@ def test_aemg_runs_end_to_end_on_myoarmband(real_data: Path) -> None:
     from emgcore.data import load_flexemg, load_myoarmband
     from emgcore.models.aemg import PretrainConfig
 
-    cfg = AEMGCheckConfig(pretrain=PretrainConfig(vq_epochs=1, mtm_epochs=1, batch_size=32))
+    cfg = AEMGCheckConfig(
+        pretrain=PretrainConfig(vq_epochs=1, mtm_epochs=1, batch_size=32), finetune=False
+    )
     res = run(load_myoarmband(real_data / "myoarmband"), load_flexemg(real_data / "flexemg"), cfg)
     assert len(res["scores"]["nct_zero_shot"]) == 18
     for mean, _ in res["summary"].values():

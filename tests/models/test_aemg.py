@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,3 +214,33 @@ def test_pretraining_on_simulated_recordings_logs_every_epoch():
         assert 1.0 <= h["perplexity"] <= 32 and 0 <= h["dead_codes"] < 32
     assert {"reconstruction", "commitment"} <= history[0].keys()
     assert {"mtm_loss", "masked_accuracy"} <= history[-1].keys()
+
+
+def test_fine_tuning_learns_the_gesture_and_leaves_the_given_encoder_alone():
+    from emgcore.contractions import SentenceSet
+    from emgcore.models.aemg import NST, fit_classifier, predict
+
+    cfg = AEMGConfig.small(channels=4, token_len=20, sentence=3, dim=32, depth=1, heads=2)
+    rng = np.random.default_rng(0)
+    n = 96
+    label = np.arange(n) % 3
+    t = np.linspace(0, 1, 20)
+    values = np.sin(2 * np.pi * (label[:, None, None, None] + 1) * t) * np.ones((n, 3, 4, 1))
+    values = (values + 0.3 * rng.standard_normal(values.shape)).astype(np.float32)
+    s = SentenceSet(
+        values=values,
+        length=np.full((n, 3), 20),
+        phase=np.zeros((n, 3), np.int8),
+        position=np.zeros((n, 4, 4), np.float32),
+        label=label,
+        subject=np.full(n, "a"),
+        session=np.full(n, "x"),
+        recording=np.arange(n),
+    )
+    torch.manual_seed(0)
+    encoder = NST(cfg)
+    before = [p.clone() for p in encoder.parameters()]
+    model = fit_classifier(encoder, s.take(np.arange(64)), 3, epochs=15, batch_size=16, lr=3e-3)
+    pred = predict(model, s.take(np.arange(64, n)))
+    assert (pred == label[64:]).mean() > 0.9
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))

@@ -141,30 +141,34 @@ def window_energy(emg: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 
 def rest_threshold(energies: np.ndarray | Sequence[np.ndarray], cfg: TokenizerConfig) -> float:
-    """A subject's ``theta``: ``mean + k * std`` of the window energies of its quietest
+    """A session's ``theta``: ``mean + k * std`` of the window energies of its quietest
     contiguous ``calibration_s`` (``energies``: the :func:`window_energy` of each of its
-    recordings, or of one). A recording shorter than the calibration span counts as one span.
-    Raises :class:`InvalidValueError` when there is no window at all."""
+    recordings, or of one). Only recordings holding a whole calibration span compete (a file of
+    a few windows would win on its mean and give a std of one or two windows); when none does,
+    the longest counts as one span. Raises :class:`InvalidValueError` when there is no window
+    at all."""
     if isinstance(energies, np.ndarray):
         energies = [energies]
     span = max(2, round((cfg.calibration_s - cfg.window_s) / cfg.stride_s) + 1)
-    best, best_mean = None, np.inf
-    for e in energies:
-        e = np.asarray(e, np.float64).ravel()
-        if e.size == 0:
-            continue
-        n = min(span, e.size)
-        cum = np.concatenate([[0.0], np.cumsum(e)])
-        means = (cum[n:] - cum[:-n]) / n  # mean energy of every span of n windows
-        i = int(np.argmin(means))
-        if means[i] < best_mean:
-            best, best_mean = e[i : i + n], means[i]
-    if best is None:
+    arrays = [np.asarray(e, np.float64).ravel() for e in energies]
+    arrays = [e for e in arrays if e.size]
+    if not arrays:
         raise InvalidValueError(
             "no window to calibrate the contraction threshold on: every recording is shorter "
             f"than one {cfg.window_s:g} s energy window",
             field="tokenizer.window_s",
         )
+    whole = [e for e in arrays if e.size >= span]
+    if not whole:
+        best = max(arrays, key=len)
+        return float(best.mean() + cfg.threshold_k * best.std())
+    best, best_mean = whole[0][:span], np.inf
+    for e in whole:
+        cum = np.concatenate([[0.0], np.cumsum(e)])
+        means = (cum[span:] - cum[:-span]) / span  # mean energy of every span of windows
+        i = int(np.argmin(means))
+        if means[i] < best_mean:
+            best, best_mean = e[i : i + span], means[i]
     return float(best.mean() + cfg.threshold_k * best.std())
 
 
@@ -194,10 +198,12 @@ def contraction_events(
 
 def fixed_slices(n_samples: int, fs: float, cfg: TokenizerConfig) -> np.ndarray:
     """The ablation's events: ``token_s`` slices every ``token_s`` over the whole recording,
-    ``(E, 2)`` ``[start, stop)``; the last partial slice kept (padded like any short token)."""
+    ``(E, 2)`` ``[start, stop)``; the last partial slice kept (padded like any short token)
+    when it spans ``min_event_s`` (a shorter tail, down to one sample, z-scores to nothing)."""
     size = cfg.samples(cfg.token_s, fs)
     on = np.arange(0, n_samples, size, dtype=np.int64)
-    return np.stack([on, np.minimum(on + size, n_samples)], axis=1)
+    ev = np.stack([on, np.minimum(on + size, n_samples)], axis=1)
+    return ev[ev[:, 1] - ev[:, 0] >= min(size, cfg.samples(cfg.min_event_s, fs))]
 
 
 def tokenize(emg: np.ndarray, fs: float, theta: float, cfg: TokenizerConfig) -> Tokens:

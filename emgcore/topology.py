@@ -21,8 +21,9 @@ is by *position*, from each recording's :class:`~emgcore.recording.ChannelLayout
   to ``1/e`` one target spacing away, so a target between two electrodes interpolates them and
   a target far from every electrode copies its nearest ones (the released code's repetition,
   by position).
-* The **spatial condition** of each output channel, ``(n, 4)``: the cosine and sine of the
-  weighted mean source angle (where its signal comes from), the weighted spread of the
+* The **spatial condition** of each output channel, ``(n, 4)``: the weighted resultant of the
+  source directions (``sum_i w_ki (cos theta_i, sin theta_i)``: its angle is where the signal
+  comes from, its length below one how spread the sources are), the weighted spread of the
   sources along the limb (in 100 mm; 0 for a ring) and the angular distance to the nearest
   electrode (in units of pi: 0 where an electrode sits on the target, large where the device
   has none: what the model needs to discount extrapolated channels).
@@ -58,11 +59,13 @@ def topology_map(layout: ChannelLayout, n: int = COMMON_CHANNELS) -> tuple[np.nd
     cos_d = np.cos(theta[None, :] - phi[:, None])  # (n, C)
     w = np.exp(kappa * (cos_d - cos_d.max(axis=1, keepdims=True)))  # stable: max term is 1
     w /= w.sum(axis=1, keepdims=True)
-    mean_angle = np.angle(w @ np.exp(1j * theta))  # (n,)
+    # the weighted resultant of the sources' directions: its angle is where the signal comes
+    # from, its length < 1 how spread they are (0 where sources cancel, e.g. opposite a 2-ring)
+    resultant = w @ np.exp(1j * theta)  # (n,)
     along = pos[:, 1]
     spread = np.sqrt(np.maximum(w @ along**2 - (w @ along) ** 2, 0.0)) / 100.0
     nearest = np.arccos(np.clip(cos_d.max(axis=1), -1.0, 1.0)) / np.pi
-    position = np.stack([np.cos(mean_angle), np.sin(mean_angle), spread, nearest], axis=1)
+    position = np.stack([resultant.real, resultant.imag, spread, nearest], axis=1)
     return w.astype(np.float32), position.astype(np.float32)
 
 

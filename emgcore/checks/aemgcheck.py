@@ -55,6 +55,7 @@ from emgcore.models.aemg import (
 )
 from emgcore.preprocessing import BandPass
 from emgcore.recording import Recording
+from emgcore.topology import COMMON_CHANNELS, COMMON_FS
 
 FEW_SHOT = (0.05, 0.2, 0.4, 0.8)
 
@@ -93,7 +94,8 @@ def loso(
 ) -> dict[str, float]:
     """Balanced accuracy per held-out person of a linear probe trained on the other people
     (zero-shot), or, when ``fraction > 0``, on that share of the held-out person's own
-    sentences (stratified by class, at least one per class; few-shot), scored on the rest.
+    sentences (stratified by class, at least one of every class that has two; few-shot),
+    scored on the rest.
     ``classifier(train_z, train_y, test_z) -> predictions`` (default the linear probe)."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -183,7 +185,12 @@ def run(
             )
         )
         eval_set = sentence_set(ev, tok)
-        model_cfg = replace(cfg.model, sentence=tok.sentence_tokens)
+        model_cfg = replace(
+            cfg.model,
+            sentence=tok.sentence_tokens,
+            channels=COMMON_CHANNELS,
+            token_len=tok.samples(tok.token_s, COMMON_FS),
+        )
         log(f"{kind}: {len(train_set)} pre-training sentences, {len(eval_set)} evaluation "
             f"({time.perf_counter() - t0:.0f} s to tokenize)")  # fmt: skip
         _, mtm, history = pretrain(

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgcore.contractions import PHASES, SentenceSet
+from emgcore.errors import InvalidValueError
 from emgcore.models.transformer import Block, init_weights, sincos_1d
 
 
@@ -168,6 +169,14 @@ class NST(nn.Module):
         position: Tensor,
         mask: Tensor | None = None,
     ) -> Tensor:
+        want = (self.cfg.sentence, self.cfg.channels, self.cfg.token_len)
+        if tuple(values.shape[1:]) != want:
+            raise InvalidValueError(
+                f"sentences of shape {tuple(values.shape[1:])} (tokens, channels, samples) do "
+                f"not fit this model's {want}: set AEMGConfig sentence / channels / token_len "
+                "from the tokenizer's",
+                field="values",
+            )
         valid = valid_tokens(length)
         x = self.embed(values, length)
         if mask is not None:
@@ -351,6 +360,9 @@ class MaskedTokenModel(nn.Module):
         h = self.encoder(
             batch["values"], batch["length"], batch["phase"], batch["position"], mask=mask
         )
+        if not mask.any():  # a batch of padding only: nothing to predict, a zero loss
+            zero = h.sum() * 0.0
+            return zero, {"masked_accuracy": float("nan")}
         logits = self.head(h[mask])
         target = targets[mask]
         loss = F.cross_entropy(logits.float(), target)
@@ -474,6 +486,12 @@ def fit_classifier(
 
     from emgcore.models.nn import seeded
 
+    if len(sentences) == 0 or (sentences.label < 0).any():
+        raise InvalidValueError(
+            "fine-tuning needs labelled sentences: "
+            + ("none given" if len(sentences) == 0 else "some have no label (-1)"),
+            field="label",
+        )
     with seeded(seed) as g:
         model = GestureClassifier(copy.deepcopy(encoder), n_classes)
         optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)

@@ -125,6 +125,11 @@ def test_a_silent_channel_stays_zero_not_amplified():
     cfg = TokenizerConfig()
     tok = tokenize(x, FS, rest_threshold(window_energy(x, 50, 10), cfg), cfg)
     assert len(tok) and not tok.values[:, 2].any() and np.isfinite(tok.values).all()
+    # a channel of near-silence (a disconnected electrode's 1e-8 of the others) stays near zero:
+    # the floor is 1e-6 of the token's largest channel std, not unit variance
+    x[:, 2] = 1e-8 * np.random.default_rng(3).standard_normal(len(x))
+    tok = tokenize(x, FS, rest_threshold(window_energy(x, 50, 10), cfg), cfg)
+    assert np.abs(tok.values[:, 2]).max() < 0.1 and np.abs(tok.values[:, 0]).max() > 1
 
 
 def test_bad_settings_are_one_error_naming_the_field():
@@ -200,3 +205,19 @@ def test_tokenizer_finds_the_simulators_true_contractions_better_than_neurokit2(
     assert mean["offset_f1"] == pytest.approx(0.82, abs=0.05)
     assert ref["onset_f1"] == pytest.approx(0.25, abs=0.1)
     assert mean["onset_f1"] > ref["onset_f1"] + 0.3
+
+
+def test_a_short_file_in_the_session_does_not_set_the_threshold():
+    cfg = TokenizerConfig(threshold_k=K)
+    long = _bursts([(5.0, 8.0)])
+    short = _bursts([], seconds=0.3, seed=5)  # two windows of rest
+    alone = rest_threshold(window_energy(long, 50, 10), cfg)
+    both = rest_threshold([window_energy(long, 50, 10), window_energy(short, 50, 10)], cfg)
+    assert both == alone
+    assert rest_threshold([window_energy(short, 50, 10)], cfg) > 0  # alone it still calibrates
+
+
+def test_slicing_drops_a_tail_too_short_to_standardise():
+    cfg = TokenizerConfig(kind="slice", token_s=0.5)
+    tok = tokenize(_bursts([], seconds=10.005), FS, 0.0, cfg)  # 20 slices and 1 sample
+    assert len(tok) == 20 and tok.length.min() == 100

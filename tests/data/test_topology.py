@@ -17,8 +17,9 @@ def test_a_16_ring_maps_onto_itself():
     assert (w.argmax(1) == np.arange(16)).all() and w.max(1).min() > 0.5
     np.testing.assert_allclose(pos[:, 3], 0, atol=1e-6)  # an electrode on every target
     phi = 2 * np.pi * np.arange(16) / 16
-    np.testing.assert_allclose(pos[:, 0], np.cos(phi), atol=1e-5)
-    np.testing.assert_allclose(pos[:, 1], np.sin(phi), atol=1e-5)
+    angle = np.arctan2(pos[:, 1], pos[:, 0])
+    np.testing.assert_allclose(np.cos(angle - phi), 1, atol=1e-6)  # sources centred on phi
+    assert 0.9 < np.hypot(pos[:, 0], pos[:, 1]).min() < 1  # and close together
 
 
 def test_an_8_ring_interpolates_the_targets_between_its_electrodes():
@@ -66,3 +67,9 @@ def test_calibrate_resamples_and_maps():
     assert emg.shape == (400, 16) and emg.dtype == np.float32 and pos.shape == (16, 4)
     with pytest.raises(InvalidValueError):
         topology_map(rec.layout, 0)
+
+
+def test_sources_that_cancel_give_a_zero_resultant_not_noise():
+    two = ChannelLayout.ring(2)  # electrodes at 0 and 180 degrees
+    _, pos = topology_map(two)
+    np.testing.assert_allclose(pos[4, :2], 0, atol=1e-6)  # 90 degrees: both equally far

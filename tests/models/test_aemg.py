@@ -244,3 +244,41 @@ def test_fine_tuning_learns_the_gesture_and_leaves_the_given_encoder_alone():
     pred = predict(model, s.take(np.arange(64, n)))
     assert (pred == label[64:]).mean() > 0.9
     assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
+
+
+def test_padding_stays_out_of_the_codebook_statistics_in_training():
+    batch = _batch()
+    filled = _fill_padding(batch)
+    states = []
+    for b in (batch, filled):
+        torch.manual_seed(0)
+        vq = VQTokenizer(CFG).train()
+        vq.loss(b)  # initialises the codes from the batch's real latents
+        vq.loss(b)  # an EMA step
+        states.append({k: v.clone() for k, v in vq.codebook.state_dict().items()})
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_of_padding_only_gives_a_zero_masked_loss_not_nan():
+    batch = _batch()
+    batch["length"] = torch.zeros_like(batch["length"])
+    mtm = MaskedTokenModel(CFG)
+    loss, parts = mtm.loss(batch, torch.full(batch["length"].shape, -1))
+    assert loss.item() == 0.0 and math.isnan(parts["masked_accuracy"])
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in mtm.parameters() if p.grad is not None)
+
+
+def test_wrong_sentence_shapes_and_unlabelled_fine_tuning_are_clear_errors():
+    from emgcore.contractions import SentenceSet
+    from emgcore.errors import InvalidValueError
+    from emgcore.models.aemg import NST, fit_classifier
+
+    batch = _batch()
+    batch["values"] = batch["values"][..., :10]
+    with pytest.raises(InvalidValueError, match="token_len"):
+        VQTokenizer(CFG).loss(batch)
+    empty = SentenceSet(*(np.zeros((0,)) for _ in range(8)))
+    with pytest.raises(InvalidValueError, match="labelled"):
+        fit_classifier(NST(CFG), empty, 3)

@@ -177,7 +177,7 @@ def run(
     for kind in ("nct", "slice"):
         tok = replace(cfg.tokenizer, kind=kind)
         t0 = time.perf_counter()
-        train = [sentence_set(pre, tok), sentence_set(others, tok)]
+        train = [sentence_set(recs, tok) for recs in (pre, others) if recs]
         train_set = SentenceSet(
             *(
                 np.concatenate([getattr(s, f) for s in train])

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -83,6 +84,9 @@ class AEMGConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.05  # re-seed a code below this share of the mean EMA count
     beta: float = 0.25  # commitment weight
+    # what the VQ decoder reconstructs: the token's z-scored samples (the paper) or its
+    # per-channel log-amplitude spectrum (LaBraM's kind of target; see VQTokenizer)
+    target: Literal["samples", "spectrum"] = "samples"
     mask_ratio: float = 0.5
 
     def __post_init__(self) -> None:
@@ -90,6 +94,8 @@ class AEMGConfig:
             raise ValueError(f"dim {self.dim} must be even and divisible by heads {self.heads}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.target not in ("samples", "spectrum"):
+            raise ValueError(f"target must be 'samples' or 'spectrum', got {self.target!r}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
@@ -291,9 +297,33 @@ class VQTokenizer(nn.Module):
         )
         self.from_code = nn.Linear(cfg.code_dim, cfg.dim)
         self.decoder = nn.ModuleList(Block(cfg.dim, cfg.heads) for _ in range(cfg.decoder_depth))
-        self.out = nn.Linear(cfg.dim, cfg.channels * cfg.token_len)
+        self.out = nn.Linear(cfg.dim, cfg.channels * self.target_len)
         init_weights(self.to_code)
         init_weights(self.decoder)
+
+    @property
+    def target_len(self) -> int:
+        """Values reconstructed per channel and token: samples, or rfft bins."""
+        n = self.cfg.token_len
+        return n if self.cfg.target == "samples" else n // 2 + 1
+
+    def _target(self, values: Tensor, length: Tensor) -> tuple[Tensor, Tensor]:
+        """What the decoder reconstructs, ``(B, S, C, target_len)``, and its weights (real
+        samples of real tokens; every bin of a real token's spectrum).
+
+        ``"spectrum"``: ``log1p |rfft|`` of the token's real samples (padding zeroed), scaled by
+        ``1/sqrt(length)``: a stochastic signal's sample values are not a code's to carry (the
+        samples target stays near MSE 1 on real EMG), its spectrum is. Not the paper's target:
+        an option, compared in the README."""
+        n = values.shape[-1]
+        t = torch.arange(n, device=values.device)
+        in_token = (t < length[..., None]).to(values.dtype)[:, :, None, :]  # (B, S, 1, L)
+        if self.cfg.target == "samples":
+            return values, in_token.expand_as(values)
+        x = values * in_token
+        amp = torch.fft.rfft(x.float(), dim=-1).abs() / length[..., None, None].clamp_min(1).sqrt()
+        w = (length > 0).to(values.dtype)[:, :, None, None].expand_as(amp)
+        return torch.log1p(amp), w
 
     def _quantise(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         z = self.to_code(
@@ -303,8 +333,8 @@ class VQTokenizer(nn.Module):
         return z, zq, index, commit
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Reconstruction MSE (real samples of real tokens) + ``beta`` x commitment (real
-        tokens); in training mode also the codebook's EMA step."""
+        """Reconstruction MSE (of ``cfg.target``, real tokens only) + ``beta`` x commitment
+        (real tokens); in training mode also the codebook's EMA step."""
         values, length = batch["values"], batch["length"]
         valid = valid_tokens(length)
         z, zq, index, commit = self._quantise(batch)
@@ -314,11 +344,10 @@ class VQTokenizer(nn.Module):
         attn = _attention_mask(valid)
         for blk in self.decoder:
             h = blk(h, attn)
-        b, s, c, n = values.shape
-        rec = self.out(h).view(b, s, c, n)
-        t = torch.arange(n, device=values.device)
-        w = (t < length[..., None]).to(rec.dtype)[:, :, None, :].expand_as(rec)
-        mse = ((rec - values).pow(2) * w).sum() / w.sum().clamp_min(1.0)
+        b, s, c, _ = values.shape
+        rec = self.out(h).view(b, s, c, self.target_len)
+        target, w = self._target(values, length)
+        mse = ((rec - target).pow(2) * w).sum() / w.sum().clamp_min(1.0)
         commit = (commit * valid).sum() / valid.sum().clamp_min(1)
         loss = mse + self.cfg.beta * commit
         return loss, {"reconstruction": mse.item(), "commitment": commit.item()}

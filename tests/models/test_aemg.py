@@ -282,3 +282,21 @@ def test_wrong_sentence_shapes_and_unlabelled_fine_tuning_are_clear_errors():
     empty = SentenceSet(*(np.zeros((0,)) for _ in range(8)))
     with pytest.raises(InvalidValueError, match="labelled"):
         fit_classifier(NST(CFG), empty, 3)
+
+
+def test_the_spectrum_target_is_each_real_tokens_log_amplitude_and_ignores_padding():
+    cfg = AEMGConfig(**(CFG.__dict__ | {"target": "spectrum"}))
+    torch.manual_seed(0)
+    vq = VQTokenizer(cfg).eval()
+    batch = _batch()
+    target, w = vq._target(batch["values"], batch["length"])
+    assert target.shape[-1] == CFG.token_len // 2 + 1 == vq.target_len
+    n = int(batch["length"][0, 0])
+    manual = torch.log1p(
+        torch.fft.rfft(batch["values"][0, 0, :, :n], n=CFG.token_len).abs() / n**0.5
+    )
+    torch.testing.assert_close(target[0, 0], manual, rtol=1e-4, atol=1e-5)
+    assert not w[2, 1:].any() and w[2, 0].all()  # padding tokens weigh nothing
+    l1, _ = vq.loss(batch)
+    l2, _ = vq.loss(_fill_padding(batch))
+    assert l1.item() == pytest.approx(l2.item(), rel=1e-5)

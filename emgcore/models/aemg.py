@@ -501,7 +501,7 @@ class GestureClassifier(nn.Module):
 
 
 def fit_classifier(
-    encoder: NST,
+    encoder: NST | GestureClassifier,
     sentences: SentenceSet,
     n_classes: int,
     epochs: int = 5,
@@ -509,8 +509,12 @@ def fit_classifier(
     lr: float = 5e-4,
     seed: int = 0,
 ) -> GestureClassifier:
-    """Fine-tune ``encoder`` (a copy; pass a fresh :class:`NST` for a supervised network from
-    scratch) with a linear head on labelled ``sentences``: cross-entropy, AdamW, end to end."""
+    """Fine-tune end to end on labelled ``sentences`` (cross-entropy, AdamW) and return the
+    classifier; the argument is copied, never changed. ``encoder``: an :class:`NST` gets a
+    fresh linear head (a pre-trained one: fine-tuning; a fresh one: a supervised network from
+    scratch); a :class:`GestureClassifier` continues with its own head (few-shot adaptation of
+    a classifier trained on other people). Raises :class:`InvalidValueError` for no sentences
+    or unlabelled ones."""
     import copy
 
     from emgcore.models.nn import seeded
@@ -522,7 +526,10 @@ def fit_classifier(
             field="label",
         )
     with seeded(seed) as g:
-        model = GestureClassifier(copy.deepcopy(encoder), n_classes)
+        if isinstance(encoder, GestureClassifier):
+            model = copy.deepcopy(encoder)
+        else:
+            model = GestureClassifier(copy.deepcopy(encoder), n_classes)
         optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
         y = torch.from_numpy(sentences.label)
         model.train()

@@ -45,3 +45,14 @@ def test_aemg_runs_end_to_end_on_myoarmband(real_data: Path) -> None:
     for mean, _ in res["summary"].values():
         assert 1 / 7 - 0.05 < mean < 1.0
     assert res["masked_accuracy"]["slice"] > res["masked_accuracy"]["nct"]
+
+
+def test_few_shot_split_keeps_a_sentence_of_every_class_to_score():
+    from emgcore.checks.aemgcheck import few_shot_split
+
+    y = np.array([0] * 10 + [1] * 4 + [2] * 2 + [3])
+    for seed in range(10):
+        seen = few_shot_split(y, 0.8, np.random.default_rng(seed))
+        assert [int(seen[y == c].sum()) for c in range(4)] == [8, 3, 1, 0]
+    seen = few_shot_split(y, 0.05, np.random.default_rng(0))
+    assert [int(seen[y == c].sum()) for c in range(4)] == [1, 1, 1, 0]

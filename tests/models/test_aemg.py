@@ -300,3 +300,26 @@ def test_the_spectrum_target_is_each_real_tokens_log_amplitude_and_ignores_paddi
     l1, _ = vq.loss(batch)
     l2, _ = vq.loss(_fill_padding(batch))
     assert l1.item() == pytest.approx(l2.item(), rel=1e-5)
+
+
+def test_a_classifier_continues_fine_tuning_with_its_own_head_and_stays_unchanged():
+    from emgcore.contractions import SentenceSet
+    from emgcore.models.aemg import NST, GestureClassifier, fit_classifier
+
+    cfg = AEMGConfig.small(channels=4, token_len=20, sentence=3, dim=32, depth=1, heads=2)
+    n = 8
+    s = SentenceSet(
+        values=np.random.default_rng(0).standard_normal((n, 3, 4, 20)).astype(np.float32),
+        length=np.full((n, 3), 20),
+        phase=np.zeros((n, 3), np.int8),
+        position=np.zeros((n, 4, 4), np.float32),
+        label=np.arange(n) % 2,
+        subject=np.full(n, "a"),
+        session=np.full(n, "x"),
+        recording=np.arange(n),
+    )
+    first = GestureClassifier(NST(cfg), 2)
+    head = first.head.weight.clone()
+    second = fit_classifier(first, s, 2, epochs=1)
+    assert second is not first and torch.equal(first.head.weight, head)
+    assert second.head.weight.shape == head.shape and not torch.equal(second.head.weight, head)

@@ -551,6 +551,22 @@ def preset(name: str, **overrides: Any) -> SimConfig:
         ) from None
 
 
+def _drive(cfg: SimConfig, subject: int, session: int, stage: str | None):
+    """The user's anatomy and one recording's control-rate trajectory ``s``, gestures,
+    repetitions and muscle excitation ``exc (n_ctrl, M)``, with the recording's random stream
+    positioned after them (the motor units draw from it next). The one place these streams are
+    seeded, so :func:`muscle_activation` is exactly what :func:`simulate_recording` drives."""
+    stage_idx = -1 if stage is None else list(STAGES).index(stage)
+    user_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, 7]))
+    rec_rng = np.random.default_rng(
+        np.random.SeedSequence([cfg.seed, subject, session, stage_idx + 1, 13])
+    )
+    anat = _anatomy(cfg, user_rng)
+    s, gest, reps = _trajectory(cfg, rec_rng, stage)
+    exc = _excitation(s, anat.drive, rec_rng)
+    return anat, s, gest, reps, exc, rec_rng
+
+
 def simulate_recording(
     cfg: SimConfig,
     subject: int,
@@ -565,22 +581,15 @@ def simulate_recording(
     ``band_offset`` (degrees, mm) moves the electrode band further than the session's own random
     placement: the same movements, recorded through shifted electrodes.
     """
-    stage_idx = -1 if stage is None else list(STAGES).index(stage)
-    user_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, 7]))
     sess_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, session, 11]))
-    rec_rng = np.random.default_rng(
-        np.random.SeedSequence([cfg.seed, subject, session, stage_idx + 1, 13])
-    )
-    anat = _anatomy(cfg, user_rng)
+    # 1-2. kinematics and excitation at the control rate
+    anat, s, gest, reps, exc, rec_rng = _drive(cfg, subject, session, stage)
     layout = layout_for(cfg.layout)
     n_ch = layout.n_channels
     sim_fs = max(cfg.fs, 2000.0)
     n_out = round(cfg.duration_s * cfg.fs)
     n_sim = round(cfg.duration_s * sim_fs)
 
-    # 1-2. kinematics and excitation at the control rate
-    s, gest, reps = _trajectory(cfg, rec_rng, stage)
-    exc = _excitation(s, anat.drive, rec_rng)
     # 3-4. spikes and volume conduction, at the simulation rate
     rotation = sess_rng.normal(0, cfg.rotation_sd_deg) + band_offset[0]
     shift = sess_rng.normal(0, cfg.shift_sd_mm) + band_offset[1]
@@ -656,14 +665,7 @@ def muscle_activation(
     contraction tokenizers. At rest it sits at about 0.02 (the resting drive).
     """
     cfg = preset(cfg) if isinstance(cfg, str) else cfg
-    stage_idx = -1 if stage is None else list(STAGES).index(stage)
-    user_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, subject, 7]))
-    rec_rng = np.random.default_rng(
-        np.random.SeedSequence([cfg.seed, subject, session, stage_idx + 1, 13])
-    )
-    anat = _anatomy(cfg, user_rng)  # the same draws, in the same order, as simulate_recording
-    s, _, _ = _trajectory(cfg, rec_rng, stage)
-    exc = _excitation(s, anat.drive, rec_rng)
+    _, s, _, _, exc, _ = _drive(cfg, subject, session, stage)
     out_t = np.arange(round(cfg.duration_s * cfg.fs)) / cfg.fs
     return _interp_rows(out_t, np.arange(len(s)) / CONTROL_FS, exc).astype(np.float32)
 

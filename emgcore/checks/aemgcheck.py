@@ -49,7 +49,7 @@ from emgcore.models.aemg import (
     AEMGConfig,
     MaskedTokenModel,
     PretrainConfig,
-    as_batch,
+    SentenceBatches,
     fit_classifier,
     predict,
     pretrain,
@@ -57,6 +57,7 @@ from emgcore.models.aemg import (
 from emgcore.preprocessing import BandPass
 from emgcore.recording import Recording
 from emgcore.topology import COMMON_CHANNELS, COMMON_FS
+from emgcore.training import batched
 
 FEW_SHOT = (0.05, 0.2, 0.4, 0.8)
 
@@ -73,15 +74,9 @@ class AEMGCheckConfig:
     seed: int = 0
 
 
-def embed(model: MaskedTokenModel, sentences: SentenceSet, batch: int = 256) -> np.ndarray:
+def embed(model: MaskedTokenModel, sentences: SentenceSet) -> np.ndarray:
     """``(N, dim)`` pooled embeddings of every sentence, in batches."""
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(sentences), batch):
-            idx = np.arange(i, min(i + batch, len(sentences)))
-            out.append(model.embed(as_batch(sentences, idx)).numpy())
-    return np.concatenate(out)
+    return batched(model.embed, SentenceBatches(sentences)).numpy()
 
 
 def loso(

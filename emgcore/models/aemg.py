@@ -90,14 +90,30 @@ class AEMGConfig:
     mask_ratio: float = 0.5
 
     def __post_init__(self) -> None:
+        for name in (
+            "channels", "token_len", "sentence", "position_features", "dim", "depth", "heads",
+            "kernel", "codebook_size", "code_dim",
+        ):  # fmt: skip
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidValueError(f"{name} must be an integer >= 1, got {v!r}", field=name)
         if self.dim % self.heads or self.dim % 2:
-            raise ValueError(f"dim {self.dim} must be even and divisible by heads {self.heads}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise InvalidValueError(
+                f"dim {self.dim} must be even and divisible by heads {self.heads}", field="dim"
+            )
+        for name in ("mask_ratio", "ema_decay"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise InvalidValueError(
+                    f"{name} must be in (0, 1), got {getattr(self, name)!r}", field=name
+                )
         if self.target not in ("samples", "spectrum"):
-            raise ValueError(f"target must be 'samples' or 'spectrum', got {self.target!r}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+            raise InvalidValueError(
+                f"target must be 'samples' or 'spectrum', got {self.target!r}", field="target"
+            )
+        if self.decoder_depth < 0 or self.beta < 0 or self.dead_code_threshold < 0:
+            raise InvalidValueError(
+                "decoder_depth, beta and dead_code_threshold must be >= 0", field="decoder_depth"
+            )
 
     @classmethod
     def small(cls, **overrides) -> AEMGConfig:
@@ -122,6 +138,11 @@ def _attention_mask(valid: Tensor) -> Tensor:
     return valid[:, None, None, :] | eye
 
 
+def in_token(length: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """``(B, S, L)`` 1 at each token's real samples (the first ``length``), 0 at padding."""
+    return (torch.arange(n, device=length.device) < length[..., None]).to(dtype)
+
+
 def masked_mean(x: Tensor, valid: Tensor) -> Tensor:
     """Mean of ``x (B, S, d)`` over the ``valid (B, S)`` positions: ``(B, d)`` (zeros where a
     row has none)."""
@@ -140,17 +161,16 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, values: Tensor, length: Tensor) -> Tensor:
         b, s, c, n = values.shape
-        t = torch.arange(n, device=values.device)
-        in_token = (t < length[..., None]).to(values.dtype)  # (B, S, L)
-        x = (values * in_token[:, :, None, :]).reshape(b * s, c, n)
+        w = in_token(length, n, values.dtype)[:, :, None, :]  # (B, S, 1, L)
+        x = (values * w).reshape(b * s, c, n)
         h = F.gelu(self.conv(x)).reshape(b, s, -1, n)  # (B, S, dim, L)
-        w = in_token[:, :, None, :]
         return (h * w).sum(-1) / w.sum(-1).clamp_min(1.0)
 
 
 class NST(nn.Module):
     """Neuro-Syntax Transformer: token embedding + spatial, phase and order conditions, then
-    Transformer blocks. ``forward(values, length, phase, position, mask=None) -> (B, S, dim)``;
+    Transformer blocks. ``forward(batch, mask=None) -> (B, S, dim)`` (``batch``: ``values``,
+    ``length``, ``phase``, ``position``, as :func:`as_batch` makes them);
     ``mask (B, S)`` bool replaces those tokens' embeddings by the learned mask embedding (MTM).
     Outputs at padding positions are defined (finite) but meaningless."""
 
@@ -167,33 +187,34 @@ class NST(nn.Module):
         init_weights(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(
-        self,
-        values: Tensor,
-        length: Tensor,
-        phase: Tensor,
-        position: Tensor,
-        mask: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, batch: dict[str, Tensor], mask: Tensor | None = None) -> Tensor:
+        values, length = batch["values"], batch["length"]
+        b = len(values)
         want = (self.cfg.sentence, self.cfg.channels, self.cfg.token_len)
-        if tuple(values.shape[1:]) != want:
+        pos = (b, self.cfg.channels, self.cfg.position_features)
+        if tuple(values.shape[1:]) != want or tuple(batch["position"].shape) != pos:
             raise InvalidValueError(
-                f"sentences of shape {tuple(values.shape[1:])} (tokens, channels, samples) do "
-                f"not fit this model's {want}: set AEMGConfig sentence / channels / token_len "
-                "from the tokenizer's",
+                f"sentences of shape {tuple(values.shape[1:])} (tokens, channels, samples) with "
+                f"positions {tuple(batch['position'].shape[1:])} do not fit this model's {want} "
+                f"and {pos[1:]}: set AEMGConfig sentence / channels / token_len / "
+                "position_features from the tokenizer's",
                 field="values",
             )
         valid = valid_tokens(length)
         x = self.embed(values, length)
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
-        s = values.shape[1]
-        cond = self.spatial(position.flatten(1))[:, None, :] + self.phase(phase.long())
-        x = x + cond + self.order[:s]
+        cond = self.spatial(batch["position"].flatten(1))[:, None, :]
+        x = x + cond + self.phase(batch["phase"].long()) + self.order[: values.shape[1]]
         attn = _attention_mask(valid)
         for blk in self.blocks:
             x = blk(x, attn)
         return self.norm(x)
+
+    def pool(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(B, dim)``: the mean output over each sentence's real tokens (the downstream
+        embedding)."""
+        return masked_mean(self(batch), valid_tokens(batch["length"]))
 
 
 class NormEMACodebook(nn.Module):
@@ -271,15 +292,23 @@ class NormEMACodebook(nn.Module):
         self.used.zero_()
 
     def usage(self) -> dict[str, float]:
-        """Codebook usage since :meth:`reset_usage`: ``perplexity`` (exp of the entropy of the
-        assignment distribution; ``K`` when uniform, 1 when one code takes all) and
-        ``dead_codes`` (codes never assigned)."""
-        total = self.used.sum()
-        if total == 0:
-            return {"perplexity": 0.0, "dead_codes": float(len(self.used))}
-        p = self.used / total
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        return {"perplexity": float(entropy.exp()), "dead_codes": float((self.used == 0).sum())}
+        """:func:`codebook_usage` of the assignments since :meth:`reset_usage`."""
+        return codebook_usage(self.used)
+
+
+def codebook_usage(counts: Tensor) -> dict[str, float]:
+    """Usage of a codebook from its per-code assignment ``counts (K,)``: ``perplexity`` (exp of
+    the entropy of the assignment distribution; ``K`` when uniform, 1 when one code takes all;
+    0 with no assignment) and ``dead_codes`` (codes never assigned)."""
+    counts = counts.float()
+    total = counts.sum()
+    if total == 0:
+        return {"perplexity": 0.0, "dead_codes": float(len(counts))}
+    p = counts[counts > 0] / total
+    return {
+        "perplexity": float((-(p * p.log()).sum()).exp()),
+        "dead_codes": float((counts == 0).sum()),
+    }
 
 
 class VQTokenizer(nn.Module):
@@ -315,20 +344,16 @@ class VQTokenizer(nn.Module):
         ``1/sqrt(length)``: a stochastic signal's sample values are not a code's to carry (the
         samples target stays near MSE 1 on real EMG), its spectrum is. Not the paper's target:
         an option, compared in the README."""
-        n = values.shape[-1]
-        t = torch.arange(n, device=values.device)
-        in_token = (t < length[..., None]).to(values.dtype)[:, :, None, :]  # (B, S, 1, L)
+        w = in_token(length, values.shape[-1], values.dtype)[:, :, None, :]  # (B, S, 1, L)
         if self.cfg.target == "samples":
-            return values, in_token.expand_as(values)
-        x = values * in_token
+            return values, w.expand_as(values)
+        x = values * w
         amp = torch.fft.rfft(x.float(), dim=-1).abs() / length[..., None, None].clamp_min(1).sqrt()
         w = (length > 0).to(values.dtype)[:, :, None, None].expand_as(amp)
         return torch.log1p(amp), w
 
     def _quantise(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        z = self.to_code(
-            self.encoder(batch["values"], batch["length"], batch["phase"], batch["position"])
-        )
+        z = self.to_code(self.encoder(batch))
         zq, index, commit = self.codebook(z)
         return z, zq, index, commit
 
@@ -386,9 +411,7 @@ class MaskedTokenModel(nn.Module):
     ) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy on the masked real tokens; ``masked_accuracy`` their top-1 accuracy."""
         mask = mask_tokens(batch["length"], self.cfg.mask_ratio, generator)
-        h = self.encoder(
-            batch["values"], batch["length"], batch["phase"], batch["position"], mask=mask
-        )
+        h = self.encoder(batch, mask=mask)
         if not mask.any():  # a batch of padding only: nothing to predict, a zero loss
             zero = h.sum() * 0.0
             return zero, {"masked_accuracy": float("nan")}
@@ -399,8 +422,7 @@ class MaskedTokenModel(nn.Module):
         return loss, {"masked_accuracy": acc.item()}
 
     def embed(self, batch: dict[str, Tensor]) -> Tensor:
-        h = self.encoder(batch["values"], batch["length"], batch["phase"], batch["position"])
-        return masked_mean(h, valid_tokens(batch["length"]))
+        return self.encoder.pool(batch)
 
 
 def as_batch(
@@ -416,10 +438,39 @@ def as_batch(
     }
 
 
+class SentenceBatches:
+    """A :class:`~emgcore.contractions.SentenceSet` as a sequence of tensor batches, for
+    :func:`emgcore.training.batched`: ``len()`` sentences, ``[a:b]`` -> :func:`as_batch`."""
+
+    def __init__(self, sentences: SentenceSet, device: str | torch.device = "cpu"):
+        self.sentences, self.device = sentences, device
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __getitem__(self, span: slice) -> dict[str, Tensor]:
+        return as_batch(self.sentences, np.arange(len(self.sentences))[span], self.device)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """One stage's :class:`emgcore.training.Schedule`: a constant learning rate (a warm-up of
+    one step is :func:`~emgcore.training.fit`'s way to ask for none)."""
+
+    lr: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    grad_clip: float
+    restart_epochs: int = 1
+    warmup_steps: int = 1
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Optimisation of AEMG's two pre-training stages (the paper gives none of these; the
-    values are LaBraM's order of magnitude, searched by the sweep)."""
+    values are LaBraM's order of magnitude, searched by the sweep). A constant learning rate;
+    each epoch's ragged last batch is dropped (:func:`emgcore.training.fit`)."""
 
     vq_epochs: int = 50
     mtm_epochs: int = 50
@@ -429,6 +480,21 @@ class PretrainConfig:
     grad_clip: float = 3.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("vq_epochs", "mtm_epochs"):
+            if getattr(self, name) < 0:
+                raise InvalidValueError(f"{name} must be >= 0", field=f"pretrain.{name}")
+        if self.batch_size < 2:
+            raise InvalidValueError(
+                f"batch_size must be >= 2 sentences, got {self.batch_size}",
+                field="pretrain.batch_size",
+            )
+        if not self.lr > 0:
+            raise InvalidValueError(f"lr must be > 0, got {self.lr}", field="pretrain.lr")
+
+    def stage(self, epochs: int) -> _Schedule:
+        return _Schedule(self.lr, self.weight_decay, self.batch_size, epochs, self.grad_clip)
+
 
 def pretrain(
     sentences: SentenceSet,
@@ -436,53 +502,57 @@ def pretrain(
     opt: PretrainConfig,
     log: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[VQTokenizer, MaskedTokenModel, list[dict[str, float]]]:
-    """AEMG stages 4 and 5 on a :class:`~emgcore.contractions.SentenceSet`: the VQ tokenizer
-    for ``opt.vq_epochs``, then (tokenizer frozen) the masked token model for
-    ``opt.mtm_epochs``. Returns both models and one record per epoch: ``stage``, ``epoch``,
-    the mean losses (``reconstruction``, ``commitment`` | ``mtm_loss``), ``masked_accuracy``,
-    and the codebook's ``perplexity`` and ``dead_codes`` over the epoch's assignments
-    (stage ``vq``) or targets (stage ``mtm``). ``log(record)`` is called after every epoch.
+    """AEMG stages 4 and 5 on a :class:`~emgcore.contractions.SentenceSet`, each through the
+    project's training loop (:func:`emgcore.training.fit`): the VQ tokenizer for
+    ``opt.vq_epochs``, then (tokenizer frozen, every sentence's codes computed once) the masked
+    token model for ``opt.mtm_epochs``. Returns both models and one record per epoch:
+    ``stage``, ``epoch``, the epoch's mean ``loss`` and its parts (``reconstruction``,
+    ``commitment`` | ``masked_accuracy``), ``lr``, and the codebook's ``perplexity`` and
+    ``dead_codes`` over the epoch's assignments (stage ``vq``; the first step only initialises
+    the codes and is not counted) or over the targets (stage ``mtm``). ``log(record)`` is
+    called after every epoch. Raises :class:`InvalidValueError` for fewer than 2 sentences.
     """
     from emgcore.models.nn import seeded
+    from emgcore.training import batched, fit
 
+    if len(sentences) < 2:
+        raise InvalidValueError(
+            f"pre-training needs at least 2 sentences, got {len(sentences)}", field="sentences"
+        )
     history: list[dict[str, float]] = []
-    n = len(sentences)
+
+    def record(stage: str, usage: Callable[[], dict[str, float]]):  # an epoch hook
+        def hook(epoch: int, metrics: dict[str, float], _model: nn.Module) -> None:
+            rec = {"stage": stage, "epoch": epoch}
+            rec |= {k.removeprefix("train_"): v for k, v in metrics.items() if k != "samples"}
+            history.append(rec | usage())
+            if log is not None:
+                log(history[-1])
+
+        return hook
+
+    def vq_usage() -> dict[str, float]:
+        out = vq.codebook.usage()
+        vq.codebook.reset_usage()  # the next epoch counts afresh
+        return out
+
+    def vq_step(idx: Tensor, _gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        loss, parts = vq.loss(as_batch(sentences, idx.numpy()))
+        return loss, {"loss": loss.item(), **parts}
+
+    def mtm_step(idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        loss, parts = mtm.loss(as_batch(sentences, idx.numpy()), targets[idx], gen)
+        return loss, {"loss": loss.item(), **parts}
+
     with seeded(opt.seed) as g:
-        vq = VQTokenizer(cfg)
-        mtm = MaskedTokenModel(cfg)
-        for stage, model, epochs in (("vq", vq, opt.vq_epochs), ("mtm", mtm, opt.mtm_epochs)):
-            optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-            for epoch in range(epochs):
-                model.train()
-                vq.codebook.reset_usage()
-                sums: dict[str, float] = {}
-                order = torch.randperm(n, generator=g).numpy()
-                steps = 0
-                for i in range(0, n, opt.batch_size):
-                    b = as_batch(sentences, order[i : i + opt.batch_size])
-                    if stage == "vq":
-                        loss, parts = vq.loss(b)
-                    else:
-                        vq.eval()
-                        targets = vq.codes(b)
-                        real = targets[targets >= 0]
-                        vq.codebook.used += torch.bincount(real, minlength=cfg.codebook_size)
-                        loss, parts = mtm.loss(b, targets, g)
-                        parts = {"mtm_loss": loss.item(), **parts}
-                    optim.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
-                    optim.step()
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    steps += 1
-                record = {"stage": stage, "epoch": epoch} | {k: v / steps for k, v in sums.items()}
-                record |= vq.codebook.usage()
-                history.append(record)
-                if log is not None:
-                    log(record)
-    vq.eval()
-    mtm.eval()
+        vq, mtm = VQTokenizer(cfg), MaskedTokenModel(cfg)
+        n = len(sentences)
+        fit(vq, vq_step, n, opt.stage(opt.vq_epochs), name="AEMG VQ tokenizer", gen=g,
+            hooks=[record("vq", vq_usage)])  # fmt: skip
+        targets = batched(vq.codes, SentenceBatches(sentences))  # (N, S), -1 at padding
+        used = torch.bincount(targets[targets >= 0], minlength=cfg.codebook_size)
+        fit(mtm, mtm_step, n, opt.stage(opt.mtm_epochs), name="AEMG masked tokens", gen=g,
+            hooks=[record("mtm", lambda: codebook_usage(used))])  # fmt: skip
     return vq, mtm, history
 
 
@@ -496,8 +566,7 @@ class GestureClassifier(nn.Module):
         self.head = nn.Linear(encoder.cfg.dim, n_classes)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        h = self.encoder(batch["values"], batch["length"], batch["phase"], batch["position"])
-        return self.head(masked_mean(h, valid_tokens(batch["length"])))
+        return self.head(self.encoder.pool(batch))
 
 
 def fit_classifier(
@@ -509,46 +578,49 @@ def fit_classifier(
     lr: float = 5e-4,
     seed: int = 0,
 ) -> GestureClassifier:
-    """Fine-tune end to end on labelled ``sentences`` (cross-entropy, AdamW) and return the
-    classifier; the argument is copied, never changed. ``encoder``: an :class:`NST` gets a
-    fresh linear head (a pre-trained one: fine-tuning; a fresh one: a supervised network from
-    scratch); a :class:`GestureClassifier` continues with its own head (few-shot adaptation of
-    a classifier trained on other people). Raises :class:`InvalidValueError` for no sentences
-    or unlabelled ones."""
+    """Fine-tune end to end on labelled ``sentences`` (cross-entropy, AdamW, constant ``lr``,
+    through :func:`emgcore.training.fit`) and return the classifier; the argument is copied,
+    never changed. ``encoder``: an :class:`NST` gets a fresh linear head (a pre-trained one:
+    fine-tuning; a fresh one: a supervised network from scratch); a :class:`GestureClassifier`
+    continues with its own head (few-shot adaptation of a classifier trained on other people).
+    Raises :class:`InvalidValueError` for fewer than 2 sentences or labels outside
+    ``[0, n_classes)`` (``-1``: unlabelled)."""
     import copy
 
     from emgcore.models.nn import seeded
+    from emgcore.training import fit
 
-    if len(sentences) == 0 or (sentences.label < 0).any():
+    label = sentences.label
+    if len(sentences) < 2 or label.min() < 0 or label.max() >= n_classes:
+        why = (
+            f"{len(sentences)} sentence(s)"
+            if len(sentences) < 2
+            else "some have no label (-1)"
+            if label.min() < 0
+            else f"a label {int(label.max())} is outside the {n_classes} classes"
+        )
         raise InvalidValueError(
-            "fine-tuning needs labelled sentences: "
-            + ("none given" if len(sentences) == 0 else "some have no label (-1)"),
+            f"fine-tuning needs at least 2 sentences labelled 0..{n_classes - 1}: {why}",
             field="label",
         )
+    y = torch.from_numpy(label)
+
+    def step(idx: Tensor, _gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        loss = F.cross_entropy(model(as_batch(sentences, idx.numpy())), y[idx])
+        return loss, {"loss": loss.item()}
+
     with seeded(seed) as g:
         if isinstance(encoder, GestureClassifier):
             model = copy.deepcopy(encoder)
         else:
             model = GestureClassifier(copy.deepcopy(encoder), n_classes)
-        optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-        y = torch.from_numpy(sentences.label)
-        model.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(sentences), generator=g).numpy()
-            for i in range(0, len(order), batch_size):
-                idx = order[i : i + batch_size]
-                loss = F.cross_entropy(model(as_batch(sentences, idx)), y[idx])
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-    return model.eval()
+        fit(model, step, len(sentences), _Schedule(lr, 0.05, batch_size, epochs, 0.0),
+            name="AEMG fine-tuning", gen=g)  # fmt: skip
+    return model
 
 
-@torch.no_grad()
 def predict(model: GestureClassifier, sentences: SentenceSet, batch: int = 256) -> np.ndarray:
     """``(N,)`` predicted class of every sentence."""
-    out = [
-        model(as_batch(sentences, np.arange(i, min(i + batch, len(sentences))))).argmax(-1)
-        for i in range(0, len(sentences), batch)
-    ]
-    return torch.cat(out).numpy()
+    from emgcore.training import batched
+
+    return batched(lambda b: model(b).argmax(-1), SentenceBatches(sentences), batch).numpy()

@@ -56,8 +56,8 @@ def test_padding_changes_no_output():
     valid = batch["length"] > 0
     torch.manual_seed(0)
     vq, mtm = VQTokenizer(CFG).eval(), MaskedTokenModel(CFG).eval()
-    h1 = vq.encoder(**batch)
-    h2 = vq.encoder(**filled)
+    h1 = vq.encoder(batch)
+    h2 = vq.encoder(filled)
     torch.testing.assert_close(h1[valid], h2[valid], rtol=1e-5, atol=1e-5)
     assert torch.equal(vq.codes(batch), vq.codes(filled))
     l1, _ = vq.loss(batch)
@@ -213,7 +213,7 @@ def test_pretraining_on_simulated_recordings_logs_every_epoch():
     for h in history:
         assert 1.0 <= h["perplexity"] <= 32 and 0 <= h["dead_codes"] < 32
     assert {"reconstruction", "commitment"} <= history[0].keys()
-    assert {"mtm_loss", "masked_accuracy"} <= history[-1].keys()
+    assert {"loss", "masked_accuracy"} <= history[-1].keys()
 
 
 def test_fine_tuning_learns_the_gesture_and_leaves_the_given_encoder_alone():
@@ -323,3 +323,41 @@ def test_a_classifier_continues_fine_tuning_with_its_own_head_and_stays_unchange
     second = fit_classifier(first, s, 2, epochs=1)
     assert second is not first and torch.equal(first.head.weight, head)
     assert second.head.weight.shape == head.shape and not torch.equal(second.head.weight, head)
+
+
+def test_bad_model_and_training_settings_are_one_error_naming_the_field():
+    from emgcore.contractions import SentenceSet
+    from emgcore.errors import InvalidValueError
+    from emgcore.models.aemg import NST, PretrainConfig, fit_classifier, pretrain
+
+    for bad, field in (
+        ({"heads": 0}, "heads"),
+        ({"codebook_size": 0}, "codebook_size"),
+        ({"token_len": 2.5}, "token_len"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"target": "phase"}, "target"),
+    ):
+        with pytest.raises(InvalidValueError) as e:
+            AEMGConfig.small(**bad)
+        assert e.value.field == field
+    batch = _batch()
+    batch["position"] = batch["position"][..., :3]
+    with pytest.raises(InvalidValueError, match="position_features"):
+        NST(CFG)(batch)
+    with pytest.raises(InvalidValueError) as e:
+        PretrainConfig(batch_size=0)
+    assert e.value.field == "pretrain.batch_size"
+    s = SentenceSet(
+        values=np.zeros((4, 6, 4, 20), np.float32),
+        length=np.full((4, 6), 20),
+        phase=np.zeros((4, 6), np.int8),
+        position=np.zeros((4, 4, 4), np.float32),
+        label=np.array([0, 1, 2, 5]),
+        subject=np.full(4, "a"),
+        session=np.full(4, "x"),
+        recording=np.arange(4),
+    )
+    with pytest.raises(InvalidValueError, match="label 5 is outside the 3 classes"):
+        fit_classifier(NST(CFG), s, 3)
+    with pytest.raises(InvalidValueError, match="at least 2 sentences"):
+        pretrain(s.take(np.arange(1)), CFG, PretrainConfig())

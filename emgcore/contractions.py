@@ -51,6 +51,7 @@ from typing import Literal
 import numpy as np
 
 from emgcore.errors import InvalidValueError
+from emgcore.preprocessing import true_runs
 
 # phase of a token within its contraction (the NST's activation-phase condition)
 WHOLE, ONSET, SUSTAIN, OFFSET, SLICE = 0, 1, 2, 3, 4
@@ -89,9 +90,22 @@ class TokenizerConfig:
                     f"{name} must be > 0 s, got {getattr(self, name)!r}",
                     field=f"tokenizer.{name}",
                 )
-        if self.sentence_tokens < 1:
+        for name in ("threshold_k", "min_event_s", "merge_gap_s"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise InvalidValueError(
+                    f"{name} must be >= 0, got {getattr(self, name)!r}",
+                    field=f"tokenizer.{name}",
+                )
+        if self.stride_s > self.window_s:
             raise InvalidValueError(
-                f"sentence_tokens must be >= 1, got {self.sentence_tokens!r}",
+                f"stride_s {self.stride_s:g} s is longer than window_s {self.window_s:g} s: "
+                "samples between windows would never be weighed",
+                field="tokenizer.stride_s",
+            )
+        n = self.sentence_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidValueError(
+                f"sentence_tokens must be an integer >= 1, got {n!r}",
                 field="tokenizer.sentence_tokens",
             )
 
@@ -120,9 +134,9 @@ class Tokens:
 
     def sentences(self, size: int) -> np.ndarray:
         """``(S, size)`` token indices, ``size`` consecutive tokens per sentence in time
-        order; the last sentence padded with ``-1``."""
+        order; the last sentence padded with ``-1`` (no sentence without a token)."""
         n = len(self)
-        s = max(1, -(-n // size))
+        s = -(-n // size)
         idx = np.full(s * size, -1, np.int64)
         idx[:n] = np.arange(n)
         return idx.reshape(s, size)
@@ -182,18 +196,23 @@ def contraction_events(
     active = window_energy(emg, w, st) > theta
     if not active.any():
         return np.zeros((0, 2), np.int64)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
-    first, last = edges[0::2], edges[1::2] - 1  # window indices of each run
-    on = first * st + w // 2 - st // 2
-    off = last * st + w // 2 + (st - st // 2)
-    on, off = np.clip(on, 0, len(emg)), np.clip(off, 0, len(emg))
-    # close short gaps, then drop short events
-    gap = cfg.samples(cfg.merge_gap_s, fs)
-    keep = np.concatenate([[True], on[1:] - off[:-1] >= gap])
-    on = on[keep]
-    off = np.maximum.reduceat(off, np.flatnonzero(keep))
-    long_enough = off - on >= cfg.samples(cfg.min_event_s, fs)
-    return np.stack([on[long_enough], off[long_enough]], axis=1).astype(np.int64)
+    runs = true_runs(active)  # window indices: [first, last + 1)
+    on = runs[:, 0] * st + w // 2 - st // 2
+    off = (runs[:, 1] - 1) * st + w // 2 + (st - st // 2)
+    ev = np.clip(np.stack([on, off], axis=1), 0, len(emg))
+    return merge_events(ev, cfg.samples(cfg.merge_gap_s, fs), cfg.samples(cfg.min_event_s, fs))
+
+
+def merge_events(events: np.ndarray, gap: int, min_len: int) -> np.ndarray:
+    """``events (E, 2)`` ``[start, stop)`` in time order with gaps shorter than ``gap`` closed,
+    then events shorter than ``min_len`` dropped (samples)."""
+    if len(events) == 0:
+        return np.zeros((0, 2), np.int64)
+    keep = np.concatenate([[True], events[1:, 0] - events[:-1, 1] >= gap])
+    ev = np.stack(
+        [events[keep, 0], np.maximum.reduceat(events[:, 1], np.flatnonzero(keep))], axis=1
+    ).astype(np.int64)
+    return ev[ev[:, 1] - ev[:, 0] >= min_len]
 
 
 def fixed_slices(n_samples: int, fs: float, cfg: TokenizerConfig) -> np.ndarray:
@@ -216,6 +235,12 @@ def tokenize(emg: np.ndarray, fs: float, theta: float, cfg: TokenizerConfig) -> 
     x = np.asarray(emg, np.float32)
     if x.ndim != 2:
         raise InvalidValueError(f"emg must be (T, C), got shape {x.shape}", field="emg")
+    if not fs > 0:
+        raise InvalidValueError(f"fs must be > 0 Hz, got {fs!r}", field="fs")
+    if cfg.kind == "nct" and not np.isfinite(theta):
+        raise InvalidValueError(
+            f"the contraction threshold must be finite, got {theta!r}", field="theta"
+        )
     size = cfg.samples(cfg.token_s, fs)
     if cfg.kind == "slice":
         events = fixed_slices(len(x), fs, cfg)
@@ -261,14 +286,8 @@ def activation_events(
     :func:`~emgcore.data.simulator.muscle_activation`): runs where any muscle's activation
     exceeds ``level`` (rest sits at ~0.02), gaps shorter than ``min_s`` closed and runs shorter
     than ``min_s`` dropped. ``(E, 2)`` ``[onset, offset)`` samples."""
-    on = np.asarray(activation).max(axis=1) > level
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], on.astype(np.int8), [0]])))
-    ev = np.stack([edges[0::2], edges[1::2]], axis=1).astype(np.int64)
     n = max(1, round(min_s * fs))
-    if len(ev) > 1:
-        keep = np.concatenate([[True], ev[1:, 0] - ev[:-1, 1] >= n])
-        ev = np.stack([ev[keep, 0], np.maximum.reduceat(ev[:, 1], np.flatnonzero(keep))], 1)
-    return ev[ev[:, 1] - ev[:, 0] >= n]
+    return merge_events(true_runs(np.asarray(activation).max(axis=1) > level), n, n)
 
 
 def event_f1(
@@ -343,6 +362,13 @@ class SentenceSet:
         """The sentences ``idx`` (a boolean mask or indices)."""
         return SentenceSet(*(np.asarray(getattr(self, f))[idx] for f in self.__dataclass_fields__))
 
+    @staticmethod
+    def concat(sets: Sequence[SentenceSet]) -> SentenceSet:
+        """The sentences of ``sets`` one after another (``recording`` keeps each set's own
+        numbering)."""
+        fields = SentenceSet.__dataclass_fields__
+        return SentenceSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in fields))
+
 
 def sentence_set(
     recordings: Sequence, cfg: TokenizerConfig, label: str | None = "gesture"
@@ -359,6 +385,14 @@ def sentence_set(
     """
     from emgcore.topology import COMMON_FS, calibrate
 
+    if not recordings:
+        raise InvalidValueError("no recording to tokenize", field="recordings")
+    if label is not None and not any(label in rec.labels for rec in recordings):
+        raise InvalidValueError(
+            f"no recording has labels {label!r}; they have "
+            f"{sorted({k for rec in recordings for k in rec.labels})} (label=None for none)",
+            field="label",
+        )
     fs = COMMON_FS
     w, st = cfg.samples(cfg.window_s, fs), cfg.samples(cfg.stride_s, fs)
     s_tok = cfg.sentence_tokens
@@ -387,23 +421,24 @@ def sentence_set(
             tok_lab = np.asarray(rec.labels[label])[src][at]
             lab = np.array([_mode(t[r]) for t, r in zip(tok_lab, real, strict=True)], np.int64)
         parts.append(
-            (
-                values,
-                np.where(real, tok.length[at], 0),
-                np.where(real, tok.phase[at], 0).astype(np.int8),
-                np.repeat(position[None], len(sent), axis=0),
-                lab,
-                np.full(len(sent), rec.subject),
-                np.full(len(sent), rec.session),
-                np.full(len(sent), i),
+            SentenceSet(
+                values=values,
+                length=np.where(real, tok.length[at], 0),
+                phase=np.where(real, tok.phase[at], 0).astype(np.int8),
+                position=np.repeat(position[None], len(sent), axis=0),
+                label=lab,
+                subject=np.full(len(sent), rec.subject),
+                session=np.full(len(sent), rec.session),
+                recording=np.full(len(sent), i),
             )
         )
     if not parts:
         raise InvalidValueError(
-            "no contraction found in any recording: lower tokenizer.threshold_k",
+            "no contraction found in any recording (flat signals, or a threshold above every "
+            f"window's energy: tokenizer.threshold_k is {cfg.threshold_k:g})",
             field="tokenizer.threshold_k",
         )
-    return SentenceSet(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
+    return SentenceSet.concat(parts)
 
 
 def _mode(x: np.ndarray) -> int:

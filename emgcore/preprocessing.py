@@ -116,11 +116,16 @@ def min_filtfilt_len(sos: np.ndarray) -> int:
     return 3 * (2 * len(sos) + 1) + 1
 
 
+def true_runs(mask: np.ndarray) -> np.ndarray:
+    """``(E, 2)`` int64 ``[start, stop)`` index ranges of the runs of True in ``mask`` (T,), in
+    order."""
+    v = np.concatenate([[False], np.asarray(mask, bool), [False]]).astype(np.int8)
+    return np.flatnonzero(np.diff(v)).reshape(-1, 2).astype(np.int64)
+
+
 def valid_segments(valid: np.ndarray) -> list[tuple[int, int]]:
     """``[start, stop)`` sample ranges of the runs of True in ``valid`` (T,), in order."""
-    v = np.concatenate([[False], np.asarray(valid, bool), [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(v))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    return [(int(a), int(b)) for a, b in true_runs(valid)]
 
 
 def fill_invalid(x: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -195,13 +195,7 @@ def run(
     for kind in ("nct", "slice"):
         tok = replace(cfg.tokenizer, kind=kind)
         t0 = time.perf_counter()
-        train = [sentence_set(recs, tok) for recs in (pre, others) if recs]
-        train_set = SentenceSet(
-            *(
-                np.concatenate([getattr(s, f) for s in train])
-                for f in SentenceSet.__dataclass_fields__
-            )
-        )
+        train_set = SentenceSet.concat([sentence_set(recs, tok) for recs in (pre, others) if recs])
         eval_set = sentence_set(ev, tok)
         model_cfg = replace(
             cfg.model,

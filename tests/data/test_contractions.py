@@ -221,3 +221,36 @@ def test_slicing_drops_a_tail_too_short_to_standardise():
     cfg = TokenizerConfig(kind="slice", token_s=0.5)
     tok = tokenize(_bursts([], seconds=10.005), FS, 0.0, cfg)  # 20 slices and 1 sample
     assert len(tok) == 20 and tok.length.min() == 100
+
+
+def test_settings_and_arguments_that_would_give_wrong_tokens_are_refused():
+    for bad, field in (
+        ({"threshold_k": -3.0}, "tokenizer.threshold_k"),
+        ({"min_event_s": -1.0}, "tokenizer.min_event_s"),
+        ({"stride_s": 0.5}, "tokenizer.stride_s"),  # longer than the 0.25 s window
+        ({"sentence_tokens": 2.5}, "tokenizer.sentence_tokens"),
+        ({"sentence_tokens": True}, "tokenizer.sentence_tokens"),
+    ):
+        with pytest.raises(InvalidValueError) as e:
+            TokenizerConfig(**bad)
+        assert e.value.field == field
+    x = _bursts([(2.0, 3.0)])
+    with pytest.raises(InvalidValueError) as e:
+        tokenize(x, 0.0, 1.0, TokenizerConfig())
+    assert e.value.field == "fs"
+    with pytest.raises(InvalidValueError) as e:
+        tokenize(x, FS, float("nan"), TokenizerConfig())
+    assert e.value.field == "theta"
+    assert len(tokenize(x[:0], FS, 1.0, TokenizerConfig()).sentences(4)) == 0
+
+
+def test_sentence_set_names_what_is_missing():
+    from emgcore.contractions import sentence_set
+
+    with pytest.raises(InvalidValueError, match="no recording to tokenize"):
+        sentence_set([], TokenizerConfig())
+    from emgcore.data.simulator import preset, simulate_recording
+
+    rec = simulate_recording(preset("myo-like", duration_s=5.0), 0, 0)
+    with pytest.raises(InvalidValueError, match=r"no recording has labels 'nope'.*gesture"):
+        sentence_set([rec], TokenizerConfig(), label="nope")

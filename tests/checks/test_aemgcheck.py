@@ -56,3 +56,18 @@ def test_few_shot_split_keeps_a_sentence_of_every_class_to_score():
         assert [int(seen[y == c].sum()) for c in range(4)] == [8, 3, 1, 0]
     seen = few_shot_split(y, 0.05, np.random.default_rng(0))
     assert [int(seen[y == c].sum()) for c in range(4)] == [1, 1, 1, 0]
+
+
+def test_missing_data_is_one_error_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"EMG_REAL_DATA": str(tmp_path / "nowhere")}
+    p = subprocess.run(
+        [sys.executable, "-m", "emgcore.checks.aemgcheck"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1
+    assert "nowhere" in p.stderr

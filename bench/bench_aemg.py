@@ -71,11 +71,11 @@ def step_seconds(cfg: AEMGConfig, b: int, device: str, bf16: bool) -> tuple[floa
                 times.append(time.perf_counter() - t)
         return statistics.median(times)
 
-    t_vq = timed(vq, lambda: vq.loss(data))
+    t_vq = timed(vq, lambda: vq(data))
     vq.eval()
     targets = vq.codes(data)
     g = torch.Generator().manual_seed(1)
-    t_mtm = timed(mtm, lambda: mtm.loss(data, targets, g))
+    t_mtm = timed(mtm, lambda: mtm(data, targets, g))
     return t_vq, t_mtm, int((data["length"] > 0).sum())
 
 

@@ -132,14 +132,35 @@ class Tokens:
     def __len__(self) -> int:
         return len(self.length)
 
-    def sentences(self, size: int) -> np.ndarray:
+    def sentences(self, size: int, group: np.ndarray | None = None) -> np.ndarray:
         """``(S, size)`` token indices, ``size`` consecutive tokens per sentence in time
-        order; the last sentence padded with ``-1`` (no sentence without a token)."""
+        order, each group's last sentence padded with ``-1`` (no sentence without a token).
+        ``group (N,)``: each token's group (e.g. its gesture repetition, :func:`label_trials`),
+        constant over runs; a sentence never spans two runs."""
         n = len(self)
-        s = -(-n // size)
-        idx = np.full(s * size, -1, np.int64)
-        idx[:n] = np.arange(n)
-        return idx.reshape(s, size)
+        g = np.zeros(n, np.int64) if group is None else np.asarray(group)
+        if n == 0:
+            return np.zeros((0, size), np.int64)
+        new = np.concatenate([[True], g[1:] != g[:-1]])
+        run_start = np.flatnonzero(new)
+        run = np.cumsum(new) - 1
+        pos = np.arange(n) - run_start[run]  # the token's place in its run
+        per_run = -(-np.diff(np.append(run_start, n)) // size)
+        first = np.concatenate([[0], np.cumsum(per_run)[:-1]])
+        idx = np.full((int(per_run.sum()), size), -1, np.int64)
+        idx[first[run] + pos // size, pos % size] = np.arange(n)
+        return idx
+
+
+def label_trials(label: np.ndarray, rest: int = 0) -> np.ndarray:
+    """``(T,)`` int64 the gesture repetition (trial) of every sample of a continuous
+    ``label (T,)``: a trial is a run of rest and the gesture that follows it, so a new one
+    starts where rest resumes after a gesture. A recording of one gesture (a myoarmband file)
+    is one trial."""
+    lab = np.asarray(label)
+    ends = np.zeros(len(lab), np.int64)
+    ends[1:] = (lab[1:] == rest) & (lab[:-1] != rest)
+    return np.cumsum(ends)
 
 
 def window_energy(emg: np.ndarray, window: int, stride: int) -> np.ndarray:
@@ -343,7 +364,8 @@ class SentenceSet:
     for padding tokens), ``phase (N, S)`` int8, ``position (N, C, P)`` float32 (the spatial
     condition, :func:`emgcore.topology.topology_map`), ``label (N,)`` int64 the most common
     label at the sentence's token centres (``-1`` without labels), ``subject (N,)`` and
-    ``session (N,)`` str, ``recording (N,)`` the index of the recording it came from.
+    ``session (N,)`` str, ``recording (N,)`` the index of the recording it came from, ``end
+    (N,)`` int64 the sample after its last token's last, on that recording's clock.
     """
 
     values: np.ndarray
@@ -354,6 +376,7 @@ class SentenceSet:
     subject: np.ndarray
     session: np.ndarray
     recording: np.ndarray
+    end: np.ndarray
 
     def __len__(self) -> int:
         return len(self.length)
@@ -371,7 +394,11 @@ class SentenceSet:
 
 
 def sentence_set(
-    recordings: Sequence, cfg: TokenizerConfig, label: str | None = "gesture"
+    recordings: Sequence,
+    cfg: TokenizerConfig,
+    label: str | None = "gesture",
+    trials: bool = False,
+    rest: int = 0,
 ) -> SentenceSet:
     """Calibrate, tokenize and group ``recordings`` (:class:`~emgcore.recording.Recording`,
     band-passed by the caller) into sentences (AEMG stages 1-2).
@@ -381,7 +408,10 @@ def sentence_set(
     subject's recordings with one electrode placement: the released code's unit is a recording,
     but a data set like myoarmband stores each 5-s gesture hold as its own file, whose quietest
     span is no rest; the session's neutral files are); each recording's tokens are cut into
-    sentences of ``cfg.sentence_tokens``, never across recordings.
+    sentences of ``cfg.sentence_tokens``, never across recordings, and with ``trials`` never
+    across gesture repetitions of ``label`` (:func:`label_trials`, ``rest`` the rest class):
+    continuous recordings then give one sentence per repetition, as a data set of one file per
+    gesture does (the threshold is still calibrated on the whole session).
     """
     from emgcore.topology import COMMON_FS, calibrate
 
@@ -410,13 +440,18 @@ def sentence_set(
         tok = tokenize(emg, fs, theta[i], cfg)
         if len(tok) == 0:
             continue
-        sent = tok.sentences(s_tok)  # (n, S) token indices, -1 padding
+        scale = rec.fs / fs  # the common clock onto the recording's
+        group = None
+        if trials and label is not None and label in rec.labels:
+            first = np.minimum(np.round(tok.start * scale).astype(np.int64), rec.n_samples - 1)
+            group = label_trials(rec.labels[label], rest)[first]
+        sent = tok.sentences(s_tok, group)  # (n, S) token indices, -1 padding
         real = sent >= 0
         at = np.where(real, sent, 0)
         values = np.where(real[:, :, None, None], tok.values[at], 0.0).astype(np.float32)
         lab = np.full(len(sent), -1, np.int64)
         if label is not None and label in rec.labels:
-            centre = (tok.start + tok.length // 2) * rec.fs / fs  # on the recording's clock
+            centre = (tok.start + tok.length // 2) * scale
             src = np.minimum(np.round(centre).astype(np.int64), rec.n_samples - 1)
             tok_lab = np.asarray(rec.labels[label])[src][at]
             lab = np.array([_mode(t[r]) for t, r in zip(tok_lab, real, strict=True)], np.int64)
@@ -430,6 +465,10 @@ def sentence_set(
                 subject=np.full(len(sent), rec.subject),
                 session=np.full(len(sent), rec.session),
                 recording=np.full(len(sent), i),
+                end=np.minimum(
+                    np.round(np.where(real, tok.start[at] + tok.length[at], 0).max(1) * scale),
+                    rec.n_samples,
+                ).astype(np.int64),
             )
         )
     if not parts:

@@ -983,7 +983,8 @@ class Sweep:
 
         recs = self._load_data()
         self.recordings = recs  # lazily loaded files are paths and offsets; the cache warms them
-        have = sorted({r.subject for r in recs if r.kinematics is not None})
+        paired = self.method.needs_kinematics
+        have = sorted({r.subject for r in recs if r.kinematics is not None or not paired})
         if not have:
             raise EmgDataError(
                 f"no recording has kinematics (joint angles, DoA or glove): {self.opts.method} "

@@ -43,23 +43,11 @@ import numpy as np
 import torch
 
 from emgcore.contractions import SentenceSet, TokenizerConfig, sentence_set
-from emgcore.eval.probe import class_scores, linear_probe
-from emgcore.models.aemg import (
-    NST,
-    AEMGConfig,
-    MaskedTokenModel,
-    PretrainConfig,
-    SentenceBatches,
-    fit_classifier,
-    predict,
-    pretrain,
-)
+from emgcore.methods.aemg import FEW_SHOT, embed, finetuned_loso, loso
+from emgcore.models.aemg import AEMGConfig, MaskedTokenModel, PretrainConfig, pretrain
 from emgcore.preprocessing import BandPass
 from emgcore.recording import Recording
 from emgcore.topology import COMMON_CHANNELS, COMMON_FS
-from emgcore.training import batched
-
-FEW_SHOT = (0.05, 0.2, 0.4, 0.8)
 
 
 @dataclass(frozen=True)
@@ -72,81 +60,6 @@ class AEMGCheckConfig:
     simulated: tuple[str, ...] = ("db8-like", "grid110")  # presets of other layouts
     finetune: bool = True  # the end-to-end folds: 5 of the whole run's 7.5 min on 2 cores
     seed: int = 0
-
-
-def embed(model: MaskedTokenModel, sentences: SentenceSet) -> np.ndarray:
-    """``(N, dim)`` pooled embeddings of every sentence, in batches."""
-    return batched(model.embed, SentenceBatches(sentences)).numpy()
-
-
-def loso(
-    z: np.ndarray,
-    y: np.ndarray,
-    subject: np.ndarray,
-    n_classes: int,
-    fraction: float = 0.0,
-    seed: int = 0,
-    classifier: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] = linear_probe,
-) -> dict[str, float]:
-    """Balanced accuracy per held-out person of a linear probe trained on the other people
-    (zero-shot), or, when ``fraction > 0``, on that share of the held-out person's own
-    sentences (stratified by class, at least one of every class that has two; few-shot),
-    scored on the rest.
-    ``classifier(train_z, train_y, test_z) -> predictions`` (default the linear probe)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for person in np.unique(subject):
-        target = np.flatnonzero(subject == person)
-        seen = few_shot_split(y[target], fraction, rng) if fraction > 0 else None
-        train = target[seen] if seen is not None else np.flatnonzero(subject != person)
-        test = target[~seen] if seen is not None else target
-        pred = classifier(z[train], y[train], z[test])
-        out[str(person)] = class_scores(y[test], pred, n_classes).balanced_accuracy
-    return out
-
-
-def few_shot_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """``(N,)`` bool: ``fraction`` of one person's sentences of each class (at least one, and
-    never the class's last: every class that has two keeps one to score), drawn at random."""
-    seen = np.zeros(len(y), bool)
-    for c in np.unique(y):
-        ix = np.flatnonzero(y == c)
-        k = max(1, round(fraction * len(ix)))
-        seen[rng.choice(ix, min(k, len(ix) - 1), replace=False)] = True
-    return seen
-
-
-def finetuned_loso(
-    encoder: NST | None,
-    cfg: AEMGConfig,
-    sentences: SentenceSet,
-    n_classes: int,
-    fractions: Sequence[float] = (),
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Per held-out person, balanced accuracy of ``encoder`` fine-tuned end to end with a
-    linear head on the other people (``"zero_shot"``; ``encoder=None``: the same network from
-    random weights, a supervised baseline), then of that classifier fine-tuned further on each
-    of ``fractions`` of the person's own sentences (``"few_shot_<percent>"``, scored on the
-    rest; :func:`few_shot_split`). :func:`~emgcore.models.aemg.fit_classifier` both times."""
-    out: dict[str, dict[str, float]] = {}
-    rng = np.random.default_rng(seed)
-    for person in np.unique(sentences.subject):
-        test = sentences.subject == person
-        torch.manual_seed(seed)
-        start = encoder if encoder is not None else NST(cfg)
-        model = fit_classifier(start, sentences.take(~test), n_classes, seed=seed)
-        target = sentences.take(test)
-        pred = predict(model, target)
-        score = class_scores(target.label, pred, n_classes).balanced_accuracy
-        out.setdefault("zero_shot", {})[str(person)] = score
-        for f in fractions:
-            seen = few_shot_split(target.label, f, rng)
-            adapted = fit_classifier(model, target.take(seen), n_classes, seed=seed)
-            pred = predict(adapted, target.take(~seen))
-            score = class_scores(target.label[~seen], pred, n_classes).balanced_accuracy
-            out.setdefault(f"few_shot_{round(f * 100)}", {})[str(person)] = score
-    return out
 
 
 def td4_per_recording(pre: Sequence[Recording], ev: Sequence[Recording]) -> np.ndarray:
@@ -210,7 +123,7 @@ def run(
         )
         out["history"][kind] = history
         n_cls = int(eval_set.label.max()) + 1
-        z = embed(mtm, eval_set)
+        z = embed(mtm.encoder, eval_set)
         out["scores"][f"{kind}_zero_shot"] = loso(z, eval_set.label, eval_set.subject, n_cls)
         if kind == "nct":
             for f in FEW_SHOT:
@@ -218,7 +131,7 @@ def run(
                     z, eval_set.label, eval_set.subject, n_cls, f, cfg.seed
                 )
             torch.manual_seed(cfg.seed)
-            z0 = embed(MaskedTokenModel(model_cfg), eval_set)
+            z0 = embed(MaskedTokenModel(model_cfg).encoder, eval_set)
             out["scores"]["untrained_zero_shot"] = loso(z0, eval_set.label, eval_set.subject, n_cls)
             ends = [("finetuned", mtm.encoder), ("supervised", None)] if cfg.finetune else []
             for name, encoder in ends:

@@ -539,6 +539,9 @@ PRESETS: dict[str, SimConfig] = {
         free_fraction=0.0,
     ),
 }
+# Myo-armband shape with cohorts of people: AEMG's default data (a pre-training cohort, tune
+# subjects drawn from it and an evaluation cohort need a dozen people, not the default two).
+PRESETS["myo-cohorts"] = PRESETS["myo-like"].replace(name="myo-cohorts", n_subjects=12)
 
 
 def preset(name: str, **overrides: Any) -> SimConfig:

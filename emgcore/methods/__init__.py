@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emgcore.errors import InvalidValueError, MissingFieldError
-from emgcore.methods import jepa, kinembed, posealign
+from emgcore.methods import aemg, jepa, kinembed, posealign
 from emgcore.methods.base import INFERENCE_FILE, NO_INFERENCE_FILE, Inference, Method
 
 METHODS: dict[str, Method] = {
@@ -23,6 +23,7 @@ METHODS: dict[str, Method] = {
         posealign.CPEP_METHOD,
         posealign.EMBRIDGE_METHOD,
         jepa.METHOD,
+        aemg.METHOD,
     )
 }
 

@@ -294,6 +294,8 @@ class Method:
       cluster, before its trials start (:mod:`orchestration.cache`); None: none to build.
     * ``inference(payload)``: the :class:`Inference` a registered version's ``inference.pt``
       holds (written by an :class:`Export`'s ``write_files`` with :func:`save_inference`).
+    * ``needs_kinematics``: its trials learn from EMG paired with kinematics (the sweep refuses
+      data without them); False for a method that learns from EMG and labels alone (AEMG).
     * ``seed_metrics``: what its final run scores per seed (:meth:`Trial.seeds`), each
       with its direction (``"max"``: higher is better; ``"min"``: an error); default: the
       ``final_metric``, higher is better. The nightly suite may gate on any of them.
@@ -317,6 +319,7 @@ class Method:
     cache_plan: Callable[[Any, Sequence[Any]], Sequence[tuple[Any, Any]]] | None = None
     inference: Callable[[Mapping[str, Any]], Inference] | None = None
     seed_metrics: Mapping[str, str] | None = None
+    needs_kinematics: bool = True
 
     def per_seed(self) -> dict[str, str]:
         """:attr:`seed_metrics`, defaulted: ``{metric: "max" | "min"}``."""

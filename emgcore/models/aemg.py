@@ -51,7 +51,7 @@ Choices the paper leaves open, and the released code's defects we do not repeat:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,8 +61,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgcore.contractions import PHASES, SentenceSet
+from emgcore.distributed import DataParallel
 from emgcore.errors import InvalidValueError
 from emgcore.models.transformer import Block, init_weights, sincos_1d
+from emgcore.training import EpochHook
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,7 @@ def codebook_usage(counts: Tensor) -> dict[str, float]:
 
 class VQTokenizer(nn.Module):
     """Stage 4: NST encoder, normalised EMA codebook and a sentence decoder that reconstructs
-    every real token's ``(C, L)`` values from the codes. :meth:`loss` returns the training loss
+    every real token's ``(C, L)`` values from the codes. :meth:`forward` returns the training loss
     and its parts; :meth:`codes` the code index of every token (``-1`` at padding)."""
 
     def __init__(self, cfg: AEMGConfig):
@@ -357,8 +359,9 @@ class VQTokenizer(nn.Module):
         zq, index, commit = self.codebook(z)
         return z, zq, index, commit
 
-    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Reconstruction MSE (of ``cfg.target``, real tokens only) + ``beta`` x commitment
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """The training loss (``forward``, so DistributedDataParallel sees the call):
+        reconstruction MSE (of ``cfg.target``, real tokens only) + ``beta`` x commitment
         (real tokens); in training mode also the codebook's EMA step."""
         values, length = batch["values"], batch["length"]
         valid = valid_tokens(length)
@@ -396,7 +399,7 @@ def mask_tokens(length: Tensor, ratio: float, generator: torch.Generator | None 
 
 
 class MaskedTokenModel(nn.Module):
-    """Stage 5: an NST and a head over the codebook; :meth:`loss` hides tokens and predicts their
+    """Stage 5: an NST and a head over the codebook; :meth:`forward` hides tokens and predicts their
     codes from the frozen tokenizer's ``targets (B, S)``; :meth:`embed` is the downstream
     encoder's pooled embedding ``(B, dim)`` (mean over real tokens)."""
 
@@ -406,10 +409,11 @@ class MaskedTokenModel(nn.Module):
         self.encoder = NST(cfg)
         self.head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.codebook_size))
 
-    def loss(
+    def forward(
         self, batch: dict[str, Tensor], targets: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy on the masked real tokens; ``masked_accuracy`` their top-1 accuracy."""
+        """The training loss (``forward``, for DistributedDataParallel): cross-entropy on the
+        masked real tokens; ``masked_accuracy`` their top-1 accuracy."""
         mask = mask_tokens(batch["length"], self.cfg.mask_ratio, generator)
         h = self.encoder(batch, mask=mask)
         if not mask.any():  # a batch of padding only: nothing to predict, a zero loss
@@ -501,6 +505,10 @@ def pretrain(
     cfg: AEMGConfig,
     opt: PretrainConfig,
     log: Callable[[dict[str, float]], None] | None = None,
+    *,
+    hooks: Mapping[str, Sequence[EpochHook]] | None = None,
+    parallel: DataParallel | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[VQTokenizer, MaskedTokenModel, list[dict[str, float]]]:
     """AEMG stages 4 and 5 on a :class:`~emgcore.contractions.SentenceSet`, each through the
     project's training loop (:func:`emgcore.training.fit`): the VQ tokenizer for
@@ -510,7 +518,10 @@ def pretrain(
     ``commitment`` | ``masked_accuracy``), ``lr``, and the codebook's ``perplexity`` and
     ``dead_codes`` over the epoch's assignments (stage ``vq``; the first step only initialises
     the codes and is not counted) or over the targets (stage ``mtm``). ``log(record)`` is
-    called after every epoch. Raises :class:`InvalidValueError` for fewer than 2 sentences.
+    called after every epoch, and ``hooks["vq"]`` / ``hooks["mtm"]`` (the launcher's epoch
+    hooks) with the same record. Data parallel over ``parallel``'s workers (each takes its
+    shard of every global batch; gradients averaged, codebook statistics summed), on
+    ``device``. Raises :class:`InvalidValueError` for fewer than 2 sentences.
     """
     from emgcore.models.nn import seeded
     from emgcore.training import batched, fit
@@ -519,40 +530,48 @@ def pretrain(
         raise InvalidValueError(
             f"pre-training needs at least 2 sentences, got {len(sentences)}", field="sentences"
         )
+    parallel = parallel or DataParallel()
     history: list[dict[str, float]] = []
 
-    def record(stage: str, usage: Callable[[], dict[str, float]]):  # an epoch hook
-        def hook(epoch: int, metrics: dict[str, float], _model: nn.Module) -> None:
+    def record(stage: str, usage: Callable[[], dict[str, float]]) -> list[EpochHook]:
+        def hook(epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
             rec = {"stage": stage, "epoch": epoch}
             rec |= {k.removeprefix("train_"): v for k, v in metrics.items() if k != "samples"}
             history.append(rec | usage())
             if log is not None:
                 log(history[-1])
+            logged = {k: v for k, v in history[-1].items() if k not in ("stage", "epoch")}
+            for h in (hooks or {}).get(stage, ()):
+                h(epoch, logged, model)
 
-        return hook
+        return [hook]
 
     def vq_usage() -> dict[str, float]:
         out = vq.codebook.usage()
         vq.codebook.reset_usage()  # the next epoch counts afresh
         return out
 
+    def shard(idx: Tensor) -> dict[str, Tensor]:
+        return as_batch(sentences, parallel.shard(idx).numpy(), device)
+
     def vq_step(idx: Tensor, _gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        loss, parts = vq.loss(as_batch(sentences, idx.numpy()))
+        loss, parts = vq_net(shard(idx))
         return loss, {"loss": loss.item(), **parts}
 
     def mtm_step(idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        loss, parts = mtm.loss(as_batch(sentences, idx.numpy()), targets[idx], gen)
+        loss, parts = mtm_net(shard(idx), targets[parallel.shard(idx)].to(device), gen)
         return loss, {"loss": loss.item(), **parts}
 
     with seeded(opt.seed) as g:
-        vq, mtm = VQTokenizer(cfg), MaskedTokenModel(cfg)
+        vq, mtm = VQTokenizer(cfg).to(device), MaskedTokenModel(cfg).to(device)
+        vq_net, mtm_net = parallel.wrap(vq), parallel.wrap(mtm)
         n = len(sentences)
         fit(vq, vq_step, n, opt.stage(opt.vq_epochs), name="AEMG VQ tokenizer", gen=g,
-            hooks=[record("vq", vq_usage)])  # fmt: skip
-        targets = batched(vq.codes, SentenceBatches(sentences))  # (N, S), -1 at padding
+            hooks=record("vq", vq_usage), parallel=parallel)  # fmt: skip
+        targets = batched(vq.codes, SentenceBatches(sentences, device))  # (N, S), -1 at padding
         used = torch.bincount(targets[targets >= 0], minlength=cfg.codebook_size)
         fit(mtm, mtm_step, n, opt.stage(opt.mtm_epochs), name="AEMG masked tokens", gen=g,
-            hooks=[record("mtm", lambda: codebook_usage(used))])  # fmt: skip
+            hooks=record("mtm", lambda: codebook_usage(used)), parallel=parallel)  # fmt: skip
     return vq, mtm, history
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emgcore.checks.aemgcheck import loso
+from emgcore.methods.aemg import loso
 
 
 def test_loso_holds_out_each_person_and_few_shot_sees_part_of_them():
@@ -48,7 +48,7 @@ def test_aemg_runs_end_to_end_on_myoarmband(real_data: Path) -> None:
 
 
 def test_few_shot_split_keeps_a_sentence_of_every_class_to_score():
-    from emgcore.checks.aemgcheck import few_shot_split
+    from emgcore.methods.aemg import few_shot_split
 
     y = np.array([0] * 10 + [1] * 4 + [2] * 2 + [3])
     for seed in range(10):

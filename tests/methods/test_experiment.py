@@ -50,10 +50,10 @@ def test_paper_preset_is_the_dataclass_defaults() -> None:
 @pytest.mark.parametrize("name", sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
 def test_every_bundled_preset_loads(name) -> None:
     from emgcore.config import load_yaml
-    from emgcore.methods.jepa import PoseEstConfig
-    from emgcore.methods.posealign import PoseAlignConfig
+    from emgcore.methods import METHODS
 
-    family = {"posealign": PoseAlignConfig, "jepa": PoseEstConfig}
+    # a preset belongs to the method family its name starts with (posealign-*: MAE, CPEP, ...)
+    family = {m.preset.split("-")[0]: m.config for m in METHODS.values()}
     cls = family.get(name.split("-")[0], ExperimentConfig)
     assert isinstance(load_yaml(cls, resolve_config(name)), cls)
 

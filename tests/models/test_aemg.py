@@ -60,12 +60,12 @@ def test_padding_changes_no_output():
     h2 = vq.encoder(filled)
     torch.testing.assert_close(h1[valid], h2[valid], rtol=1e-5, atol=1e-5)
     assert torch.equal(vq.codes(batch), vq.codes(filled))
-    l1, _ = vq.loss(batch)
-    l2, _ = vq.loss(filled)
+    l1, _ = vq(batch)
+    l2, _ = vq(filled)
     assert l1.item() == pytest.approx(l2.item(), rel=1e-5)
     targets = vq.codes(batch)
-    m1, a1 = mtm.loss(batch, targets, torch.Generator().manual_seed(3))
-    m2, a2 = mtm.loss(filled, targets, torch.Generator().manual_seed(3))
+    m1, a1 = mtm(batch, targets, torch.Generator().manual_seed(3))
+    m2, a2 = mtm(filled, targets, torch.Generator().manual_seed(3))
     assert m1.item() == pytest.approx(m2.item(), rel=1e-5) and a1 == a2
     torch.testing.assert_close(mtm.embed(batch), mtm.embed(filled), rtol=1e-5, atol=1e-5)
     # the real tokens do matter
@@ -133,7 +133,7 @@ def test_codes_start_as_batch_latents_and_dead_ones_are_reseeded():
 def test_reconstruction_reaches_the_encoder_through_the_straight_through_estimator():
     torch.manual_seed(0)
     vq = VQTokenizer(CFG.__class__(**(CFG.__dict__ | {"beta": 0.0})))  # reconstruction only
-    loss, _ = vq.loss(_batch())
+    loss, _ = vq(_batch())
     loss.backward()
     g = vq.encoder.embed.conv.weight.grad
     assert g is not None and g.abs().sum() > 0
@@ -169,7 +169,7 @@ def test_pretraining_lowers_reconstruction_and_learns_to_predict_codes():
     opt = torch.optim.AdamW(vq.parameters(), lr=3e-3)
     first = None
     for _ in range(250):
-        loss, parts = vq.loss(batch())
+        loss, parts = vq(batch())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -180,7 +180,7 @@ def test_pretraining_lowers_reconstruction_and_learns_to_predict_codes():
     opt = torch.optim.AdamW(mtm.parameters(), lr=3e-3)
     for _ in range(60):
         b = batch()
-        loss, _ = mtm.loss(b, vq.codes(b), g)
+        loss, _ = mtm(b, vq.codes(b), g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -188,7 +188,7 @@ def test_pretraining_lowers_reconstruction_and_learns_to_predict_codes():
     targets = vq.codes(b)
     majority = torch.bincount(targets.flatten()).max() / targets.numel()  # always the top code
     assert len(targets.unique()) >= 3  # the codebook is used, not collapsed
-    assert mtm.loss(b, targets, g)[1]["masked_accuracy"] > majority + 0.2
+    assert mtm(b, targets, g)[1]["masked_accuracy"] > majority + 0.2
 
 
 def test_pretraining_on_simulated_recordings_logs_every_epoch():
@@ -236,6 +236,7 @@ def test_fine_tuning_learns_the_gesture_and_leaves_the_given_encoder_alone():
         subject=np.full(n, "a"),
         session=np.full(n, "x"),
         recording=np.arange(n),
+        end=np.zeros(n, np.int64),
     )
     torch.manual_seed(0)
     encoder = NST(cfg)
@@ -253,8 +254,8 @@ def test_padding_stays_out_of_the_codebook_statistics_in_training():
     for b in (batch, filled):
         torch.manual_seed(0)
         vq = VQTokenizer(CFG).train()
-        vq.loss(b)  # initialises the codes from the batch's real latents
-        vq.loss(b)  # an EMA step
+        vq(b)  # initialises the codes from the batch's real latents
+        vq(b)  # an EMA step
         states.append({k: v.clone() for k, v in vq.codebook.state_dict().items()})
     for k in states[0]:
         torch.testing.assert_close(states[0][k], states[1][k], rtol=1e-5, atol=1e-6)
@@ -264,7 +265,7 @@ def test_a_batch_of_padding_only_gives_a_zero_masked_loss_not_nan():
     batch = _batch()
     batch["length"] = torch.zeros_like(batch["length"])
     mtm = MaskedTokenModel(CFG)
-    loss, parts = mtm.loss(batch, torch.full(batch["length"].shape, -1))
+    loss, parts = mtm(batch, torch.full(batch["length"].shape, -1))
     assert loss.item() == 0.0 and math.isnan(parts["masked_accuracy"])
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in mtm.parameters() if p.grad is not None)
@@ -278,8 +279,8 @@ def test_wrong_sentence_shapes_and_unlabelled_fine_tuning_are_clear_errors():
     batch = _batch()
     batch["values"] = batch["values"][..., :10]
     with pytest.raises(InvalidValueError, match="token_len"):
-        VQTokenizer(CFG).loss(batch)
-    empty = SentenceSet(*(np.zeros((0,)) for _ in range(8)))
+        VQTokenizer(CFG)(batch)
+    empty = SentenceSet(*(np.zeros((0,)) for _ in range(9)))
     with pytest.raises(InvalidValueError, match="labelled"):
         fit_classifier(NST(CFG), empty, 3)
 
@@ -297,8 +298,8 @@ def test_the_spectrum_target_is_each_real_tokens_log_amplitude_and_ignores_paddi
     )
     torch.testing.assert_close(target[0, 0], manual, rtol=1e-4, atol=1e-5)
     assert not w[2, 1:].any() and w[2, 0].all()  # padding tokens weigh nothing
-    l1, _ = vq.loss(batch)
-    l2, _ = vq.loss(_fill_padding(batch))
+    l1, _ = vq(batch)
+    l2, _ = vq(_fill_padding(batch))
     assert l1.item() == pytest.approx(l2.item(), rel=1e-5)
 
 
@@ -317,6 +318,7 @@ def test_a_classifier_continues_fine_tuning_with_its_own_head_and_stays_unchange
         subject=np.full(n, "a"),
         session=np.full(n, "x"),
         recording=np.arange(n),
+        end=np.zeros(n, np.int64),
     )
     first = GestureClassifier(NST(cfg), 2)
     head = first.head.weight.clone()
@@ -356,6 +358,7 @@ def test_bad_model_and_training_settings_are_one_error_naming_the_field():
         subject=np.full(4, "a"),
         session=np.full(4, "x"),
         recording=np.arange(4),
+        end=np.zeros(4, np.int64),
     )
     with pytest.raises(InvalidValueError, match="label 5 is outside the 3 classes"):
         fit_classifier(NST(CFG), s, 3)

@@ -411,7 +411,9 @@ def sentence_set(
     sentences of ``cfg.sentence_tokens``, never across recordings, and with ``trials`` never
     across gesture repetitions of ``label`` (:func:`label_trials`, ``rest`` the rest class):
     continuous recordings then give one sentence per repetition, as a data set of one file per
-    gesture does (the threshold is still calibrated on the whole session).
+    gesture does (the threshold is still calibrated on the whole session), labelled with the
+    repetition's gesture (the most common label among its tokens other than ``rest``; rest only
+    when all are).
     """
     from emgcore.topology import COMMON_FS, calibrate
 
@@ -454,7 +456,13 @@ def sentence_set(
             centre = (tok.start + tok.length // 2) * scale
             src = np.minimum(np.round(centre).astype(np.int64), rec.n_samples - 1)
             tok_lab = np.asarray(rec.labels[label])[src][at]
-            lab = np.array([_mode(t[r]) for t, r in zip(tok_lab, real, strict=True)], np.int64)
+            if group is not None:  # a repetition is its gesture: rest tokens (blips) don't vote
+                real_lab = real & (
+                    (tok_lab != rest) | ~(real & (tok_lab != rest)).any(1, keepdims=True)
+                )
+            else:
+                real_lab = real
+            lab = np.array([_mode(t[r]) for t, r in zip(tok_lab, real_lab, strict=True)], np.int64)
         parts.append(
             SentenceSet(
                 values=values,

@@ -575,6 +575,14 @@ class Sweep:
 
         self.sim = dict(recipe.get("sim") or {})
         recs = self._load_data()
+        if self.method.check_data is not None:  # the method's own needs, named by the data
+            try:
+                self.method.check_data(self.base, recs)
+            except EmgDataError as e:
+                if e.source is None:
+                    e.source = str(self.opts.data)
+                    e.args = (str(e),)
+                raise
         self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
         if recipe.get("fingerprint") and recipe["fingerprint"] != self.fingerprint:
             raise EmgDataError(
@@ -1005,6 +1013,14 @@ class Sweep:
             wanted = have
         self.subjects = wanted or have
         state["subjects"] = self.subjects
+        if self.method.check_data is not None:  # the method's own needs, named by the data
+            try:
+                self.method.check_data(self.base, recs)
+            except EmgDataError as e:
+                if e.source is None:
+                    e.source = str(self.opts.data)
+                    e.args = (str(e),)
+                raise
         self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
         self.data_tags = data_tags(recs)
         if self.method.session_split:  # which session is held out is chosen on purpose

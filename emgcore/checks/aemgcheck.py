@@ -20,9 +20,11 @@ Protocol (issue 21; notes/aemg.md for the paper's):
   sentences, scored on the rest: the paper's FT-X%.
 * **Baselines on the same folds**: the same network trained from scratch the same way
   (supervised); the same encoder untrained (random weights) under the probe; Hudgins' TD4
-  with LDA over each sentence's whole gesture file; the slicing ablation
-  (``TokenizerConfig(kind="slice")``, everything else equal; its masked-token accuracy beside
-  NCT's). ``realcheck`` scores TD4 + LDA and the MAE on 1-s windows instead.
+  with LDA over each sentence's whole gesture file; the project's EMG-MAE (``realcheck``'s
+  recipe) pre-trained on the same sources in the same common space, each sentence the mean of
+  its gesture file's 1-s window embeddings, under the same probe (:func:`mae_embeddings`); the
+  slicing ablation (``TokenizerConfig(kind="slice")``, everything else equal; its masked-token
+  accuracy beside NCT's). ``realcheck`` scores TD4 + LDA and the MAE on 1-s windows instead.
 
 Choices: the probe's few-shot curve fits the classifier on the target's labelled share alone,
 with the pre-trained encoder frozen, beside the fine-tuned curve. Target-only rather than
@@ -45,9 +47,17 @@ import torch
 from emgcore.contractions import SentenceSet, TokenizerConfig, sentence_set
 from emgcore.methods.aemg import FEW_SHOT, embed, finetuned_loso, loso
 from emgcore.models.aemg import AEMGConfig, MaskedTokenModel, PretrainConfig, pretrain
+from emgcore.models.mae import MAEConfig
 from emgcore.preprocessing import BandPass
 from emgcore.recording import Recording
-from emgcore.topology import COMMON_CHANNELS, COMMON_FS
+from emgcore.topology import COMMON_CHANNELS, COMMON_FS, calibrate
+from emgcore.training import batched
+
+
+def _realcheck_mae() -> MAEConfig:
+    from emgcore.checks.realcheck import MyoCheckConfig
+
+    return MyoCheckConfig().mae
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,40 @@ class AEMGCheckConfig:
         default_factory=lambda: PretrainConfig(vq_epochs=15, mtm_epochs=15, batch_size=32, lr=1e-3)
     )
     simulated: tuple[str, ...] = ("db8-like", "grid110")  # presets of other layouts
+    mae: MAEConfig = field(default_factory=_realcheck_mae)  # the MAE baseline: realcheck's
     finetune: bool = True  # the end-to-end folds: 5 of the whole run's 7.5 min on 2 cores
     seed: int = 0
+
+
+def mae_embeddings(
+    train: Sequence[Recording], ev: Sequence[Recording], cfg: MAEConfig, seed: int = 0
+) -> np.ndarray:
+    """``(len(ev), dim)``: the project's EMG-MAE (``realcheck``'s recipe: 1-s windows, 0.5-s
+    stride, 10-sample patches) pre-trained on the same band-passed ``train`` recordings in the
+    same common input space as AEMG (:func:`~emgcore.topology.calibrate`: 16-ring, 200 Hz), and
+    each evaluation recording embedded as the mean of its windows' embeddings (a myoarmband
+    file is one sentence: the AEMG sentence's unit)."""
+    from emgcore.checks.realcheck import MyoCheckConfig
+    from emgcore.features import window_starts
+    from emgcore.models.mae import train_mae
+
+    w = MyoCheckConfig()
+
+    def windows(rec: Recording) -> np.ndarray:  # (N, L, C) in the common space
+        emg, _ = calibrate(rec)
+        starts = window_starts(len(emg), w.window, w.stride)
+        if not len(starts):  # shorter than a window: the whole recording, zero-padded
+            return np.pad(emg, ((0, w.window - len(emg)), (0, 0)))[None]
+        return np.lib.stride_tricks.sliding_window_view(emg, w.window, 0)[starts].transpose(0, 2, 1)
+
+    x = torch.from_numpy(np.concatenate([windows(r) for r in train]).astype(np.float32))
+    mae, _ = train_mae(cfg, x, seed=seed, rotate=False)
+
+    def embed_one(rec: Recording) -> np.ndarray:
+        xs = torch.from_numpy(np.ascontiguousarray(windows(rec), np.float32))
+        return batched(lambda b: mae.encoder.summary(b, "mean"), xs).numpy().mean(0)
+
+    return np.stack([embed_one(r) for r in ev])
 
 
 def td4_per_recording(pre: Sequence[Recording], ev: Sequence[Recording]) -> np.ndarray:
@@ -140,6 +182,8 @@ def run(
                 for key, per_person in scores.items():
                     out["scores"][f"{name}_{key}"] = per_person
                     log(f"{name}_{key}: {_summary(per_person)}")
+            z_mae = mae_embeddings([*pre, *others], ev, cfg.mae, cfg.seed)[eval_set.recording]
+            out["scores"]["mae_zero_shot"] = loso(z_mae, eval_set.label, eval_set.subject, n_cls)
             f = td4_per_recording(pre, ev)[eval_set.recording]
             out["scores"]["td4_lda_zero_shot"] = loso(
                 f, eval_set.label, eval_set.subject, n_cls, classifier=_lda

@@ -207,6 +207,11 @@ def split_cohorts(recordings: Sequence[Recording], cfg: CohortConfig) -> Cohorts
     )
 
 
+def check_data(cfg: AEMGRunConfig, recordings: Sequence[Recording]) -> None:
+    """``Method.check_data``: the cohorts can be drawn (:func:`split_cohorts`)."""
+    split_cohorts(recordings, cfg.data)
+
+
 def sentences_of(
     recordings: Sequence[Recording], cfg: AEMGRunConfig, labelled: bool
 ) -> SentenceSet:
@@ -756,4 +761,5 @@ METHOD = Method(  # smoke: 6 simulated people (2 evaluation, 2 tune, 2 pre-train
     inference=SentenceEncoder.load,
     seed_metrics={"eval_loso_bacc": "max", "tune_loso_bacc": "max"},
     needs_kinematics=False,
+    check_data=check_data,
 )

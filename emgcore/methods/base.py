@@ -296,6 +296,9 @@ class Method:
       holds (written by an :class:`Export`'s ``write_files`` with :func:`save_inference`).
     * ``needs_kinematics``: its trials learn from EMG paired with kinematics (the sweep refuses
       data without them); False for a method that learns from EMG and labels alone (AEMG).
+    * ``check_data(config, recordings)``: raises :class:`~emgcore.errors.EmgDataError` naming
+      the field when the data cannot make a trial (e.g. too few people for its cohorts); the
+      sweep calls it before Ray or MLflow start, so bad data is one line, not failed trials.
     * ``seed_metrics``: what its final run scores per seed (:meth:`Trial.seeds`), each
       with its direction (``"max"``: higher is better; ``"min"``: an error); default: the
       ``final_metric``, higher is better. The nightly suite may gate on any of them.
@@ -320,6 +323,7 @@ class Method:
     inference: Callable[[Mapping[str, Any]], Inference] | None = None
     seed_metrics: Mapping[str, str] | None = None
     needs_kinematics: bool = True
+    check_data: Callable[[Any, Sequence[Any]], None] | None = None
 
     def per_seed(self) -> dict[str, str]:
         """:attr:`seed_metrics`, defaulted: ``{metric: "max" | "min"}``."""

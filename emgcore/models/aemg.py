@@ -191,7 +191,7 @@ class NST(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], mask: Tensor | None = None) -> Tensor:
         values, length = batch["values"], batch["length"]
-        b = len(values)
+        b = values.shape[0]  # not len(): it fixes an exported graph's batch size
         want = (self.cfg.sentence, self.cfg.channels, self.cfg.token_len)
         pos = (b, self.cfg.channels, self.cfg.position_features)
         if tuple(values.shape[1:]) != want or tuple(batch["position"].shape) != pos:

@@ -145,7 +145,7 @@ class QFormer(nn.Module):
 
     def forward(self, emg_tokens: Tensor) -> Tensor:
         """``Q' (B, M, d)`` from EMG encoder tokens ``(B, L, d)``."""
-        h = self.queries.expand(len(emg_tokens), -1, -1)
+        h = self.queries.expand(emg_tokens.shape[0], -1, -1)  # not len(): see MAE encoder
         for i, blk in enumerate(self.blocks):
             h = h + blk.drop(blk.attn(blk.ln1(h)))
             if str(i) in self.cross:

@@ -123,7 +123,9 @@ class TokenEncoder(nn.Module):
         t = self.tokenizer(x)  # (B, K, d)
         if keep is not None:
             t = torch.gather(t, 1, keep[..., None].expand(-1, -1, t.shape[-1]))  # (B, K', d)
-        cls = (self.cls + self.tokenizer.pos[:1]).expand(len(t), -1, -1)
+        cls = (self.cls + self.tokenizer.pos[:1]).expand(
+            t.shape[0], -1, -1
+        )  # not len(): it fixes exported batches
         h = torch.cat([cls, t], dim=1)
         for blk in self.blocks:
             h = blk(h)

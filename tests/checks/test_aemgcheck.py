@@ -25,26 +25,39 @@ def test_loso_holds_out_each_person_and_few_shot_sees_part_of_them():
     assert few["d"] > zero["d"] + 0.3
 
 
+# The protocol's figures (README, "On real people"), measured with the full pre-training (15 + 15
+# epochs, every source) and the fine-tuned folds left out (5 of the 9 minutes; their figures are
+# in the README, by hand). Mean balanced accuracy over the 18 evaluation people.
+PINNED = {
+    "nct_zero_shot": 0.584,
+    "nct_few_shot_80": 0.786,
+    "untrained_zero_shot": 0.557,
+    "mae_zero_shot": 0.577,
+    "td4_lda_zero_shot": 0.705,
+    "slice_zero_shot": 0.555,
+}
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_aemg_runs_end_to_end_on_myoarmband(real_data: Path) -> None:
-    """One epoch per stage: every score is a balanced accuracy and slicing's masked-token
-    accuracy is the higher (its padded and resting slices are trivial to predict: the paper's
-    ablation finding)."""
+def test_aemg_protocol_on_myoarmband_gives_its_measured_figures(real_data: Path) -> None:
+    """The whole protocol without the fine-tuned folds: each figure within 0.03 of the README's,
+    and slicing's masked-token accuracy the higher (its padded and resting slices are trivial to
+    predict: the paper's ablation finding)."""
     from emgcore.checks.aemgcheck import AEMGCheckConfig, run
-    from emgcore.data import load_myoarmband
-    from emgcore.models.aemg import PretrainConfig
+    from emgcore.data import load_flexemg, load_myoarmband
 
-    cfg = AEMGCheckConfig(
-        pretrain=PretrainConfig(vq_epochs=1, mtm_epochs=1, batch_size=32),
-        simulated=(),  # the myoarmband cohorts alone: a short check, not the protocol's sources
-        finetune=False,
+    res = run(
+        load_myoarmband(real_data / "myoarmband"),
+        load_flexemg(real_data / "flexemg"),
+        AEMGCheckConfig(finetune=False),
+        log=lambda *a: None,
     )
-    res = run(load_myoarmband(real_data / "myoarmband"), (), cfg)
     assert len(res["scores"]["nct_zero_shot"]) == 18
-    for mean, _ in res["summary"].values():
-        assert 1 / 7 - 0.05 < mean < 1.0
-    assert res["masked_accuracy"]["slice"] > res["masked_accuracy"]["nct"]
+    got = {k: round(res["summary"][k][0], 3) for k in PINNED}
+    for k, want in PINNED.items():
+        assert got[k] == pytest.approx(want, abs=0.03), (k, got)
+    assert res["masked_accuracy"]["slice"] > res["masked_accuracy"]["nct"] + 0.1
 
 
 def test_few_shot_split_keeps_a_sentence_of_every_class_to_score():

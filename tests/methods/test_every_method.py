@@ -49,6 +49,15 @@ def test_final_trial_registers_what_it_scored(name: str, tmp_path) -> None:
         with torch.no_grad():
             out = ex.model(torch.as_tensor(np.asarray(ex.example)))
         assert len(out) == len(ex.example) and torch.isfinite(out).all()
+        # the registry exports the graph with every dimension free, as MLflow does
+        # (torch.export, Dim.AUTO); a champion is then served batches of any size, so
+        # nothing in forward may fix the batch (len(x) does)
+        x = torch.as_tensor(np.asarray(ex.example))
+        auto = {d: torch.export.Dim.AUTO for d in range(x.ndim)}
+        graph = torch.export.export(ex.model.eval(), (x,), dynamic_shapes=(auto,)).module()
+        other = torch.cat([x, x[:1]])
+        with torch.no_grad():
+            assert torch.allclose(graph(other), ex.model(other), atol=1e-5), name
         if ex.write_files is not None:
             files = ex.write_files(tmp_path / f"files{ex.suffix}")
             assert all(f.exists() for f in files)
@@ -75,7 +84,7 @@ def test_a_trial_records_how_it_holds_its_windows(name: str, tmp_path) -> None:
     cfg = load_yaml(m.config, resolve_config(m.smoke_preset))
     storage = _storage_key(cfg)
     if storage is None:
-        pytest.skip(f"{name} trains on features, not windows")
+        pytest.skip(f"{name} has no window storage (features, or token sentences in memory)")
     recs = open_dataset(m.data, **m.smoke_sim)
     setup = TrialSetup(mode="cv", cache=str(tmp_path), data=m.data)
     tags = m.trial(cfg, recs, setup).tags

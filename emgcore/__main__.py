@@ -321,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    presets = "db8-like, emg2pose-like, grid110, myo-like, flexemg-like"
+    presets = "db8-like, emg2pose-like, grid110, myo-like, flexemg-like, myo-cohorts"
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
         return sub.add_parser(

@@ -575,14 +575,7 @@ class Sweep:
 
         self.sim = dict(recipe.get("sim") or {})
         recs = self._load_data()
-        if self.method.check_data is not None:  # the method's own needs, named by the data
-            try:
-                self.method.check_data(self.base, recs)
-            except EmgDataError as e:
-                if e.source is None:
-                    e.source = str(self.opts.data)
-                    e.args = (str(e),)
-                raise
+        self._check_data(recs)
         self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
         if recipe.get("fingerprint") and recipe["fingerprint"] != self.fingerprint:
             raise EmgDataError(
@@ -1013,14 +1006,7 @@ class Sweep:
             wanted = have
         self.subjects = wanted or have
         state["subjects"] = self.subjects
-        if self.method.check_data is not None:  # the method's own needs, named by the data
-            try:
-                self.method.check_data(self.base, recs)
-            except EmgDataError as e:
-                if e.source is None:
-                    e.source = str(self.opts.data)
-                    e.args = (str(e),)
-                raise
+        self._check_data(recs)
         self.fingerprint = digest(sorted(r.fingerprint for r in recs))[:12]
         self.data_tags = data_tags(recs)
         if self.method.session_split:  # which session is held out is chosen on purpose
@@ -1030,6 +1016,19 @@ class Sweep:
                 f"split: sessions {', '.join(train)} train (session CV selects on them), "
                 f"{test} held out for the test score only"
             )
+
+    def _check_data(self, recs: list) -> None:
+        """The method's own needs of the data (``Method.check_data``), its error naming the
+        data when the method's does not."""
+        if self.method.check_data is None:
+            return
+        try:
+            self.method.check_data(self.base, recs)
+        except EmgDataError as e:
+            if e.source is None:
+                e.source = str(self.opts.data)
+                e.args = (str(e),)
+            raise
 
     def _subjects_note(self, have: list[str]) -> str:
         """Information, not an error: the space names subjects (e.g. the published data set's)

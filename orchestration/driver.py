@@ -172,6 +172,12 @@ class Sweep:
         self.method = m = METHODS[opts.method]
         if not opts.data:
             self.opts = opts = dataclasses.replace(opts, data=m.data)
+        # paths travel to the Ray workers, whose working folder is not this one: absolute
+        from emgcore.data import PRESETS
+
+        data = opts.data if opts.data in PRESETS else _absolute(opts.data)  # presets win
+        config = opts.config and _absolute(opts.config)  # files win (resolve_config)
+        self.opts = opts = dataclasses.replace(opts, data=data, config=config)
         self.config = opts.config or (m.smoke_preset if opts.smoke else m.preset)
         from emgcore.config import load_yaml, resolve_config
 
@@ -1497,6 +1503,13 @@ def _record_end(state: dict, ended: dict) -> dict:
 
 def _now() -> str:
     return f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _absolute(name: str) -> str:
+    """``name`` made absolute when it is an existing path here (``--data``, ``--config``), else
+    as given (a simulator preset, a bundled preset, or a path that fails later with its name)."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if name and path.exists() else name
 
 
 def _print(msg: str) -> None:

@@ -1,5 +1,6 @@
 """Staged hyper-parameter sweep: ``python orchestration/sweep.py <method>``, any method of
-:data:`emgcore.methods.METHODS` (``kinembed``, ``mae``, ``cpep``, ``embridge``, ``jepa``).
+:data:`emgcore.methods.METHODS` (``kinembed``, ``mae``, ``cpep``, ``embridge``, ``jepa``,
+``aemg``).
 
 One Ray Tune experiment per stage of ``search_spaces/<method>.yaml``; each trial is a Ray Train
 ``TorchTrainer`` run of the method's trial (:mod:`orchestration.worker`, the one worker loop),
@@ -121,13 +122,13 @@ def parser() -> argparse.ArgumentParser:
         "--data",
         default="",
         help="simulator preset or dataset path (default: the simulator: db8-like for kinembed, "
-        "emg2pose-like for mae, cpep, embridge and jepa)",
+        "emg2pose-like for mae, cpep, embridge and jepa, myo-cohorts for aemg)",
     )
     p.add_argument(
         "--config",
         default=None,
-        help="base config: YAML file or bundled preset (default: kinembed-sim, posealign-sim "
-        "or jepa-sim; their -smoke presets with --smoke)",
+        help="base config: YAML file or bundled preset (default: kinembed-sim, posealign-sim, "
+        "jepa-sim or aemg-sim; their -smoke presets with --smoke)",
     )
     p.add_argument(
         "--space", default=None, help="search-space YAML (default: search_spaces/METHOD.yaml)"

@@ -177,3 +177,36 @@ def test_every_sentence_of_a_recording_without_contractions_is_an_error(smoke_cf
     flat = Recording(np.zeros((2000, 8), np.float32), 200.0, ChannelLayout.ring(8), "a", "s")
     with pytest.raises(InvalidValueError, match="no contraction"):
         sentence_set([flat], smoke_cfg.tokenizer, label=None)
+
+
+def test_data_a_trial_cannot_use_is_refused_before_any_trial(smoke_cfg):
+    from emgcore.methods.aemg import check_data
+
+    recs = [_rec(f"s{i}") for i in range(4)]  # 2 evaluation, 2 tune, no one else
+    with pytest.raises(InvalidValueError, match="nothing to pre-train on") as e:
+        check_data(smoke_cfg, recs)
+    assert e.value.field == "data.tune_subjects"
+    check_data(replace(smoke_cfg, data=replace(smoke_cfg.data, sources=("grid110",))), recs)
+    bad = replace(smoke_cfg, data=replace(smoke_cfg.data, sources=("flexemg_like",)))
+    with pytest.raises(InvalidValueError, match="'flexemg_like' is neither") as e:
+        check_data(bad, [_rec(f"s{i}") for i in range(8)])
+    assert e.value.field == "data.sources"
+
+
+def test_simulated_sources_are_other_people_than_a_simulated_cohort():
+    """The simulator draws a person's anatomy from (seed, subject index): a source simulated
+    with the cohort's seed would be the cohort's people on another device."""
+    from emgcore.data.simulator import _drive
+    from emgcore.methods.aemg import SOURCE_SEED
+
+    cohort = _drive(preset("myo-cohorts"), 1, 0, None)[0]
+    same_seed = _drive(preset("flexemg-like"), 1, 0, None)[0]
+    source = _drive(preset("flexemg-like", seed=SOURCE_SEED), 1, 0, None)[0]
+    assert np.array_equal(cohort.mu_pos, same_seed.mu_pos)  # what the seed change avoids
+    assert not np.array_equal(cohort.mu_pos, source.mu_pos)
+    assert not np.array_equal(cohort.radius_mm, source.radius_mm)
+    from emgcore.methods.aemg import load_sources
+
+    (src, *_) = load_sources(CohortConfig(sources=("myo-like",), source_subjects=1))
+    want = simulate(preset("myo-like", seed=SOURCE_SEED), [0])[0]
+    assert np.array_equal(np.asarray(src.emg), np.asarray(want.emg))

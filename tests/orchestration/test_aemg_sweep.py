@@ -54,7 +54,8 @@ def test_aemg_sweep_on_labels_alone_registers_a_sentence_encoder(tmp_path):
     assert refused.returncode == 2 and len(errors) == 1, refused.stderr
     assert "field 'kinematics': no recording has kinematics" in errors[0]
 
-    done = _run(tmp_path, "aemg", "--data", str(data), "--stages", "tokenizer")
+    # a path relative to where the sweep starts (the Ray workers run elsewhere)
+    done = _run(tmp_path, "aemg", "--data", data.name, "--stages", "tokenizer")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "evaluation LOSO balanced accuracy +" in done.stdout and "aemg v1: " in done.stdout
 

@@ -153,22 +153,6 @@ class Sweep:
         )
         self.opts = opts
         self.storage = self.store.storage
-        path = Path(opts.space) if opts.space else spaces.path_for(opts.method)
-        self.space = spaces.load(path)
-        self.space_path = str(path.resolve())
-        if self.space.method != opts.method:
-            raise EmgDataError(
-                f"is {self.space.method}'s search space, not {opts.method}'s",
-                source=path,
-                field="method",
-            )
-        if opts.subjects:  # --subjects replaces the space's list (and so changes its digest)
-            self.space = dataclasses.replace(self.space, subjects=tuple(opts.subjects))
-        if unknown := set(opts.stages) - {s.name for s in self.space.stages}:
-            raise EmgDataError(f"unknown stage(s) {sorted(unknown)}", source=path, field="--stages")
-        if opts.study:
-            self.space.study(opts.study)  # fails early, naming the space's studies
-        self.tracker.check_experiment(opts.experiment or opts.method)  # not a deleted one
         self.method = m = METHODS[opts.method]
         if not opts.data:
             self.opts = opts = dataclasses.replace(opts, data=m.data)
@@ -183,6 +167,22 @@ class Sweep:
 
         # fails early on a bad config
         self.base = load_yaml(m.config, resolve_config(self.config))
+        path = Path(opts.space) if opts.space else spaces.path_for(opts.method)
+        self.space = spaces.load(path, self.base)  # its values checked on the preset it runs
+        self.space_path = str(path.resolve())
+        if self.space.method != opts.method:
+            raise EmgDataError(
+                f"is {self.space.method}'s search space, not {opts.method}'s",
+                source=path,
+                field="method",
+            )
+        if opts.subjects:  # --subjects replaces the space's list (and so changes its digest)
+            self.space = dataclasses.replace(self.space, subjects=tuple(opts.subjects))
+        if unknown := set(opts.stages) - {s.name for s in self.space.stages}:
+            raise EmgDataError(f"unknown stage(s) {sorted(unknown)}", source=path, field="--stages")
+        if opts.study:
+            self.space.study(opts.study)  # fails early, naming the space's studies
+        self.tracker.check_experiment(opts.experiment or opts.method)  # not a deleted one
         self.sim: dict[str, Any] = dict(m.smoke_sim) if opts.smoke else {}
         if opts.duration:
             self.sim["duration_s"] = opts.duration

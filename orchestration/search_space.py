@@ -106,8 +106,10 @@ def path_for(method: str) -> Path:
     return SEARCH_SPACES_DIR / f"{method}.yaml"
 
 
-def load(path: str | Path) -> SearchSpace:
-    """Read and validate one search-space file."""
+def load(path: str | Path, base: Any | None = None) -> SearchSpace:
+    """Read and validate one search-space file. Its values are checked on ``base`` (the
+    configuration a sweep runs: its preset, e.g. a 4-head model for ``model.dim``), else on
+    the method's configuration class's defaults."""
     import yaml
 
     path = Path(path)
@@ -136,6 +138,7 @@ def load(path: str | Path) -> SearchSpace:
     if not isinstance(data.get("metric"), str):
         raise bad("must name the metric trials report", "metric")
     cls = METHODS[method].config
+    on = base if isinstance(base, cls) else cls()  # what the values are checked on
     stages: list[Stage] = []
     for i, raw in enumerate(data.get("stages") or []):
         where = f"stages[{i}]"
@@ -160,7 +163,7 @@ def load(path: str | Path) -> SearchSpace:
                 "a stage with 'choice' keys needs a positive integer budget", f"{where}.budget"
             )
         stage = Stage(raw["name"], parts["grid"], parts["choice"], parts["fixed"], inherit, budget)
-        _check_stage(cls, stage, path, where)
+        _check_stage(on, stage, path, where)
         stages.append(stage)
     if not stages:
         raise bad("needs at least one stage", "stages")
@@ -176,7 +179,7 @@ def load(path: str | Path) -> SearchSpace:
             raise bad(f"unknown key(s) {sorted(unknown)}; known: {sorted(_STUDY)}", where)
         parts = _parts(raw, ("grid", "fixed"), cls, path, where)
         studies[str(name)] = Stage(str(name), parts["grid"], fixed=parts["fixed"])
-        _check_stage(cls, studies[str(name)], path, where)
+        _check_stage(on, studies[str(name)], path, where)
     subjects = tuple(str(s) for s in data.get("subjects") or ())
     return SearchSpace(
         method, data["metric"], data["mode"], tuple(stages), subjects, str(path), studies
@@ -205,13 +208,14 @@ def _parts(
     return parts
 
 
-def _check_stage(cls: type, stage: Stage, path: Path, where: str) -> None:
-    """Every value must build a valid config: each alone (naming its key), then together."""
+def _check_stage(cfg: Any, stage: Stage, path: Path, where: str) -> None:
+    """Every value must build a valid config from ``cfg``: each alone (naming its key), then
+    together."""
     for key, values in {**stage.grid, **stage.choice}.items():
         for v in values:
-            _check_values(cls, {**stage.fixed, key: v}, path, f"{where}.{key}")
+            _check_values(cfg, {**stage.fixed, key: v}, path, f"{where}.{key}")
     for point in [*stage.grid_points()[:1], {}]:
-        _check_values(cls, {**stage.fixed, **point}, path, where)
+        _check_values(cfg, {**stage.fixed, **point}, path, where)
 
 
 def _check_key(cls: type, key: str, path: Path, where: str) -> None:
@@ -240,9 +244,9 @@ def _check_key(cls: type, key: str, path: Path, where: str) -> None:
         )
 
 
-def _check_values(cls: type, overrides: Mapping[str, Any], path: Path, where: str) -> None:
+def _check_values(cfg: Any, overrides: Mapping[str, Any], path: Path, where: str) -> None:
     try:
-        apply(cls(), overrides)
+        apply(cfg, overrides)
     except (TypeError, ValueError) as e:
         raise InvalidValueError(f"invalid value: {e}", source=path, field=where) from e
 

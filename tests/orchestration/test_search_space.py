@@ -244,3 +244,21 @@ def test_sweep_skips_repeats_and_lists_them_on_the_leaderboard(capsys) -> None:
     arch = sweep._points(sweep.space.stage("architecture"), {"kinembed.loss": "vicreg"})
     assert len(arch) == 5 and capsys.readouterr().out == ""
     assert sweep._with_repeats("architecture", rows[:1]) == rows[:1]
+
+
+def test_values_are_checked_on_the_preset_the_sweep_runs(tmp_path: Path) -> None:
+    """A width must divide the heads of the model the sweep trains (aemg-sim: 4), not the
+    class defaults' (Base: 8): the sweep loads its space with its preset as ``base``."""
+    from emgcore.config import load_yaml, resolve_config
+
+    space = tmp_path / "space.yaml"
+    text = "method: aemg\nmetric: tune_loso_bacc\nmode: max\nstages:\n  - name: size\n"
+    space.write_text(text + "    grid: {model.dim: [36, 64]}\n")
+    four = load_yaml(METHODS["aemg"].config, resolve_config("aemg-sim"))
+    assert load(space, four).stage("size").grid["model.dim"] == (36, 64)
+    with pytest.raises(InvalidValueError, match="divisible by heads 8"):
+        load(space)  # the class defaults: Base's 8 heads
+    three = apply(four, {"model.heads": 3, "model.dim": 48})
+    with pytest.raises(InvalidValueError, match="divisible by heads 3") as e:
+        load(space, three)  # refused here, not as a failed trial
+    assert e.value.field == "stages.size.model.dim"

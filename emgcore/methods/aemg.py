@@ -467,7 +467,17 @@ class SentenceEncoder:
         else:
             x = np.asarray(emg, np.float32)
         rec = Recording(x, float(fs), layout, subject="user", session="-", source="predict")
-        return self.sentences([rec])
+        try:
+            return self.sentences([rec])
+        except InvalidValueError as e:  # the tokenizer's words name its settings, not the input
+            if e.field not in ("tokenizer.threshold_k", "tokenizer.window_s"):
+                raise
+            raise InvalidValueError(
+                f"no contraction to embed in {rec.duration_s:g} s of EMG: it holds no activity "
+                f"above its own quietest {self.config.tokenizer.calibration_s:g} s (flat, or "
+                "too short to hold both rest and a contraction)",
+                field="emg",
+            ) from e
 
     def predict(self, emg: Any, fs: float, layout: ChannelLayout | None = None) -> np.ndarray:
         return self.embed(self._sentences(emg, fs, layout))

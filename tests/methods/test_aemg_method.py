@@ -158,6 +158,9 @@ def test_the_inference_path_round_trips_and_takes_other_layouts(myo, smoke_cfg, 
     assert z.shape == (len(back.sentence_end(emg, rec.fs)), smoke_cfg.model.dim)
     with pytest.raises(ShapeError, match="takes EMG"):
         back.predict(emg[:, :3], rec.fs)
+    for quiet in (np.zeros((4000, 8)), emg[:200]):  # flat; 1 s, no rest to calibrate on
+        with pytest.raises(EmgDataError, match="field 'emg': no contraction to embed"):
+            back.predict(quiet, rec.fs)
     with pytest.raises(EmgDataError, match="sentence_end"):
         back.window_end(len(emg), rec.fs)
     grid = simulate(preset("flexemg-like", duration_s=10.0), [0])[0]  # 64 electrodes at 1 kHz
